@@ -1,0 +1,140 @@
+//! tracelake stores OpenTelemetry trace spans in a Delta Lake table on any object store and
+//! makes them queryable from any Apache DataFusion `SessionContext`.
+//!
+//! ```no_run
+//! # async fn demo() -> tracelake::Result<()> {
+//! use datafusion::prelude::SessionContext;
+//!
+//! let lake = tracelake::TraceLake::open_or_create("./tracelake-data").await?;
+//! let ctx = SessionContext::new();
+//! lake.register(&ctx)?; // `spans` and every tracelake function
+//! ctx.sql("SELECT service_name, count(*) FROM spans GROUP BY 1").await?.show().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod functions;
+pub mod observe;
+pub mod provider;
+pub mod schema;
+pub mod span;
+pub mod synth;
+pub mod table;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+pub use error::{Result, TraceLakeError};
+pub use provider::TraceTableProvider;
+pub use span::{AttributeValue, Event, Link, Span, SpanKind, StatusCode};
+pub use table::{AppendOutcome, TraceTable};
+
+/// A trace table and everything needed to query it with DataFusion.
+///
+/// Cloning is cheap; clones share the table and its current snapshot.
+#[derive(Debug, Clone)]
+pub struct TraceLake {
+    table: Arc<TraceTable>,
+}
+
+impl TraceLake {
+    /// Opens the trace table at `location` (a local path, `file://`, `memory://`, or with
+    /// cargo features `s3://`, `gs://`, `az://`). Fails if it is not a trace table.
+    pub async fn open(location: &str) -> Result<Self> {
+        Self::open_with_options(location, &HashMap::new()).await
+    }
+
+    /// Like [`TraceLake::open`], with object-store options (credentials, region, endpoint).
+    pub async fn open_with_options(
+        location: &str,
+        options: &HashMap<String, String>,
+    ) -> Result<Self> {
+        Ok(Self::from_table(TraceTable::open(location, options).await?))
+    }
+
+    /// Creates an empty trace table at `location`. Fails if a Delta table is already there.
+    pub async fn create(location: &str) -> Result<Self> {
+        Ok(Self::from_table(
+            TraceTable::create(location, &HashMap::new()).await?,
+        ))
+    }
+
+    /// Opens the trace table at `location`, creating it when there is none.
+    pub async fn open_or_create(location: &str) -> Result<Self> {
+        Self::open_or_create_with_options(location, &HashMap::new()).await
+    }
+
+    /// Like [`TraceLake::open_or_create`], with object-store options.
+    pub async fn open_or_create_with_options(
+        location: &str,
+        options: &HashMap<String, String>,
+    ) -> Result<Self> {
+        Ok(Self::from_table(
+            TraceTable::open_or_create(location, options).await?,
+        ))
+    }
+
+    fn from_table(table: TraceTable) -> Self {
+        Self {
+            table: Arc::new(table),
+        }
+    }
+
+    /// The underlying table.
+    pub fn table(&self) -> &Arc<TraceTable> {
+        &self.table
+    }
+
+    /// The `spans` table provider. It always serves the newest installed snapshot.
+    pub fn provider(&self) -> TraceTableProvider {
+        TraceTableProvider::new(self.table.clone())
+    }
+
+    /// Registers `spans` and every tracelake function into `ctx`. Register once: later
+    /// appends, `INSERT`s and refreshes are visible to the next query without re-registering.
+    pub fn register(&self, ctx: &SessionContext) -> Result<()> {
+        ctx.register_table(schema::SPANS_TABLE, Arc::new(self.provider()))?;
+        functions::register(ctx, &self.table);
+        Ok(())
+    }
+
+    /// A new `SessionContext` with `spans` and every tracelake function registered.
+    pub fn session_context(&self) -> Result<SessionContext> {
+        self.session_context_with_config(SessionConfig::new())
+    }
+
+    /// Like [`TraceLake::session_context`], with a DataFusion configuration.
+    pub fn session_context_with_config(&self, config: SessionConfig) -> Result<SessionContext> {
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        self.register(&ctx)?;
+        Ok(ctx)
+    }
+
+    /// Appends spans as one Delta commit.
+    pub async fn append_spans(&self, spans: &[Span]) -> Result<AppendOutcome> {
+        self.table.append_spans(spans).await
+    }
+
+    /// Appends Arrow batches (columns named as in `spans`) as one Delta commit.
+    pub async fn append_batches(&self, batches: &[RecordBatch]) -> Result<AppendOutcome> {
+        self.table.append_batches(batches).await
+    }
+
+    /// Reads new commits from storage and installs the newest version; returns it.
+    pub async fn refresh(&self) -> Result<i64> {
+        self.table.refresh().await
+    }
+
+    /// The version queries currently see.
+    pub fn version(&self) -> i64 {
+        self.table.version()
+    }
+}

@@ -1,0 +1,376 @@
+//! Checking and converting incoming spans to the storage schema.
+//!
+//! Every append (span values, Arrow batches, `INSERT INTO spans`) passes here: ids are
+//! validated and lowercased, `kind` and `status_code` normalized, defaults filled in, times
+//! converted to unix nanoseconds and the `span_date` partition derived. A row that does not fit
+//! fails the whole append with an error naming the row and the column; nothing is written.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, new_null_array,
+};
+use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::{Int64Type, TimestampNanosecondType};
+
+use crate::error::{Result, TraceLakeError};
+use crate::schema::{self, col, input_schema, storage_schema};
+
+fn invalid(row: usize, message: impl Into<String>) -> TraceLakeError {
+    TraceLakeError::InvalidSpan {
+        row,
+        message: message.into(),
+    }
+}
+
+/// Whether `s` is `len` hexadecimal characters.
+pub fn is_hex_id(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Validates a trace id (32 hex characters, either case) and returns it in lowercase.
+pub fn normalize_trace_id(s: &str) -> Option<String> {
+    is_hex_id(s, 32).then(|| s.to_ascii_lowercase())
+}
+
+/// Validates a span id (16 hex characters, either case) and returns it in lowercase.
+pub fn normalize_span_id(s: &str) -> Option<String> {
+    is_hex_id(s, 16).then(|| s.to_ascii_lowercase())
+}
+
+/// The column `name` of `batch`, cast to its input-schema type, or all nulls when absent.
+fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+    let target = input_schema().field_with_name(name)?.data_type().clone();
+    match batch.column_by_name(name) {
+        None => Ok(new_null_array(&target, batch.num_rows())),
+        Some(array) if array.data_type() == &target => Ok(array.clone()),
+        Some(array) => cast(array, &target).map_err(|e| {
+            TraceLakeError::SchemaMismatch(format!(
+                "column {name} has type {} but {target} was expected: {e}",
+                array.data_type()
+            ))
+        }),
+    }
+}
+
+fn strings(array: &ArrayRef) -> &StringArray {
+    array.as_string::<i32>()
+}
+
+/// An id column: required or not, checked for hex of `len` characters and lowercased.
+fn id_column(
+    batch: &RecordBatch,
+    name: &str,
+    len: usize,
+    required: bool,
+    offset: usize,
+) -> Result<ArrayRef> {
+    let array = column(batch, name)?;
+    let values = strings(&array);
+    let mut clean = true;
+    for (i, v) in values.iter().enumerate() {
+        match v {
+            None if required => return Err(invalid(offset + i, format!("{name} is required"))),
+            None => {}
+            Some("") if !required => clean = false,
+            Some(s) if !is_hex_id(s, len) => {
+                return Err(invalid(
+                    offset + i,
+                    format!("{name} {s:?} is not {len} hexadecimal characters"),
+                ));
+            }
+            Some(s) => clean &= !s.bytes().any(|b| b.is_ascii_uppercase()),
+        }
+    }
+    if clean {
+        return Ok(array);
+    }
+    Ok(Arc::new(
+        values
+            .iter()
+            .map(|v| v.filter(|s| !s.is_empty()).map(|s| s.to_ascii_lowercase()))
+            .collect::<StringArray>(),
+    ))
+}
+
+/// A column of symbolic values (`kind`, `status_code`): case-insensitive, with or without
+/// the OTLP prefix (`SPAN_KIND_`, `STATUS_CODE_`), `NULL` meaning `default`.
+fn enum_column(
+    batch: &RecordBatch,
+    name: &str,
+    allowed: &[&'static str],
+    otlp_prefix: &str,
+    offset: usize,
+) -> Result<ArrayRef> {
+    let array = column(batch, name)?;
+    let values = strings(&array);
+    let mut out = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        let value = match v {
+            None => allowed[0],
+            Some(s) => {
+                let upper = s.trim().to_ascii_uppercase();
+                let bare = upper.strip_prefix(otlp_prefix).unwrap_or(&upper);
+                allowed
+                    .iter()
+                    .copied()
+                    .find(|a| *a == bare)
+                    .ok_or_else(|| {
+                        invalid(
+                            offset + i,
+                            format!("{name} {s:?} is not one of {}", allowed.join(", ")),
+                        )
+                    })?
+            }
+        };
+        out.push(value);
+    }
+    Ok(Arc::new(StringArray::from(out)))
+}
+
+fn time_column(batch: &RecordBatch, name: &str, offset: usize) -> Result<Int64Array> {
+    let array = column(batch, name)?;
+    let times = array.as_primitive::<TimestampNanosecondType>();
+    if let Some(i) = (0..times.len()).find(|&i| times.is_null(i)) {
+        return Err(invalid(offset + i, format!("{name} is required")));
+    }
+    Ok(Int64Array::new(times.values().clone(), None))
+}
+
+fn count_column(batch: &RecordBatch, name: &str, offset: usize) -> Result<ArrayRef> {
+    let array = column(batch, name)?;
+    let counts = array.as_primitive::<Int64Type>();
+    let mut out = Vec::with_capacity(counts.len());
+    for (i, v) in counts.iter().enumerate() {
+        match v {
+            Some(n) if n < 0 => {
+                return Err(invalid(offset + i, format!("{name} {n} is negative")));
+            }
+            v => out.push(v.unwrap_or(0)),
+        }
+    }
+    Ok(Arc::new(Int64Array::from(out)))
+}
+
+/// Checks `batch` (columns named as in the SQL schema; absent optional columns are allowed)
+/// and converts it to the storage schema, sorted by `span_date`, `trace_id`, `start_time`.
+/// `offset` is the number of rows before this batch in the same append, for error messages.
+pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
+    let sql = input_schema();
+    if let Some(unknown) = batch
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| sql.field_with_name(f.name()).is_err())
+    {
+        return Err(TraceLakeError::SchemaMismatch(format!(
+            "unknown column {:?}; span columns are {}",
+            unknown.name(),
+            sql.fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+
+    let start = time_column(batch, col::START_TIME, offset)?;
+    let end = time_column(batch, col::END_TIME, offset)?;
+    let duration = column(batch, col::DURATION_NS)?;
+    let duration = duration.as_primitive::<Int64Type>();
+    let mut durations = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let (s, e) = (start.value(i), end.value(i));
+        if e < s {
+            return Err(invalid(
+                offset + i,
+                format!("end_time ({e} ns) is before start_time ({s} ns)"),
+            ));
+        }
+        let computed = e - s;
+        if duration.is_valid(i) && duration.value(i) != computed {
+            return Err(invalid(
+                offset + i,
+                format!(
+                    "duration_ns {} does not equal end_time - start_time ({computed})",
+                    duration.value(i)
+                ),
+            ));
+        }
+        durations.push(computed);
+    }
+
+    let name = column(batch, col::NAME)?;
+    if let Some(i) = (0..name.len()).find(|&i| name.is_null(i)) {
+        return Err(invalid(offset + i, "name is required"));
+    }
+    let service = column(batch, col::SERVICE_NAME)?;
+    let service: ArrayRef = if service.null_count() == 0 {
+        service
+    } else {
+        Arc::new(
+            strings(&service)
+                .iter()
+                .map(|v| Some(v.unwrap_or("unknown_service")))
+                .collect::<StringArray>(),
+        )
+    };
+    let span_dates: StringArray = start
+        .values()
+        .iter()
+        .map(|t| Some(schema::span_date(*t)))
+        .collect();
+
+    let storage = storage_schema();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(storage.fields().len());
+    for field in storage.fields() {
+        let array: ArrayRef = match field.name().as_str() {
+            col::TRACE_ID => id_column(batch, col::TRACE_ID, 32, true, offset)?,
+            col::SPAN_ID => id_column(batch, col::SPAN_ID, 16, true, offset)?,
+            col::PARENT_SPAN_ID => id_column(batch, col::PARENT_SPAN_ID, 16, false, offset)?,
+            col::START_TIME_UNIX_NANO => Arc::new(start.clone()),
+            col::END_TIME_UNIX_NANO => Arc::new(end.clone()),
+            col::DURATION_NS => Arc::new(Int64Array::from(std::mem::take(&mut durations))),
+            col::SERVICE_NAME => service.clone(),
+            col::NAME => name.clone(),
+            col::KIND => enum_column(batch, col::KIND, &schema::SPAN_KINDS, "SPAN_KIND_", offset)?,
+            col::STATUS_CODE => enum_column(
+                batch,
+                col::STATUS_CODE,
+                &schema::STATUS_CODES,
+                "STATUS_CODE_",
+                offset,
+            )?,
+            col::DROPPED_ATTRIBUTES_COUNT
+            | col::DROPPED_EVENTS_COUNT
+            | col::DROPPED_LINKS_COUNT => count_column(batch, field.name(), offset)?,
+            col::SPAN_DATE => Arc::new(span_dates.clone()),
+            other => column(batch, other)?,
+        };
+        debug_assert_eq!(array.data_type(), field.data_type(), "{}", field.name());
+        columns.push(array);
+    }
+    let converted = RecordBatch::try_new(storage, columns)?;
+    sort_for_storage(&converted)
+}
+
+/// Sorts a storage batch by `span_date`, `trace_id`, `start_time_unix_nano`, so that each
+/// row group of a written file covers a narrow range of trace ids.
+fn sort_for_storage(batch: &RecordBatch) -> Result<RecordBatch> {
+    if batch.num_rows() <= 1 {
+        return Ok(batch.clone());
+    }
+    let key = |name: &str| -> Result<SortColumn> {
+        Ok(SortColumn {
+            values: batch
+                .column_by_name(name)
+                .ok_or_else(|| TraceLakeError::SchemaMismatch(format!("missing {name}")))?
+                .clone(),
+            options: None,
+        })
+    };
+    let indices = lexsort_to_indices(
+        &[
+            key(col::SPAN_DATE)?,
+            key(col::TRACE_ID)?,
+            key(col::START_TIME_UNIX_NANO)?,
+        ],
+        None,
+    )?;
+    Ok(take_record_batch(batch, &indices)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{Span, SpanKind, spans_to_batch};
+
+    fn span(trace: &str, span: &str) -> Span {
+        Span {
+            trace_id: trace.into(),
+            span_id: span.into(),
+            name: "op".into(),
+            kind: SpanKind::Client,
+            service_name: "svc".into(),
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 30,
+            ..Default::default()
+        }
+    }
+
+    const T: &str = "0AF7651916CD43DD8448EB211C80319C";
+
+    #[test]
+    fn ids_are_lowercased_and_defaults_filled() {
+        let batch = spans_to_batch(&[span(T, "B7AD6B7169203331")]).unwrap();
+        let stored = to_storage(&batch, 0).unwrap();
+        let s = |n: &str| {
+            stored
+                .column_by_name(n)
+                .unwrap()
+                .as_string::<i32>()
+                .value(0)
+                .to_string()
+        };
+        assert_eq!(s(col::TRACE_ID), T.to_ascii_lowercase());
+        assert_eq!(s(col::SPAN_ID), "b7ad6b7169203331");
+        assert_eq!(s(col::KIND), "CLIENT");
+        assert_eq!(s(col::STATUS_CODE), "UNSET");
+        assert_eq!(s(col::SPAN_DATE), "1970-01-01");
+        assert!(stored.column_by_name(col::PARENT_SPAN_ID).unwrap().is_null(0));
+    }
+
+    #[test]
+    fn bad_rows_name_the_row_and_column() {
+        let cases = [
+            (span("abc", "b7ad6b7169203331"), "trace_id \"abc\""),
+            (span(T, "zzzzzzzzzzzzzzzz"), "span_id"),
+            (
+                Span {
+                    end_time_unix_nano: 1,
+                    ..span(T, "b7ad6b7169203331")
+                },
+                "before start_time",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let batch = spans_to_batch(&[span(T, "b7ad6b7169203331"), bad]).unwrap();
+            let err = to_storage(&batch, 5).unwrap_err().to_string();
+            assert!(err.contains("row 6"), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn kinds_accept_otlp_spelling_and_reject_unknown() {
+        let batch = spans_to_batch(&[span(T, "b7ad6b7169203331")]).unwrap();
+        let mut columns = batch.columns().to_vec();
+        let idx = batch.schema().index_of(col::KIND).unwrap();
+        columns[idx] = Arc::new(StringArray::from(vec!["span_kind_server"]));
+        let ok = RecordBatch::try_new(batch.schema(), columns.clone()).unwrap();
+        let stored = to_storage(&ok, 0).unwrap();
+        assert_eq!(
+            stored
+                .column_by_name(col::KIND)
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "SERVER"
+        );
+        columns[idx] = Arc::new(StringArray::from(vec!["SIDEWAYS"]));
+        let bad = RecordBatch::try_new(batch.schema(), columns).unwrap();
+        let err = to_storage(&bad, 0).unwrap_err().to_string();
+        assert!(err.contains("kind \"SIDEWAYS\" is not one of"), "{err}");
+    }
+
+    #[test]
+    fn rows_are_sorted_by_trace_id() {
+        let a = "ffffffffffffffffffffffffffffffff";
+        let b = "00000000000000000000000000000001";
+        let batch = spans_to_batch(&[span(a, "0000000000000001"), span(b, "0000000000000002")])
+            .unwrap();
+        let stored = to_storage(&batch, 0).unwrap();
+        let ids = stored.column_by_name(col::TRACE_ID).unwrap();
+        assert_eq!(ids.as_string::<i32>().value(0), b);
+    }
+}

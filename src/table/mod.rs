@@ -1,0 +1,491 @@
+//! The Delta lifecycle of a trace table: open or create, append as one commit, refresh, and
+//! the snapshot swap that makes every new version visible to the next query.
+//!
+//! This module owns the only code that lists `_delta_log` (load and refresh). The query path
+//! only reads the [`TableSnapshot`] installed here and never lists.
+
+pub mod ingest;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::StructType;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use tracing::{Instrument, field};
+
+use crate::error::{Result, TraceLakeError};
+use crate::observe::names;
+use crate::schema::{self, col, storage_schema};
+use crate::span::{Span, spans_to_batch};
+pub use store::{Backend, TableLocation};
+
+/// Rows per parquet row group. Rows are sorted by trace id inside a file, so a row group
+/// covers a narrow id range and a lookup by id reads one or two of them.
+pub const ROW_GROUP_ROWS: usize = 16 * 1024;
+
+/// One committed version of the table, ready to scan. Installed atomically; a query that
+/// loaded it keeps it until the query ends.
+#[derive(Debug)]
+pub struct TableSnapshot {
+    table: DeltaTable,
+    scan: Arc<dyn TableProvider>,
+}
+
+impl TableSnapshot {
+    async fn new(table: DeltaTable) -> Result<Self> {
+        let state = table.snapshot()?;
+        let scan = table
+            .table_provider()
+            .with_eager_snapshot(state.snapshot().clone())
+            .build()
+            .await?;
+        Ok(Self {
+            table,
+            scan: Arc::new(scan),
+        })
+    }
+
+    /// The Delta version of this snapshot.
+    pub fn version(&self) -> i64 {
+        self.table.version().map(|v| v as i64).unwrap_or(-1)
+    }
+
+    /// The Delta table at this version.
+    pub fn delta_table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    /// deltalake's scan over this version (storage schema), used by the span provider.
+    pub(crate) fn delta_scan(&self) -> &Arc<dyn TableProvider> {
+        &self.scan
+    }
+}
+
+/// What an append committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The table version the append created (the current version if nothing was appended).
+    pub version: i64,
+    /// Spans written.
+    pub rows: u64,
+}
+
+/// A Delta table of spans with an atomically swapped current snapshot.
+pub struct TraceTable {
+    location: TableLocation,
+    current: ArcSwap<TableSnapshot>,
+    /// Serializes this process's commits and snapshot installs.
+    commit_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for TraceTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceTable")
+            .field("url", &self.location.url.as_str())
+            .field("version", &self.version())
+            .finish()
+    }
+}
+
+fn builder(location: &TableLocation) -> Result<DeltaTableBuilder> {
+    Ok(DeltaTableBuilder::from_url(location.url.clone())?
+        .with_storage_backend(location.root_store.clone(), location.url.clone()))
+}
+
+fn not_a_trace_table(location: &TableLocation, reason: impl Into<String>) -> TraceLakeError {
+    TraceLakeError::NotATraceTable {
+        location: location.url.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks that a loaded Delta table has the span storage schema.
+fn check_trace_schema(location: &TableLocation, table: &DeltaTable) -> Result<()> {
+    let snapshot = table.snapshot()?;
+    let actual = snapshot.snapshot().arrow_schema();
+    let expected = storage_schema();
+    for field in expected.fields() {
+        match actual.field_with_name(field.name()) {
+            Err(_) => {
+                return Err(not_a_trace_table(
+                    location,
+                    format!(
+                        "the Delta table has no column {:?} (its columns: {})",
+                        field.name(),
+                        actual
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Ok(found) if !types_match(found.data_type(), field.data_type()) => {
+                return Err(not_a_trace_table(
+                    location,
+                    format!(
+                        "column {:?} has type {} where a trace table has {}",
+                        field.name(),
+                        found.data_type(),
+                        field.data_type()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    let partitions = snapshot.metadata().partition_columns();
+    if partitions.len() != 1 || partitions[0] != col::SPAN_DATE {
+        return Err(not_a_trace_table(
+            location,
+            format!("partitioned by {partitions:?}, a trace table is partitioned by [\"span_date\"]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Types are equal up to nested field names and nullability (Delta spells some of them its
+/// own way).
+fn types_match(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType::*;
+    match (a, b) {
+        (Struct(x), Struct(y)) => {
+            x.len() == y.len()
+                && x.iter().zip(y.iter()).all(|(f, g)| {
+                    f.name() == g.name() && types_match(f.data_type(), g.data_type())
+                })
+        }
+        (List(x), List(y)) | (LargeList(x), List(y)) | (List(x), LargeList(y)) => {
+            types_match(x.data_type(), y.data_type())
+        }
+        (Map(x, _), Map(y, _)) => types_match(x.data_type(), y.data_type()),
+        (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
+        (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
+        _ => a == b,
+    }
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_column_bloom_filter_enabled(col::TRACE_ID.into(), true)
+        .set_column_bloom_filter_fpp(col::TRACE_ID.into(), 0.01)
+        .build()
+}
+
+impl TraceTable {
+    /// Opens the trace table at `location`. Fails if there is no Delta table there, or if it is
+    /// a Delta table of another schema.
+    pub async fn open(location: &str, options: &HashMap<String, String>) -> Result<Self> {
+        let location = store::resolve(location, options, false)?;
+        let span = tracing::info_span!(
+            names::DELTA_TABLE_LOAD,
+            { names::ATTR_TABLE_URL } = location.url.as_str(),
+            { names::ATTR_VERSION_AFTER } = field::Empty,
+            { names::ATTR_ERROR } = field::Empty,
+        );
+        let result = async {
+            let mut table = builder(&location)?.build()?;
+            match table.load().await {
+                Ok(()) => {}
+                Err(DeltaTableError::NotATable(reason)) => {
+                    return Err(not_a_trace_table(
+                        &location,
+                        format!("no Delta table found ({reason})"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            check_trace_schema(&location, &table)?;
+            Ok(table)
+        }
+        .instrument(span.clone())
+        .await;
+        let table = record_result(&span, result)?;
+        span.record(names::ATTR_VERSION_AFTER, table.version().unwrap_or(0) as i64);
+        Self::with_table(location, table).await
+    }
+
+    /// Creates an empty trace table at `location`. Fails if a Delta table is already there.
+    pub async fn create(location: &str, options: &HashMap<String, String>) -> Result<Self> {
+        let location = store::resolve(location, options, true)?;
+        let columns: StructType = storage_schema().as_ref().try_into_kernel().map_err(|e| {
+            TraceLakeError::SchemaMismatch(format!("span schema is not a Delta schema: {e}"))
+        })?;
+        let table = builder(&location)?.build()?;
+        if table.verify_deltatable_existence().await? {
+            return Err(TraceLakeError::InvalidLocation {
+                location: location.url.to_string(),
+                reason: "a Delta table already exists there; open it instead".into(),
+            });
+        }
+        let table = table
+            .create()
+            .with_table_name(schema::SPANS_TABLE)
+            .with_comment("OpenTelemetry spans (tracelake)")
+            .with_columns(columns.fields().cloned())
+            .with_partition_columns([col::SPAN_DATE])
+            .with_configuration_property(
+                TableProperty::DataSkippingStatsColumns,
+                Some(schema::STATS_COLUMNS.join(",")),
+            )
+            .await?;
+        Self::with_table(location, table).await
+    }
+
+    /// Opens the trace table at `location`, creating it if no Delta table is there.
+    pub async fn open_or_create(
+        location: &str,
+        options: &HashMap<String, String>,
+    ) -> Result<Self> {
+        let resolved = store::resolve(location, options, true)?;
+        let probe = builder(&resolved)?.build()?;
+        if probe.verify_deltatable_existence().await? {
+            Self::open(location, options).await
+        } else {
+            Self::create(location, options).await
+        }
+    }
+
+    async fn with_table(location: TableLocation, table: DeltaTable) -> Result<Self> {
+        let snapshot = TableSnapshot::new(table).await?;
+        Ok(Self {
+            location,
+            current: ArcSwap::from_pointee(snapshot),
+            commit_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The table's location.
+    pub fn location(&self) -> &TableLocation {
+        &self.location
+    }
+
+    /// The snapshot queries currently start from.
+    pub fn snapshot(&self) -> Arc<TableSnapshot> {
+        self.current.load_full()
+    }
+
+    /// The current version.
+    pub fn version(&self) -> i64 {
+        self.current.load().version()
+    }
+
+    /// Installs `table` as the current snapshot unless a newer one is installed already.
+    /// Called with the commit lock held.
+    async fn install(&self, table: DeltaTable) -> Result<i64> {
+        let before = self.version();
+        let after = table.version().map(|v| v as i64).unwrap_or(-1);
+        let span = tracing::info_span!(
+            names::DELTA_CATALOG_SWAP,
+            { names::ATTR_VERSION_BEFORE } = before,
+            { names::ATTR_VERSION_AFTER } = after,
+        );
+        if after <= before {
+            return Ok(before);
+        }
+        let snapshot = TableSnapshot::new(table).instrument(span).await?;
+        self.current.store(Arc::new(snapshot));
+        Ok(after)
+    }
+
+    /// Reads commits made since the current snapshot (by this or any other process) and
+    /// installs the newest version. Returns it.
+    pub async fn refresh(&self) -> Result<i64> {
+        let _guard = self.commit_lock.lock().await;
+        let before = self.version();
+        let span = tracing::info_span!(
+            names::DELTA_SNAPSHOT_REFRESH,
+            { names::ATTR_VERSION_BEFORE } = before,
+            { names::ATTR_VERSION_AFTER } = field::Empty,
+            { names::ATTR_ERROR } = field::Empty,
+        );
+        let result = async {
+            let mut table = self.snapshot().table.clone();
+            table
+                .update_incremental(None)
+                .instrument(tracing::info_span!(names::UPDATE_INCREMENTAL))
+                .await?;
+            self.install(table).await
+        }
+        .instrument(span.clone())
+        .await;
+        let version = record_result(&span, result)?;
+        span.record(names::ATTR_VERSION_AFTER, version);
+        Ok(version)
+    }
+
+    /// Appends spans as one Delta commit.
+    pub async fn append_spans(&self, spans: &[Span]) -> Result<AppendOutcome> {
+        let batch = spans_to_batch(spans)?;
+        self.append_batches(&[batch]).await
+    }
+
+    /// Appends Arrow batches as one Delta commit. Each batch has columns named as in the SQL
+    /// schema (`start_time` as a timestamp); optional columns may be absent. If any row does
+    /// not fit the schema nothing is written.
+    pub async fn append_batches(&self, batches: &[RecordBatch]) -> Result<AppendOutcome> {
+        let mut storage = Vec::with_capacity(batches.len());
+        let mut rows = 0usize;
+        for batch in batches {
+            storage.push(ingest::to_storage(batch, rows)?);
+            rows += batch.num_rows();
+        }
+        self.commit(storage, rows as u64).await
+    }
+
+    /// Commits storage batches (already checked by [`ingest::to_storage`]).
+    pub(crate) async fn commit(
+        &self,
+        storage: Vec<RecordBatch>,
+        rows: u64,
+    ) -> Result<AppendOutcome> {
+        if rows == 0 {
+            return Ok(AppendOutcome {
+                version: self.version(),
+                rows: 0,
+            });
+        }
+        let _guard = self.commit_lock.lock().await;
+        let table = self.snapshot().table.clone();
+        let written = table
+            .write(storage)
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns([col::SPAN_DATE])
+            .with_writer_properties(writer_properties())
+            .await?;
+        let version = self.install(written).await?;
+        Ok(AppendOutcome { version, rows })
+    }
+}
+
+/// Records an error on `span` and passes the result on.
+fn record_result<T>(span: &tracing::Span, result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        span.record(names::ATTR_ERROR, field::display(e));
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{SpanKind, StatusCode};
+
+    pub(crate) fn span(trace: u128, id: u64, parent: Option<u64>, start: i64) -> Span {
+        Span {
+            trace_id: format!("{trace:032x}"),
+            span_id: format!("{id:016x}"),
+            parent_span_id: parent.map(|p| format!("{p:016x}")),
+            name: format!("op-{id}"),
+            kind: SpanKind::Server,
+            service_name: "svc".into(),
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 1_000,
+            status_code: StatusCode::Ok,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn create_append_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spans");
+        let path = path.to_str().unwrap();
+        let table = TraceTable::create(path, &HashMap::new()).await.unwrap();
+        assert_eq!(table.version(), 0);
+        let out = table
+            .append_spans(&[span(1, 1, None, 1_700_000_000_000_000_000)])
+            .await
+            .unwrap();
+        assert_eq!(out, AppendOutcome { version: 1, rows: 1 });
+
+        let reopened = TraceTable::open(path, &HashMap::new()).await.unwrap();
+        assert_eq!(reopened.version(), 1);
+        let actual = reopened.snapshot().table.snapshot().unwrap().snapshot().arrow_schema();
+        for field in storage_schema().fields() {
+            let found = actual.field_with_name(field.name()).unwrap();
+            assert!(types_match(found.data_type(), field.data_type()), "{}", field.name());
+        }
+
+        let err = TraceTable::create(path, &HashMap::new()).await.unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn refresh_sees_other_writers() {
+        let reader = TraceTable::create("memory:///refresh-test", &HashMap::new())
+            .await
+            .unwrap();
+        let writer = TraceTable::open("memory:///refresh-test", &HashMap::new())
+            .await
+            .unwrap();
+        writer.append_spans(&[span(1, 1, None, 0)]).await.unwrap();
+        writer.append_spans(&[span(2, 1, None, 0)]).await.unwrap();
+        assert_eq!(reader.version(), 0);
+        assert_eq!(reader.refresh().await.unwrap(), 2);
+        assert_eq!(reader.version(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_bad_row_writes_nothing() {
+        let table = TraceTable::create("memory:///bad-row-test", &HashMap::new())
+            .await
+            .unwrap();
+        let mut bad = span(1, 2, None, 0);
+        bad.trace_id = "nothex".into();
+        let err = table
+            .append_spans(&[span(1, 1, None, 0), bad])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("row 1"), "{err}");
+        assert_eq!(table.version(), 0);
+        assert_eq!(table.refresh().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn opening_something_else_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = TraceTable::open(dir.path().to_str().unwrap(), &HashMap::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is not a trace table"), "{err}");
+
+        // A Delta table with another schema.
+        let other = dir.path().join("other");
+        let other_url = url::Url::from_directory_path(
+            std::path::absolute(&other).unwrap(),
+        )
+        .unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        DeltaTable::try_from_url(other_url)
+            .await
+            .unwrap()
+            .create()
+            .with_column(
+                "x",
+                deltalake::kernel::DataType::Primitive(deltalake::kernel::PrimitiveType::Long),
+                true,
+                None,
+            )
+            .await
+            .unwrap();
+        let err = TraceTable::open(other.to_str().unwrap(), &HashMap::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a trace table"), "{err}");
+        assert!(err.contains("no column \"trace_id\""), "{err}");
+    }
+}
