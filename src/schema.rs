@@ -211,17 +211,7 @@ static SQL_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(
         columns()
             .into_iter()
-            .map(|c| Field::new(c.name, c.data_type, !c.required))
-            .collect::<Vec<_>>(),
-    ))
-});
-
-static INPUT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(
-        SQL_SCHEMA
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
+            .map(|c| Field::new(c.name, c.data_type, true))
             .collect::<Vec<_>>(),
     ))
 });
@@ -236,16 +226,20 @@ static STORAGE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 });
 
 /// The schema SQL sees for `spans`: every column of the OpenTelemetry span model.
-/// Columns that every stored span has are `NOT NULL`.
+///
+/// Every column is declared nullable, so that `INSERT` statements reach tracelake's own
+/// checks: a missing required value fails with an error naming the column and row, and
+/// optional columns get their defaults. Stored spans always have the required columns
+/// (everything but `parent_span_id`, `status_message`, `trace_state`, `flags`, scope,
+/// attributes, events and links); the storage schema enforces it.
 pub fn sql_schema() -> SchemaRef {
     SQL_SCHEMA.clone()
 }
 
-/// The schema tracelake accepts for appends and `INSERT`: the SQL schema with every column
-/// nullable, so that a missing value gets tracelake's own error naming the column and row
-/// (optional columns get their defaults).
+/// The schema accepted for appends: the same as [`sql_schema`]; optional columns may be
+/// absent from a batch.
 pub fn input_schema() -> SchemaRef {
-    INPUT_SCHEMA.clone()
+    SQL_SCHEMA.clone()
 }
 
 /// The schema of the Delta table: the SQL columns in the same order, times as `Int64` unix
@@ -296,7 +290,7 @@ mod tests {
         assert_eq!(storage.fields().len(), sql.fields().len() + 1);
         for (s, t) in sql.fields().iter().zip(storage.fields().iter()) {
             assert_eq!(storage_name(s.name()), t.name());
-            assert_eq!(s.is_nullable(), t.is_nullable(), "{}", s.name());
+            assert!(s.is_nullable());
         }
         assert_eq!(
             sql.field_with_name(col::START_TIME).unwrap().data_type(),
