@@ -138,3 +138,8 @@ impl TraceLake {
         self.table.version()
     }
 }
+
+/// The README's Rust examples compile as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -61,7 +61,8 @@ fn is_time_column(name: &str) -> bool {
     name == col::START_TIME || name == col::END_TIME
 }
 
-fn swap_operator(op: Operator) -> Option<Operator> {
+/// The operator with its operands swapped (`a < b` is `b > a`); `None` if not a comparison.
+fn mirrored(op: Operator) -> Option<Operator> {
     Some(match op {
         Operator::Eq => Operator::Eq,
         Operator::Lt => Operator::Gt,
@@ -75,12 +76,9 @@ fn swap_operator(op: Operator) -> Option<Operator> {
 /// `time_column op literal` on the storage schema, plus the implied `span_date` bound for
 /// `start_time` (which is what prunes partitions).
 fn translate_time_comparison(column: &str, op: Operator, nanos: i64) -> Option<Expr> {
+    mirrored(op)?;
     let storage = Expr::Column(Column::new_unqualified(storage_name(column)));
-    let comparison = Expr::BinaryExpr(BinaryExpr::new(
-        Box::new(storage),
-        op,
-        Box::new(lit(nanos)),
-    ));
+    let comparison = Expr::BinaryExpr(BinaryExpr::new(Box::new(storage), op, Box::new(lit(nanos))));
     if column != col::START_TIME {
         return Some(comparison);
     }
@@ -89,8 +87,7 @@ fn translate_time_comparison(column: &str, op: Operator, nanos: i64) -> Option<E
     let partition = match op {
         Operator::Eq => date.eq(day),
         Operator::Gt | Operator::GtEq => date.gt_eq(day),
-        Operator::Lt | Operator::LtEq => date.lt_eq(day),
-        _ => return Some(comparison),
+        _ => date.lt_eq(day),
     };
     Some(comparison.and(partition))
 }
@@ -112,10 +109,10 @@ pub(crate) fn translate_filter(expr: &Expr) -> Option<Expr> {
             Operator::Or => Some(translate_filter(left)?.or(translate_filter(right)?)),
             op => match (left.as_ref(), right.as_ref()) {
                 (Expr::Column(c), Expr::Literal(v, _)) if is_time_column(&c.name) => {
-                    translate_time_comparison(&c.name, swap_operator(*op).map(|_| *op)?, timestamp_nanos(v)?)
+                    translate_time_comparison(&c.name, *op, timestamp_nanos(v)?)
                 }
                 (Expr::Literal(v, _), Expr::Column(c)) if is_time_column(&c.name) => {
-                    translate_time_comparison(&c.name, swap_operator(*op)?, timestamp_nanos(v)?)
+                    translate_time_comparison(&c.name, mirrored(*op)?, timestamp_nanos(v)?)
                 }
                 _ => None,
             },
@@ -130,8 +127,7 @@ pub(crate) fn translate_filter(expr: &Expr) -> Option<Expr> {
                 return None;
             };
             let low = translate_time_comparison(&c.name, Operator::GtEq, timestamp_nanos(low)?)?;
-            let high =
-                translate_time_comparison(&c.name, Operator::LtEq, timestamp_nanos(high)?)?;
+            let high = translate_time_comparison(&c.name, Operator::LtEq, timestamp_nanos(high)?)?;
             Some(low.and(high))
         }
         _ => None,
@@ -278,7 +274,10 @@ mod tests {
     use datafusion::prelude::col as c;
 
     fn ts(nanos: i64) -> Expr {
-        lit(ScalarValue::TimestampNanosecond(Some(nanos), Some("UTC".into())))
+        lit(ScalarValue::TimestampNanosecond(
+            Some(nanos),
+            Some("UTC".into()),
+        ))
     }
 
     const DAY: i64 = 86_400_000_000_000;

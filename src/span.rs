@@ -382,14 +382,20 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch> {
         for e in &span.events {
             events.items.time.append_value(e.time_unix_nano);
             events.items.name.append_value(&e.name);
-            events.items.dropped.append_value(e.dropped_attributes_count);
+            events
+                .items
+                .dropped
+                .append_value(e.dropped_attributes_count);
             event_attributes.append(Some(&e.attributes))?;
         }
         events.close_row(span.events.len());
         for l in &span.links {
             links.items.trace_id.append_value(&l.trace_id);
             links.items.span_id.append_value(&l.span_id);
-            links.items.trace_state.append_option(l.trace_state.as_deref());
+            links
+                .items
+                .trace_state
+                .append_option(l.trace_state.as_deref());
             links.items.flags.append_option(l.flags);
             links.items.dropped.append_value(l.dropped_attributes_count);
             link_attributes.append(Some(&l.attributes))?;

@@ -99,7 +99,16 @@ impl TraceGenerator {
             TraceShape::Realistic => {
                 let op = self.rng.random_range(0..SERVICES[0].operations.len());
                 let duration = self.rng.random_range(20_000_000..400_000_000);
-                self.server_span(&trace_id, None, 0, op, start_unix_nano, duration, 0, &mut spans);
+                self.server_span(
+                    &trace_id,
+                    None,
+                    0,
+                    op,
+                    start_unix_nano,
+                    duration,
+                    0,
+                    &mut spans,
+                );
             }
             TraceShape::Fixed(n) => self.fixed(&trace_id, n, start_unix_nano, &mut spans),
         }
@@ -109,7 +118,16 @@ impl TraceGenerator {
     fn fixed(&mut self, trace_id: &str, n: usize, start: i64, spans: &mut Vec<Span>) {
         let root_id = self.span_id();
         let total = 10_000_000 * n as i64;
-        spans.push(self.make_span(trace_id, &root_id, None, 0, 0, SpanKind::Server, start, total));
+        spans.push(self.make_span(
+            trace_id,
+            &root_id,
+            None,
+            0,
+            0,
+            SpanKind::Server,
+            start,
+            total,
+        ));
         for i in 1..n {
             let id = self.span_id();
             let service = 1 + (i % (SERVICES.len() - 1));
@@ -187,7 +205,16 @@ impl TraceGenerator {
         spans: &mut Vec<Span>,
     ) {
         let id = self.span_id();
-        let mut span = self.make_span(trace_id, &id, parent, service, op, SpanKind::Server, start, duration);
+        let mut span = self.make_span(
+            trace_id,
+            &id,
+            parent,
+            service,
+            op,
+            SpanKind::Server,
+            start,
+            duration,
+        );
         let svc = &SERVICES[service];
         span.attributes = self.attributes(service, &span.name);
         let failed = self.rng.random_bool(0.04);
@@ -239,7 +266,10 @@ impl TraceGenerator {
                 cursor,
                 call_duration,
             );
-            client.name = format!("{} {}", SERVICES[callee].name, SERVICES[callee].operations[callee_op]);
+            client.name = format!(
+                "{} {}",
+                SERVICES[callee].name, SERVICES[callee].operations[callee_op]
+            );
             client.attributes = vec![
                 ("peer.service".into(), SERVICES[callee].name.into()),
                 ("rpc.system".into(), "grpc".into()),
@@ -269,7 +299,10 @@ impl TraceGenerator {
                 attrs.push(("http.request.method".into(), method.into()));
                 attrs.push(("http.route".into(), route.into()));
                 let status = if self.rng.random_bool(0.05) { 500 } else { 200 };
-                attrs.push(("http.response.status_code".into(), AttributeValue::Int(status)));
+                attrs.push((
+                    "http.response.status_code".into(),
+                    AttributeValue::Int(status),
+                ));
                 attrs.push(("user.premium".into(), self.rng.random_bool(0.2).into()));
             }
             "postgres" | "redis" => {
@@ -311,7 +344,11 @@ pub fn traces(
     window_nanos: i64,
 ) -> Vec<Span> {
     let mut generator = TraceGenerator::new(seed, shape);
-    let step = if count == 0 { 0 } else { window_nanos / count as i64 };
+    let step = if count == 0 {
+        0
+    } else {
+        window_nanos / count as i64
+    };
     (0..count)
         .flat_map(|i| generator.trace(start_unix_nano + step * i as i64))
         .collect()

@@ -58,7 +58,9 @@ async fn registered_once_always_fresh() {
     assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 0);
 
     // An append through the API is visible to the next query.
-    lake.append_spans(&day_of_spans(1, 10, 0, None)).await.unwrap();
+    lake.append_spans(&day_of_spans(1, 10, 0, None))
+        .await
+        .unwrap();
     assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 50);
 
     // So is an INSERT through SQL, in another context registered on the same lake.
@@ -78,7 +80,10 @@ async fn registered_once_always_fresh() {
 
     // Another process's writes appear after refresh().
     let writer = TraceLake::open(path.to_str().unwrap()).await.unwrap();
-    writer.append_spans(&day_of_spans(2, 4, 1, None)).await.unwrap();
+    writer
+        .append_spans(&day_of_spans(2, 4, 1, None))
+        .await
+        .unwrap();
     assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 51);
     assert_eq!(lake.refresh().await.unwrap(), writer.version());
     assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 71);
@@ -87,7 +92,9 @@ async fn registered_once_always_fresh() {
 #[tokio::test]
 async fn a_running_query_keeps_its_snapshot() {
     let lake = TraceLake::create("memory:///running-query").await.unwrap();
-    lake.append_spans(&day_of_spans(1, 10, 0, None)).await.unwrap();
+    lake.append_spans(&day_of_spans(1, 10, 0, None))
+        .await
+        .unwrap();
     let ctx = lake.session_context().unwrap();
     // Planned (snapshot taken) before the append, executed after it.
     let plan = ctx
@@ -97,9 +104,14 @@ async fn a_running_query_keeps_its_snapshot() {
         .create_physical_plan()
         .await
         .unwrap();
-    lake.append_spans(&day_of_spans(2, 10, 0, None)).await.unwrap();
+    lake.append_spans(&day_of_spans(2, 10, 0, None))
+        .await
+        .unwrap();
     let batches = collect(plan, ctx.task_ctx()).await.unwrap();
-    assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 50);
+    assert_eq!(
+        batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        50
+    );
     assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 100);
 }
 

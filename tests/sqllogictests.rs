@@ -17,9 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion_sqllogictest::{
-    DataFusion, TestContext, df_value_validator, value_normalizer,
-};
+use datafusion_sqllogictest::{DataFusion, TestContext, df_value_validator, value_normalizer};
 use indicatif::ProgressBar;
 use sqllogictest::strict_column_validator;
 

@@ -17,7 +17,11 @@ use tracelake::{TraceLake, TraceLakeError};
 const DEFAULT_TABLE: &str = "./tracelake-data";
 
 #[derive(Parser)]
-#[command(name = "tracelake", version, about = "OpenTelemetry traces in Delta Lake, queried with DataFusion SQL")]
+#[command(
+    name = "tracelake",
+    version,
+    about = "OpenTelemetry traces in Delta Lake, queried with DataFusion SQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,7 +65,11 @@ fn print_batches(batches: &[RecordBatch], format: Format) -> CliResult<()> {
         Format::Table => println!("{}", arrow::util::pretty::pretty_format_batches(batches)?),
         Format::Csv => {
             if let Some(batch) = batches.first()
-                && let Some(field) = batch.schema().fields().iter().find(|f| f.data_type().is_nested())
+                && let Some(field) = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .find(|f| f.data_type().is_nested())
             {
                 return Err(format!(
                     "CSV cannot hold the nested column {:?}; select scalar columns or use --format json",
@@ -173,7 +181,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { table, traces } => demo(&table, traces).await,
-        Command::Sql { table, format, sql: statement } => sql(&table, &statement, format).await,
+        Command::Sql {
+            table,
+            format,
+            sql: statement,
+        } => sql(&table, &statement, format).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

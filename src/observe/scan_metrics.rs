@@ -50,7 +50,9 @@ impl ScanMetrics {
                         },
                         v if v.name() == "count_files_scanned" => out.files_scanned += v.as_usize(),
                         v if v.name() == "bytes_scanned" => out.bytes_scanned += v.as_usize(),
-                        MetricValue::OutputRows(rows) if is_leaf => out.rows_scanned += rows.value(),
+                        MetricValue::OutputRows(rows) if is_leaf => {
+                            out.rows_scanned += rows.value()
+                        }
                         _ => {}
                     }
                 }

@@ -317,7 +317,12 @@ mod tests {
         assert_eq!(s(col::KIND), "CLIENT");
         assert_eq!(s(col::STATUS_CODE), "UNSET");
         assert_eq!(s(col::SPAN_DATE), "1970-01-01");
-        assert!(stored.column_by_name(col::PARENT_SPAN_ID).unwrap().is_null(0));
+        assert!(
+            stored
+                .column_by_name(col::PARENT_SPAN_ID)
+                .unwrap()
+                .is_null(0)
+        );
     }
 
     #[test]
@@ -367,8 +372,8 @@ mod tests {
     fn rows_are_sorted_by_trace_id() {
         let a = "ffffffffffffffffffffffffffffffff";
         let b = "00000000000000000000000000000001";
-        let batch = spans_to_batch(&[span(a, "0000000000000001"), span(b, "0000000000000002")])
-            .unwrap();
+        let batch =
+            spans_to_batch(&[span(a, "0000000000000001"), span(b, "0000000000000002")]).unwrap();
         let stored = to_storage(&batch, 0).unwrap();
         let ids = stored.column_by_name(col::TRACE_ID).unwrap();
         assert_eq!(ids.as_string::<i32>().value(0), b);

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
-use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::SaveMode;
@@ -147,7 +147,9 @@ fn check_trace_schema(location: &TableLocation, table: &DeltaTable) -> Result<()
     if partitions.len() != 1 || partitions[0] != col::SPAN_DATE {
         return Err(not_a_trace_table(
             location,
-            format!("partitioned by {partitions:?}, a trace table is partitioned by [\"span_date\"]"),
+            format!(
+                "partitioned by {partitions:?}, a trace table is partitioned by [\"span_date\"]"
+            ),
         ));
     }
     Ok(())
@@ -160,9 +162,9 @@ fn types_match(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -
     match (a, b) {
         (Struct(x), Struct(y)) => {
             x.len() == y.len()
-                && x.iter().zip(y.iter()).all(|(f, g)| {
-                    f.name() == g.name() && types_match(f.data_type(), g.data_type())
-                })
+                && x.iter()
+                    .zip(y.iter())
+                    .all(|(f, g)| f.name() == g.name() && types_match(f.data_type(), g.data_type()))
         }
         (List(x), List(y)) | (LargeList(x), List(y)) | (List(x), LargeList(y)) => {
             types_match(x.data_type(), y.data_type())
@@ -213,7 +215,10 @@ impl TraceTable {
         .instrument(span.clone())
         .await;
         let table = record_result(&span, result)?;
-        span.record(names::ATTR_VERSION_AFTER, table.version().unwrap_or(0) as i64);
+        span.record(
+            names::ATTR_VERSION_AFTER,
+            table.version().unwrap_or(0) as i64,
+        );
         Self::with_table(location, table).await
     }
 
@@ -245,10 +250,7 @@ impl TraceTable {
     }
 
     /// Opens the trace table at `location`, creating it if no Delta table is there.
-    pub async fn open_or_create(
-        location: &str,
-        options: &HashMap<String, String>,
-    ) -> Result<Self> {
+    pub async fn open_or_create(location: &str, options: &HashMap<String, String>) -> Result<Self> {
         let resolved = store::resolve(location, options, true)?;
         let probe = builder(&resolved)?.build()?;
         if probe.verify_deltatable_existence().await? {
@@ -409,14 +411,30 @@ mod tests {
             .append_spans(&[span(1, 1, None, 1_700_000_000_000_000_000)])
             .await
             .unwrap();
-        assert_eq!(out, AppendOutcome { version: 1, rows: 1 });
+        assert_eq!(
+            out,
+            AppendOutcome {
+                version: 1,
+                rows: 1
+            }
+        );
 
         let reopened = TraceTable::open(path, &HashMap::new()).await.unwrap();
         assert_eq!(reopened.version(), 1);
-        let actual = reopened.snapshot().table.snapshot().unwrap().snapshot().arrow_schema();
+        let actual = reopened
+            .snapshot()
+            .table
+            .snapshot()
+            .unwrap()
+            .snapshot()
+            .arrow_schema();
         for field in storage_schema().fields() {
             let found = actual.field_with_name(field.name()).unwrap();
-            assert!(types_match(found.data_type(), field.data_type()), "{}", field.name());
+            assert!(
+                types_match(found.data_type(), field.data_type()),
+                "{}",
+                field.name()
+            );
         }
 
         let err = TraceTable::create(path, &HashMap::new()).await.unwrap_err();
@@ -464,10 +482,8 @@ mod tests {
 
         // A Delta table with another schema.
         let other = dir.path().join("other");
-        let other_url = url::Url::from_directory_path(
-            std::path::absolute(&other).unwrap(),
-        )
-        .unwrap();
+        let other_url =
+            url::Url::from_directory_path(std::path::absolute(&other).unwrap()).unwrap();
         std::fs::create_dir_all(&other).unwrap();
         DeltaTable::try_from_url(other_url)
             .await

@@ -120,7 +120,9 @@ pub fn resolve(
         s if s.len() == 1 => local(location, std::path::Path::new(location), create),
         other => Err(invalid(
             location,
-            format!("unsupported scheme {other:?}; use a local path, file://, memory://, s3://, gs:// or az://"),
+            format!(
+                "unsupported scheme {other:?}; use a local path, file://, memory://, s3://, gs:// or az://"
+            ),
         )),
     }
 }
