@@ -1,6 +1,10 @@
 //! tracelake's SQL functions: table functions and scalar UDFs. [`register`] adds every one of
 //! them to a `SessionContext`.
 
+pub mod args;
+pub mod trace_tree;
+pub mod tree;
+
 use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
@@ -9,5 +13,8 @@ use crate::table::TraceTable;
 
 /// Registers every tracelake function that reads `table` into `ctx`.
 pub fn register(ctx: &SessionContext, table: &Arc<TraceTable>) {
-    let _ = (ctx, table);
+    ctx.register_udtf(
+        trace_tree::NAME,
+        Arc::new(trace_tree::TraceTreeFunction::new(table.clone())),
+    );
 }

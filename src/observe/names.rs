@@ -12,8 +12,14 @@ pub const UPDATE_INCREMENTAL: &str = "update_incremental";
 pub const DELTA_CATALOG_SWAP: &str = "delta.catalog.swap";
 /// One append committed as a Delta version.
 pub const DELTA_APPEND: &str = "delta.append";
+/// Building one trace's tree in `trace_tree`.
+pub const TRACE_TREE_BUILD: &str = "trace.tree.build";
+/// Converting rows to Arrow columns (the tree's output batch).
+pub const ARROW_CONVERT: &str = "arrow.convert";
 
 // Attribute keys.
+/// The trace id a function looked up.
+pub const ATTR_TRACE_ID: &str = "trace.id";
 /// The table's URL.
 pub const ATTR_TABLE_URL: &str = "delta.table.url";
 /// Version before an operation.
@@ -32,11 +38,14 @@ pub const SPAN_NAMES: &[&str] = &[
     UPDATE_INCREMENTAL,
     DELTA_CATALOG_SWAP,
     DELTA_APPEND,
+    TRACE_TREE_BUILD,
+    ARROW_CONVERT,
 ];
 
 /// Every attribute key, for the contract test.
 pub const ATTRIBUTE_KEYS: &[&str] = &[
     ATTR_TABLE_URL,
+    ATTR_TRACE_ID,
     ATTR_VERSION_BEFORE,
     ATTR_VERSION_AFTER,
     ATTR_ROWS,

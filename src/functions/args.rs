@@ -1,0 +1,105 @@
+//! Argument checking shared by the table functions: every error names the function and the
+//! argument.
+
+use datafusion::common::{DataFusionError, ScalarValue, plan_err};
+use datafusion::logical_expr::Expr;
+
+use crate::schema::timestamp_type;
+use crate::table::ingest::normalize_trace_id;
+
+/// The constant value of argument `position` (1-based), or an error saying it must be one.
+fn literal<'a>(
+    function: &str,
+    position: usize,
+    name: &str,
+    expr: &'a Expr,
+) -> Result<&'a ScalarValue, DataFusionError> {
+    match expr {
+        Expr::Literal(value, _) => Ok(value),
+        other => plan_err!(
+            "{function} expects a constant for argument {position} ({name}), got the expression {other}"
+        ),
+    }
+}
+
+/// A trace id argument: a string of 32 hex characters, either case; returned lowercase.
+pub fn trace_id(
+    function: &str,
+    position: usize,
+    expr: &Expr,
+) -> Result<String, DataFusionError> {
+    let value = literal(function, position, "trace_id", expr)?;
+    if value.is_null() {
+        return plan_err!(
+            "{function} expects a trace id (32 hex characters) for argument {position} (trace_id), got NULL"
+        );
+    }
+    let text = match value {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s,
+        other => {
+            return plan_err!(
+                "{function} expects a string for argument {position} (trace_id), got {} {other}",
+                other.data_type()
+            );
+        }
+    };
+    normalize_trace_id(text).ok_or_else(|| {
+        DataFusionError::Plan(format!(
+            "{function} expects 32 hex characters for argument {position} (trace_id), got {text:?}"
+        ))
+    })
+}
+
+/// A time bound argument: a timestamp or an ISO-8601 string, `NULL` meaning unbounded.
+/// Returns unix nanoseconds.
+pub fn time_bound(
+    function: &str,
+    position: usize,
+    name: &str,
+    expr: &Expr,
+) -> Result<Option<i64>, DataFusionError> {
+    let value = literal(function, position, name, expr)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    let accepted = matches!(
+        value,
+        ScalarValue::Utf8(_)
+            | ScalarValue::LargeUtf8(_)
+            | ScalarValue::Utf8View(_)
+            | ScalarValue::TimestampSecond(..)
+            | ScalarValue::TimestampMillisecond(..)
+            | ScalarValue::TimestampMicrosecond(..)
+            | ScalarValue::TimestampNanosecond(..)
+            | ScalarValue::Date32(_)
+            | ScalarValue::Date64(_)
+    );
+    let cast = accepted
+        .then(|| value.cast_to(&timestamp_type()).ok())
+        .flatten();
+    match cast {
+        Some(ScalarValue::TimestampNanosecond(Some(ns), _)) => Ok(Some(ns)),
+        _ => plan_err!(
+            "{function} expects a timestamp or an ISO-8601 string for argument {position} ({name}), got {} {value}",
+            value.data_type()
+        ),
+    }
+}
+
+/// Checks the argument count.
+pub fn count(
+    function: &str,
+    args: &[Expr],
+    min: usize,
+    max: usize,
+    signature: &str,
+) -> Result<(), DataFusionError> {
+    if args.len() < min || args.len() > max {
+        return plan_err!(
+            "{function} expects {signature}, got {} argument{}",
+            args.len(),
+            if args.len() == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
