@@ -218,7 +218,7 @@ fn list_item(data_type: &DataType) -> Arc<arrow::datatypes::Field> {
 
 /// Builds a `map<string, attribute value>` column.
 #[derive(Default)]
-struct AttributeMapColumn {
+pub(crate) struct AttributeMapColumn {
     offsets: Vec<i32>,
     validity: Vec<bool>,
     keys: StringBuilder,
@@ -229,7 +229,7 @@ struct AttributeMapColumn {
 }
 
 impl AttributeMapColumn {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             offsets: vec![0],
             array_offsets: vec![0],
@@ -237,7 +237,7 @@ impl AttributeMapColumn {
         }
     }
 
-    fn append(&mut self, attributes: Option<&Attributes>) -> Result<()> {
+    pub(crate) fn append(&mut self, attributes: Option<&Attributes>) -> Result<()> {
         let entries = attributes.map(|a| a.as_slice()).unwrap_or_default();
         for (key, value) in entries {
             self.keys.append_value(key);
@@ -266,7 +266,7 @@ impl AttributeMapColumn {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<MapArray> {
+    pub(crate) fn finish(mut self) -> Result<MapArray> {
         let map_type = schema::attribute_map_type();
         let DataType::Map(entries_field, _) = &map_type else {
             unreachable!("attribute_map_type is a map")

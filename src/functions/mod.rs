@@ -4,6 +4,7 @@
 pub mod args;
 pub mod trace_tree;
 pub mod tree;
+pub mod udfs;
 
 use std::sync::Arc;
 
@@ -17,4 +18,7 @@ pub fn register(ctx: &SessionContext, table: &Arc<TraceTable>) {
         trace_tree::NAME,
         Arc::new(trace_tree::TraceTreeFunction::new(table.clone())),
     );
+    for udf in udfs::all() {
+        ctx.register_udf(udf);
+    }
 }
