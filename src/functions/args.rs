@@ -23,11 +23,7 @@ fn literal<'a>(
 }
 
 /// A trace id argument: a string of 32 hex characters, either case; returned lowercase.
-pub fn trace_id(
-    function: &str,
-    position: usize,
-    expr: &Expr,
-) -> Result<String, DataFusionError> {
+pub fn trace_id(function: &str, position: usize, expr: &Expr) -> Result<String, DataFusionError> {
     let value = literal(function, position, "trace_id", expr)?;
     if value.is_null() {
         return plan_err!(
@@ -35,7 +31,9 @@ pub fn trace_id(
         );
     }
     let text = match value {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => s,
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => s,
         other => {
             return plan_err!(
                 "{function} expects a string for argument {position} (trace_id), got {} {other}",

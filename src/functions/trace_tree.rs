@@ -18,6 +18,7 @@ use arrow::buffer::OffsetBuffer;
 use arrow::compute::{and, concat_batches, filter_record_batch, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampNanosecondType};
 use async_trait::async_trait;
+use datafusion::catalog::TableFunctionArgs;
 use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
@@ -30,7 +31,6 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, collect,
 };
-use datafusion::catalog::TableFunctionArgs;
 use tracing::field;
 
 use super::args;
@@ -193,7 +193,10 @@ impl TableProvider for TraceTreeTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
     }
 
     async fn scan(
@@ -345,7 +348,9 @@ impl ExecutionPlan for TraceTreeExec {
             let pieces: Vec<Result<RecordBatch>> = match result {
                 Ok(batch) => (0..batch.num_rows().max(1))
                     .step_by(batch_size.max(1))
-                    .map(|offset| Ok(batch.slice(offset, batch_size.min(batch.num_rows() - offset))))
+                    .map(
+                        |offset| Ok(batch.slice(offset, batch_size.min(batch.num_rows() - offset))),
+                    )
                     .collect(),
                 Err(e) => vec![Err(e)],
             };
@@ -374,8 +379,8 @@ fn tree_batch(spans: &RecordBatch, output: &[usize], schema: &SchemaRef) -> Resu
     );
     let order = UInt32Array::from_iter_values(rows.iter().map(|r| r.input as u32));
 
-    let _convert = tracing::info_span!(names::ARROW_CONVERT, { names::ATTR_ROWS } = rows.len())
-        .entered();
+    let _convert =
+        tracing::info_span!(names::ARROW_CONVERT, { names::ATTR_ROWS } = rows.len()).entered();
     let full = trace_tree_schema();
     let span_count = sql_schema().fields().len();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(output.len());
@@ -391,11 +396,14 @@ fn tree_batch(spans: &RecordBatch, output: &[usize], schema: &SchemaRef) -> Resu
                 tree_col::DEPTH => Arc::new(Int32Array::from_iter_values(
                     rows.iter().map(|r| r.depth as i32),
                 )),
-                tree_col::SPAN_ORDER => Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
+                tree_col::SPAN_ORDER => {
+                    Arc::new(Int64Array::from_iter_values(0..rows.len() as i64))
+                }
                 tree_col::PATH => Arc::new(path_column(&rows, ids)?),
                 tree_col::ROOT_SPAN_ID => {
-                    let roots =
-                        UInt32Array::from_iter_values(rows.iter().map(|r| rows[r.root].input as u32));
+                    let roots = UInt32Array::from_iter_values(
+                        rows.iter().map(|r| rows[r.root].input as u32),
+                    );
                     take(ids, &roots, None)?
                 }
                 tree_col::CHILD_COUNT => Arc::new(Int64Array::from_iter_values(
@@ -462,4 +470,3 @@ fn path_column(rows: &[TreeRow], ids: &StringArray) -> Result<ListArray> {
         None,
     )?)
 }
-

@@ -150,7 +150,14 @@ pub fn build<'a>(
         }
     };
     for &r in &roots {
-        walk(r, &mut out, &mut visited, &mut stack, &anomaly, &child_counts);
+        walk(
+            r,
+            &mut out,
+            &mut visited,
+            &mut stack,
+            &anomaly,
+            &child_counts,
+        );
     }
     // Whatever is left is in a parent cycle or hangs off one. Follow parents from it to a
     // span on the cycle, break the cycle at its earliest span, and walk from there.
@@ -182,7 +189,14 @@ pub fn build<'a>(
             child_counts[p] -= 1;
         }
         anomaly[earliest] = Some(Anomaly::Cycle);
-        walk(earliest, &mut out, &mut visited, &mut stack, &anomaly, &child_counts);
+        walk(
+            earliest,
+            &mut out,
+            &mut visited,
+            &mut stack,
+            &anomaly,
+            &child_counts,
+        );
     }
     out
 }
@@ -234,7 +248,11 @@ mod tests {
 
     #[test]
     fn cycles_terminate_and_are_marked() {
-        let spans = [("a", Some("b"), 1), ("b", Some("a"), 2), ("s", Some("s"), 3)];
+        let spans = [
+            ("a", Some("b"), 1),
+            ("b", Some("a"), 2),
+            ("s", Some("s"), 3),
+        ];
         let rows = build(3, |i| spans[i].0, |i| spans[i].1, |i| spans[i].2);
         assert_eq!(rows.len(), 3);
         let order: Vec<_> = rows.iter().map(|r| spans[r.input].0).collect();
@@ -247,7 +265,11 @@ mod tests {
 
     #[test]
     fn a_cycle_is_broken_at_its_earliest_member_not_at_a_hanging_child() {
-        let spans = [("c", Some("a"), 1), ("a", Some("b"), 5), ("b", Some("a"), 6)];
+        let spans = [
+            ("c", Some("a"), 1),
+            ("a", Some("b"), 5),
+            ("b", Some("a"), 6),
+        ];
         let rows = build(3, |i| spans[i].0, |i| spans[i].1, |i| spans[i].2);
         let got: Vec<_> = rows
             .iter()

@@ -11,8 +11,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float64Builder, Int64Builder,
-    MapArray, StringArray, StringBuilder, StructArray,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float64Builder, Int64Builder, MapArray,
+    StringArray, StringBuilder, StructArray,
 };
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
@@ -112,7 +112,10 @@ impl ScalarUDFImpl for AttrUdf {
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         let name = self.kind.name();
         if arg_types.len() != 2 {
-            return plan_err!("{name} expects (attributes, key), got {} arguments", arg_types.len());
+            return plan_err!(
+                "{name} expects (attributes, key), got {} arguments",
+                arg_types.len()
+            );
         }
         if !is_attribute_map(&arg_types[0]) && arg_types[0] != DataType::Null {
             return plan_err!(
@@ -125,7 +128,10 @@ impl ScalarUDFImpl for AttrUdf {
             arg_types[1],
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
         ) {
-            return plan_err!("{name} expects a string key for argument 2, got {}", arg_types[1]);
+            return plan_err!(
+                "{name} expects a string key for argument 2, got {}",
+                arg_types[1]
+            );
         }
         Ok(self.kind.data_type())
     }
@@ -149,7 +155,10 @@ impl ScalarUDFImpl for AttrUdf {
                 let col = values.column(1).as_string::<i32>();
                 let mut b = StringBuilder::new();
                 for j in found {
-                    b.append_option(j.filter(|&j| type_is(values, j, "string")).map(|j| col.value(j)));
+                    b.append_option(
+                        j.filter(|&j| type_is(values, j, "string"))
+                            .map(|j| col.value(j)),
+                    );
                 }
                 Arc::new(b.finish())
             }
@@ -157,7 +166,10 @@ impl ScalarUDFImpl for AttrUdf {
                 let col = values.column(2).as_primitive::<Int64Type>();
                 let mut b = Int64Builder::new();
                 for j in found {
-                    b.append_option(j.filter(|&j| type_is(values, j, "int")).map(|j| col.value(j)));
+                    b.append_option(
+                        j.filter(|&j| type_is(values, j, "int"))
+                            .map(|j| col.value(j)),
+                    );
                 }
                 Arc::new(b.finish())
             }
@@ -182,7 +194,10 @@ impl ScalarUDFImpl for AttrUdf {
                 let col = values.column(4).as_boolean();
                 let mut b = BooleanBuilder::new();
                 for j in found {
-                    b.append_option(j.filter(|&j| type_is(values, j, "bool")).map(|j| col.value(j)));
+                    b.append_option(
+                        j.filter(|&j| type_is(values, j, "bool"))
+                            .map(|j| col.value(j)),
+                    );
                 }
                 Arc::new(b.finish())
             }
@@ -297,7 +312,10 @@ static ATTRS_DOC: LazyLock<Documentation> = LazyLock::new(|| {
         "attrs(key1, value1 [, key2, value2 ...])",
     )
     .with_argument("key", "A string key.")
-    .with_argument("value", "A string, integer, float, boolean, binary, or array of those.")
+    .with_argument(
+        "value",
+        "A string, integer, float, boolean, binary, or array of those.",
+    )
     .with_sql_example("SELECT attrs('http.route', '/checkout', 'http.response.status_code', 200)")
     .build()
 });
@@ -305,9 +323,9 @@ static ATTRS_DOC: LazyLock<Documentation> = LazyLock::new(|| {
 fn attribute_value(value: &ScalarValue) -> Result<Option<AttributeValue>> {
     Ok(Some(match value {
         v if v.is_null() => return Ok(None),
-        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            AttributeValue::String(s.clone())
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => AttributeValue::String(s.clone()),
         ScalarValue::Boolean(Some(b)) => AttributeValue::Bool(*b),
         ScalarValue::Float16(_) | ScalarValue::Float32(_) | ScalarValue::Float64(_) => {
             match value.cast_to(&DataType::Float64)? {
@@ -315,9 +333,9 @@ fn attribute_value(value: &ScalarValue) -> Result<Option<AttributeValue>> {
                 _ => return Ok(None),
             }
         }
-        ScalarValue::Binary(Some(b)) | ScalarValue::LargeBinary(Some(b)) | ScalarValue::BinaryView(Some(b)) => {
-            AttributeValue::Bytes(b.clone())
-        }
+        ScalarValue::Binary(Some(b))
+        | ScalarValue::LargeBinary(Some(b))
+        | ScalarValue::BinaryView(Some(b)) => AttributeValue::Bytes(b.clone()),
         ScalarValue::List(list) => {
             let items = list.value(0);
             let mut out = Vec::with_capacity(items.len());
@@ -381,11 +399,14 @@ impl ScalarUDFImpl for AttrsUdf {
                 let Some(key) = key.try_as_str().flatten() else {
                     return plan_err!("attrs: a key is NULL");
                 };
-                if let Some(value) = attribute_value(&ScalarValue::try_from_array(&pair[1], row)?)? {
+                if let Some(value) = attribute_value(&ScalarValue::try_from_array(&pair[1], row)?)?
+                {
                     attributes.push((key.to_string(), value));
                 }
             }
-            column.append(Some(&attributes)).map_err(DataFusionError::from)?;
+            column
+                .append(Some(&attributes))
+                .map_err(DataFusionError::from)?;
         }
         Ok(ColumnarValue::Array(Arc::new(
             column.finish().map_err(DataFusionError::from)?,
@@ -399,15 +420,20 @@ impl ScalarUDFImpl for AttrsUdf {
 
 /// Every scalar UDF of tracelake.
 pub fn all() -> Vec<ScalarUDF> {
-    let mut udfs: Vec<ScalarUDF> = [AttrType::Str, AttrType::Int, AttrType::Double, AttrType::Bool]
-        .into_iter()
-        .map(|kind| {
-            ScalarUDF::new_from_impl(AttrUdf {
-                kind,
-                signature: Signature::any(2, Volatility::Immutable),
-            })
+    let mut udfs: Vec<ScalarUDF> = [
+        AttrType::Str,
+        AttrType::Int,
+        AttrType::Double,
+        AttrType::Bool,
+    ]
+    .into_iter()
+    .map(|kind| {
+        ScalarUDF::new_from_impl(AttrUdf {
+            kind,
+            signature: Signature::any(2, Volatility::Immutable),
         })
-        .collect();
+    })
+    .collect();
     for (name, len) in [("is_trace_id", 32), ("is_span_id", 16)] {
         udfs.push(ScalarUDF::new_from_impl(IsIdUdf {
             name,
