@@ -375,7 +375,7 @@ impl ScalarUDFImpl for AttrsUdf {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
-        if arg_types.len() % 2 != 0 {
+        if !arg_types.len().is_multiple_of(2) {
             return plan_err!(
                 "attrs expects key/value pairs (an even number of arguments), got {}",
                 arg_types.len()
