@@ -16,9 +16,11 @@ use datafusion::datasource::TableType;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, lit};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, SendableRecordBatchStream,
@@ -26,7 +28,7 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 
 use crate::schema::{self, col, sql_schema, storage_name};
-use crate::table::{TraceTable, ingest};
+use crate::table::{TraceTable, ingest, lookup};
 
 /// The `spans` table over a [`TraceTable`]'s current snapshot.
 #[derive(Debug, Clone)]
@@ -134,6 +136,56 @@ pub(crate) fn translate_filter(expr: &Expr) -> Option<Expr> {
     }
 }
 
+/// The trace ids a scan is restricted to: a conjunct `trace_id = 'literal'` or
+/// `trace_id IN ('literal', ...)` of the pushed filters.
+pub(crate) fn lookup_ids(filters: &[Expr]) -> Option<Vec<String>> {
+    fn string(e: &Expr) -> Option<String> {
+        match e {
+            Expr::Literal(v, _) => v.try_as_str().flatten().map(str::to_string),
+            _ => None,
+        }
+    }
+    fn is_trace_id(e: &Expr) -> bool {
+        matches!(e, Expr::Column(c) if c.name == col::TRACE_ID)
+    }
+    /// The ids of `e` if it is `trace_id = 'x'`, `trace_id IN (...)`, or an OR of those
+    /// (DataFusion rewrites short IN lists to ORs).
+    fn ids(e: &Expr) -> Option<Vec<String>> {
+        match e {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => {
+                if is_trace_id(left) {
+                    string(right).map(|s| vec![s])
+                } else if is_trace_id(right) {
+                    string(left).map(|s| vec![s])
+                } else {
+                    None
+                }
+            }
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Or,
+                right,
+            }) => {
+                let mut all = ids(left)?;
+                all.extend(ids(right)?);
+                Some(all)
+            }
+            Expr::InList(list) if !list.negated && is_trace_id(&list.expr) => {
+                list.list.iter().map(string).collect()
+            }
+            _ => None,
+        }
+    }
+    filters
+        .iter()
+        .flat_map(|f| split_conjunction(f))
+        .find_map(ids)
+}
+
 /// Drops table qualifiers: the storage scan knows its columns by name only.
 fn unqualify(expr: Expr) -> Option<Expr> {
     expr.transform_up(|e| {
@@ -185,10 +237,34 @@ impl TableProvider for TraceTableProvider {
             .iter()
             .map(|&i| delta_schema.index_of(storage_name(sql.field(i).name())))
             .collect::<Result<Vec<_>, _>>()?;
-        let storage_filters: Vec<Expr> = filters.iter().filter_map(translate_filter).collect();
-        let plan = delta
-            .scan(state, Some(&storage_projection), &storage_filters, limit)
-            .await?;
+        let plan = match (lookup_ids(filters), snapshot.index()) {
+            // A lookup by trace id: read only the row groups the index points at.
+            (Some(ids), Some(index)) => {
+                let table = &self.table;
+                let store = &table.location().root_store;
+                state
+                    .runtime_env()
+                    .register_object_store(table.store_url().as_ref(), store.clone());
+                let lookup = index.plan(&ids);
+                let file_schema = lookup::file_schema();
+                let projection = wanted
+                    .iter()
+                    .map(|&i| file_schema.index_of(storage_name(sql.field(i).name())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if lookup.files.is_empty() {
+                    Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)))
+                } else {
+                    index.scan(state, store, table.store_url(), &lookup, &ids, projection)?
+                }
+            }
+            _ => {
+                let storage_filters: Vec<Expr> =
+                    filters.iter().filter_map(translate_filter).collect();
+                delta
+                    .scan(state, Some(&storage_projection), &storage_filters, limit)
+                    .await?
+            }
+        };
 
         let input = plan.schema();
         let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(wanted.len());

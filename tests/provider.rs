@@ -136,23 +136,49 @@ async fn trace_id_and_time_filters_prune_files_and_row_groups() {
     assert_eq!(full.files_scanned, 6);
     assert_eq!(full.rows_scanned, 120_000);
 
-    // A lookup by trace id, no time bound: statistics prune one row group per file (rows are
-    // sorted by trace id), bloom filters prune the rest but the one holding the trace.
+    assert_eq!(full.files_opened, 6);
+
+    // A lookup by trace id, no time bound: the trace-id index (row-group id ranges and bloom
+    // filters, in memory) leaves the one row group holding the trace.
     let lookup = format!("SELECT span_id FROM spans WHERE trace_id = '{wanted}'");
     let (batches, m) = run(&ctx, &lookup).await;
     assert_eq!(rows(&batches), 5);
-    assert_eq!(m.files_scanned, 6);
-    assert_eq!(m.row_groups_pruned_statistics, 6);
+    assert_eq!(m.files_opened, 1, "{m:?}");
     assert_eq!(m.row_groups_read(), 1, "{m:?}");
+    let plan = lake
+        .table()
+        .snapshot()
+        .index()
+        .unwrap()
+        .plan(&[wanted.clone()]);
+    assert_eq!((plan.files_total, plan.row_groups_total), (6, 12));
+    assert_eq!(plan.row_groups_read(), 1);
 
-    // The same lookup with a time bound: Delta partition pruning leaves day 1's two files.
+    // The same lookup with a time bound reads the same row group.
     let bounded = format!(
         "{lookup} AND start_time >= '2024-05-02T00:00:00Z' AND start_time < '2024-05-03T00:00:00Z'"
     );
     let (batches, m) = run(&ctx, &bounded).await;
     assert_eq!(rows(&batches), 5);
-    assert_eq!(m.files_scanned, 2);
+    assert_eq!(m.files_opened, 1);
     assert_eq!(m.row_groups_read(), 1, "{m:?}");
+
+    // A bound that excludes the trace: the row group is read, its rows filtered out.
+    let (batches, _) = run(
+        &ctx,
+        &format!("{lookup} AND start_time >= '2024-05-03T00:00:00Z'"),
+    )
+    .await;
+    assert_eq!(rows(&batches), 0);
+
+    // An id that is in no row group: nothing is opened.
+    let (batches, m) = run(
+        &ctx,
+        "SELECT span_id FROM spans WHERE trace_id = '0123456789abcdef0123456789abcdef'",
+    )
+    .await;
+    assert_eq!(rows(&batches), 0);
+    assert_eq!(m.files_opened, 0, "{m:?}");
 
     // A time range alone reads only that day's files.
     let (batches, m) = run(
@@ -162,6 +188,7 @@ async fn trace_id_and_time_filters_prune_files_and_row_groups() {
     .await;
     assert_eq!(rows(&batches), 40_000);
     assert_eq!(m.files_scanned, 2);
+    assert_eq!(m.files_opened, 2);
 
     // IN on trace_id prunes like equality.
     let in_list = format!(
@@ -169,7 +196,21 @@ async fn trace_id_and_time_filters_prune_files_and_row_groups() {
     );
     let (batches, m) = run(&ctx, &in_list).await;
     assert_eq!(rows(&batches), 5);
-    assert!(m.row_groups_read() <= 2, "{m:?}");
+    assert_eq!(m.row_groups_read(), 1, "{m:?}");
+
+    // Without the index (a range on trace_id: only `wanted` is in [wanted, wanted || '0')),
+    // Delta and parquet
+    // still prune: statistics leave one row group per file.
+    let (batches, m) = run(
+        &ctx,
+        &format!(
+            "SELECT span_id FROM spans WHERE trace_id >= '{wanted}' AND trace_id < '{wanted}0'"
+        ),
+    )
+    .await;
+    assert_eq!(rows(&batches), 5);
+    assert_eq!(m.files_scanned, 6);
+    assert_eq!(m.row_groups_pruned_statistics, 6, "{m:?}");
 }
 
 #[tokio::test]
@@ -184,7 +225,7 @@ async fn delta_statistics_on_trace_id_skip_whole_files() {
     let ctx = lake.session_context().unwrap();
     let (batches, m) = run(
         &ctx,
-        &format!("SELECT * FROM spans WHERE trace_id = '{wanted}'"),
+        &format!("SELECT * FROM spans WHERE trace_id >= '{wanted}' AND trace_id < '{wanted}0'"),
     )
     .await;
     assert_eq!(rows(&batches), 5);

@@ -11,8 +11,11 @@ use datafusion::physical_plan::metrics::MetricValue;
 /// Figures summed over every node of an executed plan.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanMetrics {
-    /// Data files the Delta scan kept after file skipping.
+    /// Data files the Delta scan kept after file skipping (Delta scan path; a lookup served
+    /// by the trace-id index does not go through it and reports 0).
     pub files_scanned: usize,
+    /// Data files the parquet reader opened, whichever path planned the scan.
+    pub files_opened: usize,
     /// Row groups of opened files that DataFusion read or considered after pruning.
     pub row_groups_matched: usize,
     /// Row groups skipped by min/max statistics.
@@ -29,11 +32,19 @@ impl ScanMetrics {
     /// Reads the metrics of `plan` (after it ran) and of all its children.
     pub fn from_plan(plan: &Arc<dyn ExecutionPlan>) -> Self {
         let mut out = ScanMetrics::default();
+        let mut files = std::collections::HashSet::new();
         let mut stack = vec![plan.clone()];
         while let Some(node) = stack.pop() {
             let is_leaf = node.children().is_empty();
             if let Some(metrics) = node.metrics() {
                 for metric in metrics.iter() {
+                    if metric.value().name() == "bytes_scanned" {
+                        for label in metric.labels() {
+                            if label.name() == "filename" {
+                                files.insert(label.value().to_string());
+                            }
+                        }
+                    }
                     match metric.value() {
                         MetricValue::PruningMetrics {
                             name,
@@ -59,6 +70,7 @@ impl ScanMetrics {
             }
             stack.extend(node.children().into_iter().cloned());
         }
+        out.files_opened = files.len();
         out
     }
 

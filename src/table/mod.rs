@@ -5,6 +5,7 @@
 //! only reads the [`TableSnapshot`] installed here and never lists.
 
 pub mod ingest;
+pub mod lookup;
 pub mod store;
 
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
@@ -25,6 +27,7 @@ use crate::error::{Result, TraceLakeError};
 use crate::observe::names;
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
+pub use lookup::TraceIdIndex;
 pub use store::{Backend, TableLocation};
 
 /// Rows per parquet row group. Rows are sorted by trace id inside a file, so a row group
@@ -37,20 +40,41 @@ pub const ROW_GROUP_ROWS: usize = 16 * 1024;
 pub struct TableSnapshot {
     table: DeltaTable,
     scan: Arc<dyn TableProvider>,
+    index: Option<Arc<TraceIdIndex>>,
 }
 
 impl TableSnapshot {
-    async fn new(table: DeltaTable) -> Result<Self> {
+    /// Prepares `table` for scans: deltalake's scan and the trace-id index (reusing the
+    /// entries of `previous` for files it already indexed).
+    async fn new(
+        table: DeltaTable,
+        location: &TableLocation,
+        previous: Option<&TableSnapshot>,
+    ) -> Result<Self> {
         let state = table.snapshot()?;
         let scan = table
             .table_provider()
             .with_eager_snapshot(state.snapshot().clone())
             .build()
             .await?;
+        let index = TraceIdIndex::build(
+            &location.root_store,
+            &lookup::table_prefix(&location.url),
+            state.snapshot(),
+            previous.and_then(|p| p.index.as_deref()),
+        )
+        .await?
+        .map(Arc::new);
         Ok(Self {
             table,
             scan: Arc::new(scan),
+            index,
         })
+    }
+
+    /// The trace-id index of this version (`None` when it has deletion vectors).
+    pub fn index(&self) -> Option<&Arc<TraceIdIndex>> {
+        self.index.as_ref()
     }
 
     /// The Delta version of this snapshot.
@@ -81,6 +105,8 @@ pub struct AppendOutcome {
 /// A Delta table of spans with an atomically swapped current snapshot.
 pub struct TraceTable {
     location: TableLocation,
+    /// The URL the table's root store is registered under in the sessions that scan it.
+    store_url: ObjectStoreUrl,
     current: ArcSwap<TableSnapshot>,
     /// Serializes this process's commits and snapshot installs.
     commit_lock: tokio::sync::Mutex<()>,
@@ -261,9 +287,13 @@ impl TraceTable {
     }
 
     async fn with_table(location: TableLocation, table: DeltaTable) -> Result<Self> {
-        let snapshot = TableSnapshot::new(table).await?;
+        let snapshot = TableSnapshot::new(table, &location, None).await?;
+        static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store_url = ObjectStoreUrl::parse(format!("tracelake://table-{id}/"))?;
         Ok(Self {
             location,
+            store_url,
             current: ArcSwap::from_pointee(snapshot),
             commit_lock: tokio::sync::Mutex::new(()),
         })
@@ -272,6 +302,11 @@ impl TraceTable {
     /// The table's location.
     pub fn location(&self) -> &TableLocation {
         &self.location
+    }
+
+    /// The URL the root store is registered under for scans (unique to this instance).
+    pub fn store_url(&self) -> &ObjectStoreUrl {
+        &self.store_url
     }
 
     /// The snapshot queries currently start from.
@@ -297,7 +332,10 @@ impl TraceTable {
         if after <= before {
             return Ok(before);
         }
-        let snapshot = TableSnapshot::new(table).instrument(span).await?;
+        let previous = self.snapshot();
+        let snapshot = TableSnapshot::new(table, &self.location, Some(&previous))
+            .instrument(span)
+            .await?;
         self.current.store(Arc::new(snapshot));
         Ok(after)
     }
