@@ -10,6 +10,8 @@ pub const DELTA_SNAPSHOT_REFRESH: &str = "delta.snapshot.refresh";
 pub const UPDATE_INCREMENTAL: &str = "update_incremental";
 /// Installing a new snapshot as the one queries start from.
 pub const DELTA_CATALOG_SWAP: &str = "delta.catalog.swap";
+/// Incremental optimize: compaction of the partitions whose files overlap in trace id.
+pub const DELTA_OPTIMIZE: &str = "delta.optimize";
 /// One append committed as a Delta version.
 pub const DELTA_APPEND: &str = "delta.append";
 /// Building one trace's tree in `trace_tree`.
@@ -28,6 +30,12 @@ pub const ATTR_VERSION_BEFORE: &str = "delta.version.before";
 pub const ATTR_VERSION_AFTER: &str = "delta.version.after";
 /// Rows (spans) written or returned.
 pub const ATTR_ROWS: &str = "rows";
+/// Partitions an operation touched.
+pub const ATTR_PARTITIONS: &str = "delta.partitions";
+/// Data files added by an operation.
+pub const ATTR_FILES_ADDED: &str = "delta.files.added";
+/// Data files removed by an operation.
+pub const ATTR_FILES_REMOVED: &str = "delta.files.removed";
 /// The error, if the operation failed.
 pub const ATTR_ERROR: &str = "error";
 
@@ -38,6 +46,7 @@ pub const SPAN_NAMES: &[&str] = &[
     UPDATE_INCREMENTAL,
     DELTA_CATALOG_SWAP,
     DELTA_APPEND,
+    DELTA_OPTIMIZE,
     TRACE_TREE_BUILD,
     ARROW_CONVERT,
 ];
@@ -49,5 +58,8 @@ pub const ATTRIBUTE_KEYS: &[&str] = &[
     ATTR_VERSION_BEFORE,
     ATTR_VERSION_AFTER,
     ATTR_ROWS,
+    ATTR_PARTITIONS,
+    ATTR_FILES_ADDED,
+    ATTR_FILES_REMOVED,
     ATTR_ERROR,
 ];

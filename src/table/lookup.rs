@@ -74,6 +74,21 @@ pub struct IndexedFile {
     pub row_groups: Vec<IndexedRowGroup>,
 }
 
+impl IndexedFile {
+    /// The file's smallest and largest trace id, if every row group has statistics.
+    pub fn trace_id_range(&self) -> Option<(String, String)> {
+        let mut range: Option<(String, String)> = None;
+        for rg in &self.row_groups {
+            let (lo, hi) = rg.trace_ids.as_ref()?;
+            range = Some(match range {
+                None => (lo.clone(), hi.clone()),
+                Some((a, b)) => (a.min(lo.clone()), b.max(hi.clone())),
+            });
+        }
+        range
+    }
+}
+
 /// The index of one table version.
 #[derive(Debug, Default)]
 pub struct TraceIdIndex {
@@ -186,6 +201,11 @@ impl TraceIdIndex {
             files.insert(file.location.clone(), Arc::new(file));
         }
         Ok(Some(Self { files }))
+    }
+
+    /// The entry of one data file.
+    pub fn file(&self, location: &Path) -> Option<&Arc<IndexedFile>> {
+        self.files.get(location)
     }
 
     /// The row groups that may hold any of `ids`.

@@ -6,6 +6,7 @@
 
 pub mod ingest;
 pub mod lookup;
+pub mod maintenance;
 pub mod store;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use crate::observe::names;
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
 pub use lookup::TraceIdIndex;
+pub use maintenance::OptimizeOutcome;
 pub use store::{Backend, TableLocation};
 
 /// Rows per parquet row group. Rows are sorted by trace id inside a file, so a row group
@@ -202,13 +204,14 @@ fn types_match(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -
     }
 }
 
-fn writer_properties() -> WriterProperties {
+pub(crate) fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_column_bloom_filter_enabled(col::TRACE_ID.into(), true)
-        .set_column_bloom_filter_fpp(col::TRACE_ID.into(), 0.01)
+        .set_column_bloom_filter_fpp(col::TRACE_ID.into(), 0.001)
+        .set_column_bloom_filter_max_ndv(col::TRACE_ID.into(), ROW_GROUP_ROWS as u64)
         .build()
 }
 

@@ -1,0 +1,124 @@
+//! Trace lookups on a table written in many commits, before and after compaction: the
+//! number of data files and row groups a lookup opens is asserted (deterministic figures).
+
+use std::sync::Arc;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::SessionContext;
+use tracelake::TraceLake;
+use tracelake::observe::ScanMetrics;
+use tracelake::synth::{TraceShape, traces};
+
+const DAY: i64 = 86_400_000_000_000;
+const DAY0: i64 = 1_714_521_600_000_000_000;
+const COMMITS: usize = 60;
+
+async fn run(ctx: &SessionContext, sql: &str) -> (Vec<RecordBatch>, ScanMetrics) {
+    let plan: Arc<dyn ExecutionPlan> = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let batches = collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+    (batches, ScanMetrics::from_plan(&plan))
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+#[tokio::test]
+async fn lookups_open_one_file_and_row_group_before_and_after_compaction() {
+    let lake = TraceLake::create("memory:///lookup-60-commits")
+        .await
+        .unwrap();
+    let mut wanted = Vec::new();
+    // 60 commits over two days, 1,000 spans each (200 five-span traces).
+    for commit in 0..COMMITS {
+        let day = (commit / 30) as i64;
+        let start = DAY0 + day * DAY + (commit % 30) as i64 * 3_600_000_000_000 / 2;
+        let spans = traces(
+            commit as u64,
+            TraceShape::Fixed(5),
+            200,
+            start,
+            1_000_000_000,
+        );
+        if commit % 20 == 7 {
+            wanted.push(spans[42].trace_id.clone());
+        }
+        lake.append_spans(&spans).await.unwrap();
+    }
+    assert_eq!(lake.version(), COMMITS as i64);
+    let ctx = lake.session_context().unwrap();
+
+    for id in &wanted {
+        // trace_tree and a plain lookup: one file, one row group, no time bound.
+        let (batches, m) = run(&ctx, &format!("SELECT * FROM trace_tree('{id}')")).await;
+        assert_eq!(rows(&batches), 5);
+        assert_eq!((m.files_opened, m.row_groups_read()), (1, 1), "{m:?}");
+        let (batches, m) = run(
+            &ctx,
+            &format!("SELECT span_id FROM spans WHERE trace_id = '{id}'"),
+        )
+        .await;
+        assert_eq!(rows(&batches), 5);
+        assert_eq!((m.files_opened, m.row_groups_read()), (1, 1), "{m:?}");
+    }
+    // What the same lookup costs without the index (Delta statistics and parquet pruning
+    // only): every file is opened, because every commit covers the whole id space.
+    let id = &wanted[0];
+    let (_, m) = run(
+        &ctx,
+        &format!("SELECT span_id FROM spans WHERE trace_id >= '{id}' AND trace_id < '{id}0'"),
+    )
+    .await;
+    assert_eq!(m.files_opened, COMMITS);
+
+    // Compaction: both partitions overlap, both are rewritten sorted by trace id.
+    let table = lake.table();
+    assert_eq!(
+        table.partitions_to_optimize().unwrap(),
+        ["2024-05-01", "2024-05-02"]
+    );
+    let outcome = table.optimize().await.unwrap();
+    assert_eq!(outcome.partitions.len(), 2);
+    assert_eq!(outcome.files_removed, COMMITS as u64);
+    assert_eq!(outcome.version, COMMITS as i64 + 1);
+    let files_after = outcome.files_added as usize;
+    assert!(files_after <= 4, "{outcome:?}");
+
+    for id in &wanted {
+        let (batches, m) = run(&ctx, &format!("SELECT * FROM trace_tree('{id}')")).await;
+        assert_eq!(rows(&batches), 5);
+        assert_eq!((m.files_opened, m.row_groups_read()), (1, 1), "{m:?}");
+    }
+    // After compaction, Delta statistics alone skip all but one file per day.
+    let (_, m) = run(
+        &ctx,
+        &format!("SELECT span_id FROM spans WHERE trace_id >= '{id}' AND trace_id < '{id}0'"),
+    )
+    .await;
+    assert!(m.files_opened <= 2, "{m:?}");
+
+    // Nothing is lost, and a second run has nothing to do (incremental).
+    let batches = ctx
+        .sql("SELECT count(*) FROM spans")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        (COMMITS * 1_000) as i64
+    );
+    assert!(table.partitions_to_optimize().unwrap().is_empty());
+    let again = table.optimize().await.unwrap();
+    assert_eq!(again.version, outcome.version);
+    assert!(again.partitions.is_empty());
+}
