@@ -21,17 +21,16 @@ pub mod span;
 pub mod synth;
 pub mod table;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use error::{Result, TraceLakeError};
+pub use observe::TraceLakeMetrics;
 pub use provider::TraceTableProvider;
 pub use span::{AttributeValue, Event, Link, Span, SpanKind, StatusCode};
-pub use table::{AppendOutcome, TraceTable};
+pub use table::{AppendOutcome, TableOptions, TraceTable};
 
 /// A trace table and everything needed to query it with DataFusion.
 ///
@@ -39,49 +38,65 @@ pub use table::{AppendOutcome, TraceTable};
 #[derive(Debug, Clone)]
 pub struct TraceLake {
     table: Arc<TraceTable>,
+    metrics: TraceLakeMetrics,
 }
 
 impl TraceLake {
     /// Opens the trace table at `location` (a local path, `file://`, `memory://`, or with
     /// cargo features `s3://`, `gs://`, `az://`). Fails if it is not a trace table.
     pub async fn open(location: &str) -> Result<Self> {
-        Self::open_with_options(location, &HashMap::new()).await
+        Self::open_with_options(location, &TableOptions::default()).await
     }
 
-    /// Like [`TraceLake::open`], with object-store options (credentials, region, endpoint).
-    pub async fn open_with_options(
-        location: &str,
-        options: &HashMap<String, String>,
-    ) -> Result<Self> {
-        Ok(Self::from_table(TraceTable::open(location, options).await?))
+    /// Like [`TraceLake::open`], with options: object-store settings (credentials, region,
+    /// endpoint) and the metrics to report into.
+    pub async fn open_with_options(location: &str, options: &TableOptions) -> Result<Self> {
+        Ok(Self::from_table(
+            TraceTable::open(location, options).await?,
+            options,
+        ))
     }
 
     /// Creates an empty trace table at `location`. Fails if a Delta table is already there.
     pub async fn create(location: &str) -> Result<Self> {
+        Self::create_with_options(location, &TableOptions::default()).await
+    }
+
+    /// Like [`TraceLake::create`], with options.
+    pub async fn create_with_options(location: &str, options: &TableOptions) -> Result<Self> {
         Ok(Self::from_table(
-            TraceTable::create(location, &HashMap::new()).await?,
+            TraceTable::create(location, options).await?,
+            options,
         ))
     }
 
     /// Opens the trace table at `location`, creating it when there is none.
     pub async fn open_or_create(location: &str) -> Result<Self> {
-        Self::open_or_create_with_options(location, &HashMap::new()).await
+        Self::open_or_create_with_options(location, &TableOptions::default()).await
     }
 
     /// Like [`TraceLake::open_or_create`], with object-store options.
     pub async fn open_or_create_with_options(
         location: &str,
-        options: &HashMap<String, String>,
+        options: &TableOptions,
     ) -> Result<Self> {
         Ok(Self::from_table(
             TraceTable::open_or_create(location, options).await?,
+            options,
         ))
     }
 
-    fn from_table(table: TraceTable) -> Self {
+    fn from_table(table: TraceTable, options: &TableOptions) -> Self {
         Self {
             table: Arc::new(table),
+            metrics: options.metrics.clone(),
         }
+    }
+
+    /// The metrics this lake's object stores report into. Register them into your own
+    /// Prometheus registry with [`TraceLakeMetrics::register`].
+    pub fn metrics(&self) -> &TraceLakeMetrics {
+        &self.metrics
     }
 
     /// The underlying table.
@@ -108,12 +123,10 @@ impl TraceLake {
     }
 
     /// Like [`TraceLake::session_context`], with a DataFusion configuration.
+    /// The context is instrumented ([`observe::instrument_session_state`]): every query emits
+    /// `df.logical.build`, `df.physical.plan` and `df.collect` spans.
     pub fn session_context_with_config(&self, config: SessionConfig) -> Result<SessionContext> {
-        let state = SessionStateBuilder::new()
-            .with_config(config)
-            .with_default_features()
-            .build();
-        let ctx = SessionContext::new_with_state(state);
+        let ctx = observe::instrumented_context(config);
         self.register(&ctx)?;
         Ok(ctx)
     }

@@ -1,7 +1,14 @@
-//! Observability: the names contract (span names and attribute keys). Instrumentation code
-//! uses these constants only; it never spells a name inline.
+//! Observability: the names contract (span names, attribute keys, metric names), Prometheus
+//! metrics, object-store telemetry, and scan metrics. Instrumentation code uses the constants
+//! of [`names`] only; it never spells a name inline.
 
+pub mod metrics;
 pub mod names;
+pub mod planner;
 pub mod scan_metrics;
+pub mod telemetry;
 
+pub use metrics::TraceLakeMetrics;
+pub use planner::{instrument_session_state, instrumented_context, sql};
 pub use scan_metrics::ScanMetrics;
+pub use telemetry::ObjectStoreTelemetry;

@@ -18,8 +18,32 @@ pub const DELTA_APPEND: &str = "delta.append";
 pub const TRACE_TREE_BUILD: &str = "trace.tree.build";
 /// Converting rows to Arrow columns (the tree's output batch).
 pub const ARROW_CONVERT: &str = "arrow.convert";
+/// Parsing and table resolution in tracelake's `sql()` entry point.
+pub const DF_TABLE_RESOLVE: &str = "df.table.resolve";
+/// Analysis and logical optimization of a query.
+pub const DF_LOGICAL_BUILD: &str = "df.logical.build";
+/// Physical planning (scans) and physical optimization.
+pub const DF_PHYSICAL_PLAN: &str = "df.physical.plan";
+/// Execution of one output partition of a query.
+pub const DF_COLLECT: &str = "df.collect";
+/// One object-store request (any operation).
+pub const OBJECT_STORE_REQUEST: &str = "object_store.request";
 
 // Attribute keys.
+/// `list`, `get`, `get_range`, `head`, `put`, `delete`, `copy`, `rename`.
+pub const ATTR_OS_OPERATION: &str = "object_store.operation";
+/// `delta_log`, `checkpoint`, `last_checkpoint`, `parquet_data`, `unknown`.
+pub const ATTR_OS_PATH_KIND: &str = "object_store.path_kind";
+/// `local`, `memory`, `s3`, `gcs`, `azure`, `cache`.
+pub const ATTR_OS_BACKEND: &str = "object_store.backend";
+/// `ok`, `not_found`, `error`.
+pub const ATTR_OS_STATUS: &str = "object_store.status";
+/// Bytes read or written.
+pub const ATTR_OS_BYTES: &str = "object_store.bytes";
+/// Whether the object cache served the request.
+pub const ATTR_OS_CACHE_HIT: &str = "object_store.cache.hit";
+/// The object path.
+pub const ATTR_OS_PATH: &str = "object_store.path";
 /// The trace id a function looked up.
 pub const ATTR_TRACE_ID: &str = "trace.id";
 /// The table's URL.
@@ -36,6 +60,14 @@ pub const ATTR_PARTITIONS: &str = "delta.partitions";
 pub const ATTR_FILES_ADDED: &str = "delta.files.added";
 /// Data files removed by an operation.
 pub const ATTR_FILES_REMOVED: &str = "delta.files.removed";
+/// The SQL text of a query.
+pub const ATTR_QUERY_SQL: &str = "query.sql";
+/// The output partition `df.collect` executes.
+pub const ATTR_PARTITION: &str = "query.partition";
+/// Batches a query returned.
+pub const ATTR_BATCHES: &str = "query.batches";
+/// Bytes (Arrow memory) a query returned.
+pub const ATTR_BYTES: &str = "query.bytes";
 /// The error, if the operation failed.
 pub const ATTR_ERROR: &str = "error";
 
@@ -49,6 +81,11 @@ pub const SPAN_NAMES: &[&str] = &[
     DELTA_OPTIMIZE,
     TRACE_TREE_BUILD,
     ARROW_CONVERT,
+    OBJECT_STORE_REQUEST,
+    DF_TABLE_RESOLVE,
+    DF_LOGICAL_BUILD,
+    DF_PHYSICAL_PLAN,
+    DF_COLLECT,
 ];
 
 /// Every attribute key, for the contract test.
@@ -62,4 +99,37 @@ pub const ATTRIBUTE_KEYS: &[&str] = &[
     ATTR_FILES_ADDED,
     ATTR_FILES_REMOVED,
     ATTR_ERROR,
+    ATTR_OS_OPERATION,
+    ATTR_OS_PATH_KIND,
+    ATTR_OS_BACKEND,
+    ATTR_OS_STATUS,
+    ATTR_OS_BYTES,
+    ATTR_OS_CACHE_HIT,
+    ATTR_OS_PATH,
+    ATTR_QUERY_SQL,
+    ATTR_PARTITION,
+    ATTR_BATCHES,
+    ATTR_BYTES,
+];
+
+// Metric names (Prometheus; counters get `_total` in the exposition).
+/// Counter: object-store requests.
+pub const METRIC_OBJECT_STORE_REQUESTS: &str = "tracelake_object_store_requests";
+/// Histogram: object-store request duration in seconds.
+pub const METRIC_OBJECT_STORE_REQUEST_DURATION: &str =
+    "tracelake_object_store_request_duration_seconds";
+/// Counter: bytes read or written by object-store requests.
+pub const METRIC_OBJECT_STORE_BYTES: &str = "tracelake_object_store_bytes";
+/// Counter: entries returned by list requests.
+pub const METRIC_OBJECT_STORE_LIST_ENTRIES: &str = "tracelake_object_store_list_entries";
+/// Counter: object cache lookups (`result` = `hit` or `miss`).
+pub const METRIC_CACHE_LOOKUPS: &str = "tracelake_cache_lookups";
+
+/// Every metric name, for the contract test.
+pub const METRIC_NAMES: &[&str] = &[
+    METRIC_OBJECT_STORE_REQUESTS,
+    METRIC_OBJECT_STORE_REQUEST_DURATION,
+    METRIC_OBJECT_STORE_BYTES,
+    METRIC_OBJECT_STORE_LIST_ENTRIES,
+    METRIC_CACHE_LOOKUPS,
 ];

@@ -25,7 +25,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use tracing::{Instrument, field};
 
 use crate::error::{Result, TraceLakeError};
-use crate::observe::names;
+use crate::observe::{ObjectStoreTelemetry, TraceLakeMetrics, names};
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
 pub use lookup::TraceIdIndex;
@@ -92,6 +92,34 @@ impl TableSnapshot {
     /// deltalake's scan over this version (storage schema), used by the span provider.
     pub(crate) fn delta_scan(&self) -> &Arc<dyn TableProvider> {
         &self.scan
+    }
+}
+
+/// How a table is opened: object-store options and the metrics its stores report into.
+#[derive(Debug, Clone, Default)]
+pub struct TableOptions {
+    /// Options for cloud object stores (credentials, region, endpoint...).
+    pub storage_options: HashMap<String, String>,
+    /// Where object-store requests are counted.
+    pub metrics: TraceLakeMetrics,
+    /// A store to use as the root of the location instead of the one its URL names (for
+    /// example object_store's `InMemory` or `ThrottledStore` to simulate a remote store).
+    pub root_store: Option<Arc<dyn object_store::ObjectStore>>,
+}
+
+impl TableOptions {
+    /// Resolves `location` and wraps its store in [`ObjectStoreTelemetry`].
+    fn resolve(&self, location: &str, create: bool) -> Result<TableLocation> {
+        let mut resolved = store::resolve(location, &self.storage_options, create)?;
+        if let Some(root) = &self.root_store {
+            resolved.root_store = root.clone();
+        }
+        resolved.root_store = Arc::new(ObjectStoreTelemetry::new(
+            resolved.root_store,
+            resolved.backend.as_str(),
+            self.metrics.clone(),
+        ));
+        Ok(resolved)
     }
 }
 
@@ -218,8 +246,8 @@ pub(crate) fn writer_properties() -> WriterProperties {
 impl TraceTable {
     /// Opens the trace table at `location`. Fails if there is no Delta table there, or if it is
     /// a Delta table of another schema.
-    pub async fn open(location: &str, options: &HashMap<String, String>) -> Result<Self> {
-        let location = store::resolve(location, options, false)?;
+    pub async fn open(location: &str, options: &TableOptions) -> Result<Self> {
+        let location = options.resolve(location, false)?;
         let span = tracing::info_span!(
             names::DELTA_TABLE_LOAD,
             { names::ATTR_TABLE_URL } = location.url.as_str(),
@@ -252,8 +280,8 @@ impl TraceTable {
     }
 
     /// Creates an empty trace table at `location`. Fails if a Delta table is already there.
-    pub async fn create(location: &str, options: &HashMap<String, String>) -> Result<Self> {
-        let location = store::resolve(location, options, true)?;
+    pub async fn create(location: &str, options: &TableOptions) -> Result<Self> {
+        let location = options.resolve(location, true)?;
         let columns: StructType = storage_schema().as_ref().try_into_kernel().map_err(|e| {
             TraceLakeError::SchemaMismatch(format!("span schema is not a Delta schema: {e}"))
         })?;
@@ -279,8 +307,8 @@ impl TraceTable {
     }
 
     /// Opens the trace table at `location`, creating it if no Delta table is there.
-    pub async fn open_or_create(location: &str, options: &HashMap<String, String>) -> Result<Self> {
-        let resolved = store::resolve(location, options, true)?;
+    pub async fn open_or_create(location: &str, options: &TableOptions) -> Result<Self> {
+        let resolved = options.resolve(location, true)?;
         let probe = builder(&resolved)?.build()?;
         if probe.verify_deltatable_existence().await? {
             Self::open(location, options).await
@@ -446,7 +474,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spans");
         let path = path.to_str().unwrap();
-        let table = TraceTable::create(path, &HashMap::new()).await.unwrap();
+        let table = TraceTable::create(path, &TableOptions::default())
+            .await
+            .unwrap();
         assert_eq!(table.version(), 0);
         let out = table
             .append_spans(&[span(1, 1, None, 1_700_000_000_000_000_000)])
@@ -460,7 +490,9 @@ mod tests {
             }
         );
 
-        let reopened = TraceTable::open(path, &HashMap::new()).await.unwrap();
+        let reopened = TraceTable::open(path, &TableOptions::default())
+            .await
+            .unwrap();
         assert_eq!(reopened.version(), 1);
         let actual = reopened
             .snapshot()
@@ -478,16 +510,18 @@ mod tests {
             );
         }
 
-        let err = TraceTable::create(path, &HashMap::new()).await.unwrap_err();
+        let err = TraceTable::create(path, &TableOptions::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("already exists"), "{err}");
     }
 
     #[tokio::test]
     async fn refresh_sees_other_writers() {
-        let reader = TraceTable::create("memory:///refresh-test", &HashMap::new())
+        let reader = TraceTable::create("memory:///refresh-test", &TableOptions::default())
             .await
             .unwrap();
-        let writer = TraceTable::open("memory:///refresh-test", &HashMap::new())
+        let writer = TraceTable::open("memory:///refresh-test", &TableOptions::default())
             .await
             .unwrap();
         writer.append_spans(&[span(1, 1, None, 0)]).await.unwrap();
@@ -499,7 +533,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_row_writes_nothing() {
-        let table = TraceTable::create("memory:///bad-row-test", &HashMap::new())
+        let table = TraceTable::create("memory:///bad-row-test", &TableOptions::default())
             .await
             .unwrap();
         let mut bad = span(1, 2, None, 0);
@@ -516,7 +550,7 @@ mod tests {
     #[tokio::test]
     async fn opening_something_else_fails_clearly() {
         let dir = tempfile::tempdir().unwrap();
-        let err = TraceTable::open(dir.path().to_str().unwrap(), &HashMap::new())
+        let err = TraceTable::open(dir.path().to_str().unwrap(), &TableOptions::default())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("is not a trace table"), "{err}");
@@ -538,7 +572,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let err = TraceTable::open(other.to_str().unwrap(), &HashMap::new())
+        let err = TraceTable::open(other.to_str().unwrap(), &TableOptions::default())
             .await
             .unwrap_err()
             .to_string();

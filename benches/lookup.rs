@@ -1,0 +1,215 @@
+//! Trace lookups: `trace_tree` p50 with fresh ids at several table sizes, and `trace_tree`
+//! against what a user would write without tracelake (deltalake's own table provider and a
+//! `WITH RECURSIVE` query building the same tree), in the same run.
+//!
+//! Tier 0 (`lookup_core`): 100k and 1M spans, and the comparison at 1M.
+//! Tier 1 (`lookup_scaling`): 100k, 1M and 10M spans in one run, and the 10M / 100k ratio.
+
+mod support;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use datafusion::prelude::SessionContext;
+use serde_json::json;
+use support::{Artifact, BenchTier, Fixture, enabled, fixture, runtime, sample};
+use tracelake::TraceLake;
+use tracelake::observe::ScanMetrics;
+
+const COMMITS: usize = 24;
+
+struct Opened {
+    fixture: Fixture,
+    lake: TraceLake,
+    ctx: SessionContext,
+}
+
+async fn open(spans: usize) -> Opened {
+    let fixture = fixture(spans, COMMITS).await;
+    let lake = TraceLake::open(fixture.path.to_str().unwrap())
+        .await
+        .expect("open fixture");
+    let ctx = lake.session_context().expect("context");
+    Opened { fixture, lake, ctx }
+}
+
+/// Runs `sql` and returns (rows, scan metrics).
+async fn run(ctx: &SessionContext, sql: &str) -> (usize, ScanMetrics) {
+    let df = ctx.sql(sql).await.expect("plan");
+    let plan = df.create_physical_plan().await.expect("physical plan");
+    let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+        .await
+        .expect("execute");
+    (
+        batches.iter().map(|b| b.num_rows()).sum(),
+        ScanMetrics::from_plan(&plan),
+    )
+}
+
+fn tree_sql(id: &str) -> String {
+    format!("SELECT * FROM trace_tree('{id}')")
+}
+
+/// The same tree with SQL only: a recursive CTE over deltalake's provider (`raw`).
+fn recursive_sql(id: &str) -> String {
+    format!(
+        "WITH RECURSIVE tree AS ( \
+           SELECT span_id, parent_span_id, name, service_name, start_time_unix_nano, 0 AS depth, \
+                  CAST(span_id AS VARCHAR) AS path \
+           FROM raw WHERE trace_id = '{id}' AND parent_span_id IS NULL \
+           UNION ALL \
+           SELECT s.span_id, s.parent_span_id, s.name, s.service_name, s.start_time_unix_nano, \
+                  t.depth + 1, concat(t.path, '/', s.span_id) \
+           FROM raw s JOIN tree t ON s.parent_span_id = t.span_id \
+           WHERE s.trace_id = '{id}' \
+         ) SELECT * FROM tree ORDER BY path"
+    )
+}
+
+/// p50 of `trace_tree` with fresh ids on `opened`; writes an artifact.
+fn measure_lookup(
+    rt: &tokio::runtime::Runtime,
+    opened: &Opened,
+    tier: BenchTier,
+    name: &str,
+) -> Artifact {
+    let ids = &opened.fixture.sample_ids;
+    // Warm: the first query of a context plans its functions once.
+    rt.block_on(run(&opened.ctx, &tree_sql(&ids[0])));
+    let mut rows = 0;
+    let timings = sample(200.min(ids.len()), |i| {
+        rows = rt
+            .block_on(run(&opened.ctx, &tree_sql(&ids[i % ids.len()])))
+            .0;
+    });
+    let (_, metrics) = rt.block_on(run(&opened.ctx, &tree_sql(&ids[1])));
+    let snapshot = opened.lake.table().snapshot();
+    let files = snapshot
+        .delta_table()
+        .snapshot()
+        .map(|s| {
+            s.snapshot()
+                .try_log_data()
+                .map(|d| d.num_files())
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let mut artifact = Artifact::new(name, tier, "SELECT * FROM trace_tree('<fresh id>')");
+    artifact.timings = timings;
+    artifact.rows = rows as u64;
+    artifact.bytes_read = metrics.bytes_scanned as u64;
+    artifact.table = json!({
+        "spans": opened.fixture.spans,
+        "files": files,
+        "commits": opened.fixture.commits,
+    });
+    artifact.extra = json!({
+        "files_opened": metrics.files_opened,
+        "row_groups_read": metrics.row_groups_read(),
+    });
+    artifact
+}
+
+fn lookup_core(c: &mut Criterion) {
+    if !enabled(BenchTier::Core) {
+        return;
+    }
+    let rt = runtime();
+    let small = rt.block_on(open(100_000));
+    let large = rt.block_on(open(1_000_000));
+
+    let mut group = c.benchmark_group("lookup_core");
+    for (label, opened) in [("100k", &small), ("1m", &large)] {
+        let ids = opened.fixture.sample_ids.clone();
+        let mut i = 0;
+        group.bench_function(format!("trace_tree_{label}"), |b| {
+            b.iter(|| {
+                i += 1;
+                rt.block_on(run(&opened.ctx, &tree_sql(&ids[i % ids.len()])))
+            })
+        });
+    }
+    group.finish();
+    measure_lookup(&rt, &small, BenchTier::Core, "trace_tree_lookup_100k").write();
+    let tree_1m = measure_lookup(&rt, &large, BenchTier::Core, "trace_tree_lookup_1m");
+    tree_1m.write();
+
+    // The alternative: deltalake's provider and WITH RECURSIVE, same table, same ids.
+    let raw_ctx = SessionContext::new();
+    let url =
+        url::Url::from_directory_path(std::path::absolute(&large.fixture.path).unwrap()).unwrap();
+    let provider = rt.block_on(async {
+        let table = deltalake::open_table(url)
+            .await
+            .expect("open with deltalake");
+        table.table_provider().await.expect("deltalake provider")
+    });
+    raw_ctx
+        .register_table("raw", provider)
+        .expect("register raw");
+    let ids = &large.fixture.sample_ids;
+    let (tree_rows, _) = rt.block_on(run(&large.ctx, &tree_sql(&ids[3])));
+    let (recursive_rows, _) = rt.block_on(run(&raw_ctx, &recursive_sql(&ids[3])));
+    assert_eq!(tree_rows, recursive_rows, "both build the same tree");
+    let mut recursive = Artifact::new(
+        "with_recursive_deltalake_1m",
+        BenchTier::Core,
+        "WITH RECURSIVE over deltalake's DeltaTableProvider",
+    );
+    recursive.timings = sample(10, |i| {
+        recursive.rows = rt.block_on(run(&raw_ctx, &recursive_sql(&ids[i + 10]))).0 as u64;
+    });
+    recursive.table = tree_1m.table.clone();
+    let mut ratio = Artifact::new(
+        "trace_tree_vs_recursive_1m",
+        BenchTier::Core,
+        "trace_tree p50 relative to WITH RECURSIVE p50 (same run)",
+    );
+    ratio.timings = tree_1m.timings.clone();
+    ratio.rows = tree_1m.rows;
+    ratio.table = tree_1m.table.clone();
+    ratio.reference = Some((recursive.name.clone(), recursive.p50()));
+    ratio.extra = json!({ "speedup": recursive.p50() as f64 / tree_1m.p50().max(1) as f64 });
+    recursive.write();
+    ratio.write();
+}
+
+fn lookup_scaling(c: &mut Criterion) {
+    if !enabled(BenchTier::Extended) {
+        return;
+    }
+    let rt = runtime();
+    let sizes = [(100_000, "100k"), (1_000_000, "1m"), (10_000_000, "10m")];
+    let opened: Vec<Opened> = sizes.iter().map(|(n, _)| rt.block_on(open(*n))).collect();
+    let mut group = c.benchmark_group("lookup_scaling");
+    group.sample_size(50);
+    for ((_, label), o) in sizes.iter().zip(&opened) {
+        let ids = o.fixture.sample_ids.clone();
+        let mut i = 0;
+        group.bench_function(format!("trace_tree_{label}"), |b| {
+            b.iter(|| {
+                i += 1;
+                rt.block_on(run(&o.ctx, &tree_sql(&ids[i % ids.len()])))
+            })
+        });
+    }
+    group.finish();
+    let artifacts: Vec<Artifact> = sizes
+        .iter()
+        .zip(&opened)
+        .map(|((_, label), o)| {
+            measure_lookup(
+                &rt,
+                o,
+                BenchTier::Extended,
+                &format!("lookup_scaling_{label}"),
+            )
+        })
+        .collect();
+    let base = artifacts[0].p50();
+    for mut a in artifacts {
+        a.reference = Some(("lookup_scaling_100k".into(), base));
+        a.write();
+    }
+}
+
+criterion_group!(benches, lookup_core, lookup_scaling);
+criterion_main!(benches);

@@ -1,0 +1,223 @@
+//! Shared bench support: tiers, cached fixture tables, percentile timing, and the JSON
+//! artifacts written to `bench_metrics/`.
+//!
+//! - `TRACELAKE_BENCH_TIER` (0, 1 or 2; default 0) selects the tier. Each group calls
+//!   [`enabled`] at its top: a Tier 0 run executes only Tier 0 groups.
+//! - `TRACELAKE_BENCH_METRICS` (default `bench_metrics`) is where artifacts are written.
+//! - Fixture tables are built once under `target/bench-fixtures/` and reused (the synthetic
+//!   data is deterministic).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tracelake::TraceLake;
+use tracelake::synth::{TraceShape, traces};
+
+/// The benchmark tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BenchTier {
+    /// Pull-request smoke suite.
+    Core = 0,
+    /// Large tables, concurrency, maintenance.
+    Extended = 1,
+    /// Real object-store latency.
+    Certification = 2,
+}
+
+/// The tier of this run (`TRACELAKE_BENCH_TIER`).
+pub fn current_tier() -> BenchTier {
+    match std::env::var("TRACELAKE_BENCH_TIER").ok().as_deref() {
+        Some("2") => BenchTier::Certification,
+        Some("1") => BenchTier::Extended,
+        _ => BenchTier::Core,
+    }
+}
+
+/// Whether a group of `tier` runs now: exactly the groups of the selected tier run.
+pub fn enabled(tier: BenchTier) -> bool {
+    current_tier() == tier
+}
+
+/// A runtime for the benches.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture table: `spans` spans in 5-span traces, written in `commits` commits spread over
+/// one day (hourly when 24).
+pub struct Fixture {
+    pub path: PathBuf,
+    pub spans: usize,
+    pub commits: usize,
+    /// Trace ids sampled across the table, for lookups with fresh ids.
+    pub sample_ids: Vec<String>,
+}
+
+/// 2024-05-01T00:00:00Z.
+pub const DAY0: i64 = 1_714_521_600_000_000_000;
+const HOUR: i64 = 3_600_000_000_000;
+
+/// Builds (or reuses) the fixture of `spans` spans in `commits` commits.
+pub async fn fixture(spans: usize, commits: usize) -> Fixture {
+    let path = workspace()
+        .join("target")
+        .join("bench-fixtures")
+        .join(format!("spans-{spans}-c{commits}"));
+    let ids_file = path.join("sample_ids.txt");
+    if let Ok(text) = std::fs::read_to_string(&ids_file) {
+        return Fixture {
+            path,
+            spans,
+            commits,
+            sample_ids: text.lines().map(str::to_string).collect(),
+        };
+    }
+    let _ = std::fs::remove_dir_all(&path);
+    let lake = TraceLake::create(path.to_str().unwrap())
+        .await
+        .expect("create fixture");
+    let traces_total = spans / 5;
+    let per_commit = traces_total / commits;
+    let mut sample_ids = Vec::new();
+    for commit in 0..commits {
+        let start = DAY0 + commit as i64 * (24 * HOUR / commits as i64);
+        let batch = traces(
+            1_000 + commit as u64,
+            TraceShape::Fixed(5),
+            per_commit,
+            start,
+            24 * HOUR / commits as i64,
+        );
+        let step = (batch.len() / 5 / 40).max(1) * 5;
+        sample_ids.extend(batch.iter().step_by(step).map(|s| s.trace_id.clone()));
+        lake.append_spans(&batch).await.expect("append fixture");
+    }
+    // Spread the sample over the table, deterministically.
+    sample_ids.sort_by_key(|id| {
+        id.bytes()
+            .rev()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+    });
+    std::fs::write(&ids_file, sample_ids.join("\n")).expect("write ids");
+    Fixture {
+        path,
+        spans,
+        commits,
+        sample_ids,
+    }
+}
+
+/// Runs `f` `n` times and returns the durations, sorted.
+pub fn sample(n: usize, mut f: impl FnMut(usize)) -> Vec<Duration> {
+    let mut out: Vec<Duration> = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            f(i);
+            t.elapsed()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The `p`-th percentile (0..=100) of sorted durations, in nanoseconds.
+pub fn percentile(sorted: &[Duration], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)].as_nanos() as u64
+}
+
+/// One benchmark's artifact, `bench_metrics/<name>.json`.
+pub struct Artifact {
+    pub name: String,
+    pub tier: BenchTier,
+    pub entrypoint: String,
+    pub timings: Vec<Duration>,
+    pub rows: u64,
+    pub requests: BTreeMap<String, u64>,
+    pub bytes_read: u64,
+    pub table: Value,
+    /// Another measurement of the same run this one is compared against (name, p50 ns).
+    pub reference: Option<(String, u64)>,
+    pub extra: Value,
+}
+
+impl Artifact {
+    pub fn new(name: &str, tier: BenchTier, entrypoint: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            tier,
+            entrypoint: entrypoint.to_string(),
+            timings: Vec::new(),
+            rows: 0,
+            requests: BTreeMap::new(),
+            bytes_read: 0,
+            table: Value::Null,
+            reference: None,
+            extra: Value::Null,
+        }
+    }
+
+    pub fn p50(&self) -> u64 {
+        percentile(&self.timings, 50.0)
+    }
+
+    /// Writes the artifact as JSON.
+    pub fn write(&self) {
+        let dir = std::env::var("TRACELAKE_BENCH_METRICS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace().join("bench_metrics"));
+        std::fs::create_dir_all(&dir).expect("bench_metrics dir");
+        let p50 = self.p50();
+        let value = json!({
+            "name": self.name,
+            "tier": self.tier as u8,
+            "entrypoint": self.entrypoint,
+            "samples": self.timings.len(),
+            "latency_ns": {
+                "p50": p50,
+                "p95": percentile(&self.timings, 95.0),
+                "p99": percentile(&self.timings, 99.0),
+            },
+            "reference": self.reference.as_ref().map(|(name, ref_p50)| json!({
+                "name": name,
+                "p50_ns": ref_p50,
+                "ratio": if *ref_p50 == 0 { 0.0 } else { p50 as f64 / *ref_p50 as f64 },
+            })),
+            "rows": self.rows,
+            "object_store_requests": self.requests,
+            "bytes_read": self.bytes_read,
+            "table": self.table,
+            "machine": {
+                "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "os": std::env::consts::OS,
+                "arch": std::env::consts::ARCH,
+                "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+            },
+            "extra": self.extra,
+        });
+        let path = dir.join(format!("{}.json", self.name));
+        std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap() + "\n")
+            .expect("write artifact");
+        println!(
+            "artifact {}: p50 {:.3} ms, p95 {:.3} ms, rows {}",
+            path.display(),
+            p50 as f64 / 1e6,
+            percentile(&self.timings, 95.0) as f64 / 1e6,
+            self.rows
+        );
+    }
+}
