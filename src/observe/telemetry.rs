@@ -51,7 +51,7 @@ pub const BACKENDS: [&str; 6] = ["local", "memory", "s3", "gcs", "azure", "cache
 /// Statuses, as reported in `object_store.status`.
 pub const STATUSES: [&str; 3] = ["ok", "not_found", "error"];
 
-fn intern<'a>(options: &[&'static str], value: &str, fallback: &'static str) -> &'static str {
+fn intern(options: &[&'static str], value: &str, fallback: &'static str) -> &'static str {
     options
         .iter()
         .copied()
