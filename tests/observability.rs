@@ -275,18 +275,33 @@ async fn a_query_emits_the_span_chain_with_object_store_requests_nested() {
     assert!(under(names::DF_LOGICAL_BUILD, "test.query"), "{spans:#?}");
     assert!(under(names::DF_PHYSICAL_PLAN, "test.query"), "{spans:#?}");
     assert!(under(names::DF_COLLECT, "test.query"), "{spans:#?}");
-    // The data files are read while executing: under df.collect.
-    let data_reads: Vec<&Closed> = spans
-        .iter()
-        .filter(|s| {
-            s.name == names::OBJECT_STORE_REQUEST
-                && s.fields.get(names::ATTR_OS_PATH_KIND).map(String::as_str)
-                    == Some("parquet_data")
-        })
-        .collect();
-    assert!(!data_reads.is_empty());
-    for read in &data_reads {
+    // The data files are read while executing: the cache's request under df.collect, the
+    // backend's request (on a miss) under the cache's.
+    let data_reads = |backend: &str| -> Vec<&Closed> {
+        spans
+            .iter()
+            .filter(|s| {
+                s.name == names::OBJECT_STORE_REQUEST
+                    && s.fields.get(names::ATTR_OS_PATH_KIND).map(String::as_str)
+                        == Some("parquet_data")
+                    && s.fields.get(names::ATTR_OS_BACKEND).map(String::as_str) == Some(backend)
+            })
+            .collect()
+    };
+    assert!(!data_reads("cache").is_empty());
+    for read in data_reads("cache") {
         assert_eq!(read.parent.as_deref(), Some(names::DF_COLLECT), "{read:?}");
+        assert!(
+            read.fields.contains_key(names::ATTR_OS_CACHE_HIT),
+            "{read:?}"
+        );
+    }
+    for read in data_reads("memory") {
+        assert_eq!(
+            read.parent.as_deref(),
+            Some(names::OBJECT_STORE_REQUEST),
+            "{read:?}"
+        );
     }
     // df.collect reports the rows returned (summed over its partitions).
     let collected: usize = spans
@@ -342,14 +357,14 @@ async fn prometheus_counters_equal_the_inner_stores_calls() {
     assert!(truth.values().sum::<u64>() > 0);
     for ((op, kind), count) in &truth {
         assert_eq!(
-            metrics.request_count(op, kind),
+            metrics.request_count("memory", op, kind),
             *count,
             "{op} {kind}: metric vs inner store"
         );
     }
     let total: u64 = telemetry::OPERATIONS
         .iter()
-        .map(|op| metrics.operation_count(op))
+        .map(|op| metrics.operation_count("memory", op))
         .sum();
     assert_eq!(
         total,
@@ -375,7 +390,7 @@ async fn queries_on_a_loaded_table_issue_no_list_requests() {
     let metrics = TraceLakeMetrics::new();
     let store = Arc::new(CountingStore::default());
     let lake = table("obs-no-list", store.clone(), &metrics).await;
-    let lists_before = metrics.operation_count("list");
+    let lists_before = metrics.operation_count("memory", "list");
     assert!(lists_before > 0, "loading lists the log");
     let ctx = lake.session_context().unwrap();
     let id = traces(2, TraceShape::Fixed(5), 50, DAY0, 1_000_000_000)[3]
@@ -390,7 +405,7 @@ async fn queries_on_a_loaded_table_issue_no_list_requests() {
     ] {
         ctx.sql(&sql).await.unwrap().collect().await.unwrap();
     }
-    assert_eq!(metrics.operation_count("list"), lists_before);
+    assert_eq!(metrics.operation_count("memory", "list"), lists_before);
     assert_eq!(
         store
             .calls()
@@ -399,5 +414,56 @@ async fn queries_on_a_loaded_table_issue_no_list_requests() {
             .map(|(_, n)| n)
             .sum::<u64>(),
         lists_before
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_query_is_served_from_the_cache() {
+    let metrics = TraceLakeMetrics::new();
+    let store = Arc::new(CountingStore::default());
+    let lake = table("obs-cache", store.clone(), &metrics).await;
+    let ctx = lake.session_context().unwrap();
+    let data_reads = |m: &TraceLakeMetrics| {
+        ["get", "get_range"]
+            .iter()
+            .map(|op| m.request_count("memory", op, "parquet_data"))
+            .sum::<u64>()
+    };
+    let sql = "SELECT * FROM spans WHERE service_name = 'frontend'";
+    ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let after_first = data_reads(&metrics);
+    let hits_first = metrics.cache_count("hit");
+    let second = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    assert!(!second.is_empty());
+    assert_eq!(
+        data_reads(&metrics),
+        after_first,
+        "no data GET reaches the inner store"
+    );
+    assert!(metrics.cache_count("hit") > hits_first);
+    // The cache's own requests are reported as backend `cache`.
+    assert!(metrics.operation_count("cache", "get_range") > 0);
+
+    // Turned off, every query reads the inner store.
+    let off = TableOptions {
+        metrics: TraceLakeMetrics::new(),
+        root_store: Some(store.clone()),
+        cache_bytes: 0,
+        ..Default::default()
+    };
+    let uncached = TraceLake::open_with_options("memory:///obs-cache", &off)
+        .await
+        .unwrap();
+    let ctx = uncached.session_context().unwrap();
+    let opened = data_reads(&off.metrics);
+    ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let once = data_reads(&off.metrics) - opened;
+    assert!(once > 0);
+    ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    // (DataFusion keeps parquet footers in its own metadata cache; data pages are read again.)
+    assert!(data_reads(&off.metrics) - opened > once);
+    assert_eq!(
+        off.metrics.cache_count("hit") + off.metrics.cache_count("miss"),
+        0
     );
 }

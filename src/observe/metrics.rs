@@ -109,28 +109,33 @@ impl TraceLakeMetrics {
         text
     }
 
-    /// Requests counted so far for `operation` and `path_kind`, over every backend and status.
-    pub fn request_count(&self, operation: &str, path_kind: &str) -> u64 {
-        let mut total = 0;
-        for backend in super::telemetry::BACKENDS {
-            for status in super::telemetry::STATUSES {
+    /// Requests counted so far on `backend` (`local`, `memory`, ..., `cache`) for
+    /// `operation` and `path_kind`, over every status.
+    pub fn request_count(&self, backend: &str, operation: &str, path_kind: &str) -> u64 {
+        let backend = super::telemetry::BACKENDS
+            .iter()
+            .copied()
+            .find(|b| *b == backend)
+            .unwrap_or("local");
+        super::telemetry::STATUSES
+            .iter()
+            .map(|status| {
                 let labels = RequestLabels {
                     operation: super::telemetry::operation_name(operation),
                     path_kind: super::telemetry::path_kind_name(path_kind),
                     backend,
                     status,
                 };
-                total += self.requests.get(&labels).map(|c| c.get()).unwrap_or(0);
-            }
-        }
-        total
+                self.requests.get(&labels).map(|c| c.get()).unwrap_or(0)
+            })
+            .sum()
     }
 
-    /// Requests counted so far for `operation`, over every path kind.
-    pub fn operation_count(&self, operation: &str) -> u64 {
+    /// Requests counted so far on `backend` for `operation`, over every path kind.
+    pub fn operation_count(&self, backend: &str, operation: &str) -> u64 {
         super::telemetry::PATH_KINDS
             .iter()
-            .map(|k| self.request_count(operation, k))
+            .map(|k| self.request_count(backend, operation, k))
             .sum()
     }
 

@@ -25,7 +25,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use tracing::{Instrument, field};
 
 use crate::error::{Result, TraceLakeError};
-use crate::observe::{ObjectStoreTelemetry, TraceLakeMetrics, names};
+use crate::observe::{ObjectCache, ObjectStoreTelemetry, TraceLakeMetrics, names};
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
 pub use lookup::TraceIdIndex;
@@ -96,7 +96,7 @@ impl TableSnapshot {
 }
 
 /// How a table is opened: object-store options and the metrics its stores report into.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TableOptions {
     /// Options for cloud object stores (credentials, region, endpoint...).
     pub storage_options: HashMap<String, String>,
@@ -105,10 +105,28 @@ pub struct TableOptions {
     /// A store to use as the root of the location instead of the one its URL names (for
     /// example object_store's `InMemory` or `ThrottledStore` to simulate a remote store).
     pub root_store: Option<Arc<dyn object_store::ObjectStore>>,
+    /// Bytes of immutable objects (parquet data, checkpoints, commits) kept in memory by an
+    /// [`ObjectCache`]; 0 turns the cache off.
+    pub cache_bytes: u64,
+}
+
+/// The default size of the object cache: 256 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+impl Default for TableOptions {
+    fn default() -> Self {
+        Self {
+            storage_options: HashMap::new(),
+            metrics: TraceLakeMetrics::new(),
+            root_store: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
 }
 
 impl TableOptions {
-    /// Resolves `location` and wraps its store in [`ObjectStoreTelemetry`].
+    /// Resolves `location` and wraps its store: [`ObjectStoreTelemetry`] (the backend's own
+    /// requests), then, unless turned off, an [`ObjectCache`] reported as backend `cache`.
     fn resolve(&self, location: &str, create: bool) -> Result<TableLocation> {
         let mut resolved = store::resolve(location, &self.storage_options, create)?;
         if let Some(root) = &self.root_store {
@@ -119,6 +137,15 @@ impl TableOptions {
             resolved.backend.as_str(),
             self.metrics.clone(),
         ));
+        if self.cache_bytes > 0 {
+            let cache =
+                ObjectCache::new(resolved.root_store, self.cache_bytes, self.metrics.clone());
+            resolved.root_store = Arc::new(ObjectStoreTelemetry::new(
+                Arc::new(cache),
+                "cache",
+                self.metrics.clone(),
+            ));
+        }
         Ok(resolved)
     }
 }

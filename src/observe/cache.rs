@@ -1,0 +1,405 @@
+//! `ObjectCache`: a byte-bounded cache of immutable objects in front of a store.
+//!
+//! Cached: parquet data (footers and ranges), checkpoints, and committed `_delta_log` JSON
+//! commits, all immutable once written. Never cached: listings, `_last_checkpoint`, heads,
+//! and anything else. Concurrent misses on the same object range make one inner request
+//! (moka's `try_get_with`). A put, delete, copy or rename invalidates exactly the paths it
+//! writes or removes. Each lookup records `object_store.cache.hit` on the current request
+//! span and counts a hit or a miss in [`TraceLakeMetrics`].
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result,
+};
+
+use super::metrics::{CacheLabels, TraceLakeMetrics};
+use super::names;
+use super::telemetry::path_kind;
+
+/// What a cache entry holds: a byte range of an object, or a whole object with its meta.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    path: Path,
+    /// `None` for the whole object.
+    range: Option<Range<u64>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    bytes: Bytes,
+    meta: Option<ObjectMeta>,
+}
+
+/// A byte-bounded cache of immutable objects. See the module docs.
+pub struct ObjectCache {
+    inner: Arc<dyn ObjectStore>,
+    cache: moka::future::Cache<Key, Entry>,
+    capacity: u64,
+    metrics: TraceLakeMetrics,
+}
+
+impl fmt::Debug for ObjectCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectCache({} bytes, {:?})", self.capacity, self.inner)
+    }
+}
+
+impl fmt::Display for ObjectCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectCache({} bytes, {})", self.capacity, self.inner)
+    }
+}
+
+/// Whether objects at `path` never change once written.
+pub fn is_immutable(path: &Path) -> bool {
+    match path_kind(path) {
+        "parquet_data" | "checkpoint" => true,
+        "delta_log" => path.as_ref().ends_with(".json") && !path.as_ref().contains(".tmp"),
+        _ => false,
+    }
+}
+
+impl ObjectCache {
+    /// A cache of at most `capacity_bytes` in front of `inner`.
+    pub fn new(
+        inner: Arc<dyn ObjectStore>,
+        capacity_bytes: u64,
+        metrics: TraceLakeMetrics,
+    ) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|key: &Key, entry: &Entry| {
+                let size = entry.bytes.len() + key.path.as_ref().len() + 64;
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .support_invalidation_closures()
+            .build();
+        Self {
+            inner,
+            cache,
+            capacity: capacity_bytes,
+            metrics,
+        }
+    }
+
+    /// Bytes currently held.
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    fn report(&self, path: &Path, hit: bool) {
+        tracing::Span::current().record(names::ATTR_OS_CACHE_HIT, hit);
+        self.metrics
+            .cache
+            .get_or_create(&CacheLabels {
+                path_kind: path_kind(path),
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+
+    /// The entry for `key`, from the cache or from `load` (once for concurrent misses).
+    async fn cached<F>(&self, key: Key, load: F) -> Result<Entry>
+    where
+        F: std::future::Future<Output = Result<Entry>>,
+    {
+        let loaded = AtomicBool::new(false);
+        let path = key.path.clone();
+        let result = self
+            .cache
+            .try_get_with(key, async {
+                loaded.store(true, Ordering::Relaxed);
+                load.await
+            })
+            .await
+            .map_err(|e: Arc<object_store::Error>| match Arc::try_unwrap(e) {
+                Ok(e) => e,
+                Err(shared) => object_store::Error::Generic {
+                    store: "ObjectCache",
+                    source: shared.to_string().into(),
+                },
+            });
+        self.report(&path, !loaded.load(Ordering::Relaxed));
+        result
+    }
+
+    async fn invalidate(&self, path: &Path) {
+        let path = path.clone();
+        // Only fails when invalidation closures are not enabled, which they are.
+        let _ = self
+            .cache
+            .invalidate_entries_if(move |key, _| key.path == path);
+        self.cache.run_pending_tasks().await;
+    }
+}
+
+fn payload(bytes: Bytes) -> GetResultPayload {
+    GetResultPayload::Stream(futures::stream::once(async move { Ok(bytes) }).boxed())
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl ObjectStore for ObjectCache {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        let result = self.inner.put_opts(location, payload, opts).await;
+        self.invalidate(location).await;
+        result
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        // The object only exists once the upload completes; drop anything older now.
+        self.invalidate(location).await;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let plain = options.if_match.is_none()
+            && options.if_none_match.is_none()
+            && options.if_modified_since.is_none()
+            && options.if_unmodified_since.is_none()
+            && options.version.is_none()
+            && !options.head;
+        if !plain || !is_immutable(location) {
+            return self.inner.get_opts(location, options).await;
+        }
+        match options.range.clone() {
+            Some(GetRange::Bounded(range)) => {
+                let key = Key {
+                    path: location.clone(),
+                    range: Some(range.clone()),
+                };
+                let entry = self
+                    .cached(key, async {
+                        let result = self.inner.get_opts(location, options).await?;
+                        let meta = result.meta.clone();
+                        Ok(Entry {
+                            bytes: result.bytes().await?,
+                            meta: Some(meta),
+                        })
+                    })
+                    .await?;
+                let meta = entry.meta.clone().unwrap_or(ObjectMeta {
+                    location: location.clone(),
+                    last_modified: chrono::Utc::now(),
+                    size: range.end,
+                    e_tag: None,
+                    version: None,
+                });
+                Ok(GetResult {
+                    payload: payload(entry.bytes),
+                    meta,
+                    range,
+                    attributes: Default::default(),
+                })
+            }
+            None => {
+                let key = Key {
+                    path: location.clone(),
+                    range: None,
+                };
+                let entry = self
+                    .cached(key, async {
+                        let result = self.inner.get_opts(location, options).await?;
+                        let meta = result.meta.clone();
+                        Ok(Entry {
+                            bytes: result.bytes().await?,
+                            meta: Some(meta),
+                        })
+                    })
+                    .await?;
+                let len = entry.bytes.len() as u64;
+                let meta = entry.meta.clone().unwrap_or(ObjectMeta {
+                    location: location.clone(),
+                    last_modified: chrono::Utc::now(),
+                    size: len,
+                    e_tag: None,
+                    version: None,
+                });
+                Ok(GetResult {
+                    payload: payload(entry.bytes),
+                    meta,
+                    range: 0..len,
+                    attributes: Default::default(),
+                })
+            }
+            // Suffix and offset ranges depend on the object's size: not cached.
+            Some(_) => self.inner.get_opts(location, options).await,
+        }
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        if !is_immutable(location) {
+            return self.inner.get_ranges(location, ranges).await;
+        }
+        let mut out = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let key = Key {
+                path: location.clone(),
+                range: Some(range.clone()),
+            };
+            let entry = self
+                .cached(key, async {
+                    let mut parts = self
+                        .inner
+                        .get_ranges(location, std::slice::from_ref(range))
+                        .await?;
+                    Ok(Entry {
+                        bytes: parts.pop().unwrap_or_default(),
+                        meta: None,
+                    })
+                })
+                .await?;
+            out.push(entry.bytes);
+        }
+        Ok(out)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        let cache = self.cache.clone();
+        self.inner
+            .delete_stream(locations)
+            .inspect(move |deleted| {
+                if let Ok(path) = deleted {
+                    let path = path.clone();
+                    let _ = cache.invalidate_entries_if(move |key, _| key.path == path);
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        let result = self.inner.copy_opts(from, to, options).await;
+        self.invalidate(to).await;
+        result
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        let result = self.inner.rename_opts(from, to, options).await;
+        self.invalidate(from).await;
+        self.invalidate(to).await;
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+
+    #[test]
+    fn only_immutable_objects_are_cacheable() {
+        let p = |s: &str| Path::from(s);
+        assert!(is_immutable(&p("t/span_date=2024-05-01/part-1.parquet")));
+        assert!(is_immutable(&p("t/_delta_log/00000000000000000003.json")));
+        assert!(is_immutable(&p(
+            "t/_delta_log/00000000000000000010.checkpoint.parquet"
+        )));
+        assert!(!is_immutable(&p("t/_delta_log/_last_checkpoint")));
+        assert!(!is_immutable(&p("t/_delta_log/_commit_x.json.tmp")));
+        assert!(!is_immutable(&p("t/notes.txt")));
+    }
+
+    #[tokio::test]
+    async fn hits_after_a_miss_and_writes_invalidate() {
+        let inner = Arc::new(InMemory::new());
+        let metrics = TraceLakeMetrics::new();
+        let cache = ObjectCache::new(inner.clone(), 1 << 20, metrics.clone());
+        let path = Path::from("t/a.parquet");
+        cache
+            .put(&path, Bytes::from_static(b"hello world").into())
+            .await
+            .unwrap();
+        assert_eq!(cache.get_range(&path, 0..5).await.unwrap(), "hello");
+        assert_eq!(cache.get_range(&path, 0..5).await.unwrap(), "hello");
+        assert_eq!(
+            (metrics.cache_count("miss"), metrics.cache_count("hit")),
+            (1, 1)
+        );
+        // Overwriting the path drops its entries.
+        cache
+            .put(&path, Bytes::from_static(b"HELLO world").into())
+            .await
+            .unwrap();
+        assert_eq!(cache.get_range(&path, 0..5).await.unwrap(), "HELLO");
+        assert_eq!(metrics.cache_count("miss"), 2);
+        // Whole-object reads are cached too.
+        assert_eq!(
+            cache.get(&path).await.unwrap().bytes().await.unwrap().len(),
+            11
+        );
+        assert_eq!(
+            cache.get(&path).await.unwrap().bytes().await.unwrap().len(),
+            11
+        );
+        assert_eq!(metrics.cache_count("hit"), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_inner_request() {
+        let metrics = TraceLakeMetrics::new();
+        let counted = Arc::new(super::super::ObjectStoreTelemetry::new(
+            Arc::new(InMemory::new()),
+            "memory",
+            metrics.clone(),
+        ));
+        let cache = Arc::new(ObjectCache::new(
+            counted.clone(),
+            1 << 20,
+            TraceLakeMetrics::new(),
+        ));
+        let path = Path::from("t/b.parquet");
+        counted
+            .put(&path, Bytes::from(vec![7u8; 4096]).into())
+            .await
+            .unwrap();
+        let reads = (0..16).map(|_| {
+            let cache = cache.clone();
+            let path = path.clone();
+            tokio::spawn(async move { cache.get_range(&path, 100..200).await.unwrap() })
+        });
+        for r in futures::future::join_all(reads).await {
+            assert_eq!(r.unwrap().len(), 100);
+        }
+        assert_eq!(metrics.operation_count("memory", "get_range"), 1);
+    }
+}
