@@ -12,6 +12,12 @@ pub const UPDATE_INCREMENTAL: &str = "update_incremental";
 pub const DELTA_CATALOG_SWAP: &str = "delta.catalog.swap";
 /// Incremental optimize: compaction of the partitions whose files overlap in trace id.
 pub const DELTA_OPTIMIZE: &str = "delta.optimize";
+/// Vacuum: deleting files that left the table before the retention window.
+pub const DELTA_VACUUM: &str = "delta.vacuum";
+/// Expiry: dropping partitions older than the configured age.
+pub const DELTA_EXPIRE: &str = "delta.expire";
+/// A checkpoint and log cleanup.
+pub const DELTA_CHECKPOINT: &str = "delta.checkpoint";
 /// One append committed as a Delta version.
 pub const DELTA_APPEND: &str = "delta.append";
 /// Building one trace's tree in `trace_tree`.
@@ -79,6 +85,9 @@ pub const SPAN_NAMES: &[&str] = &[
     DELTA_CATALOG_SWAP,
     DELTA_APPEND,
     DELTA_OPTIMIZE,
+    DELTA_VACUUM,
+    DELTA_EXPIRE,
+    DELTA_CHECKPOINT,
     TRACE_TREE_BUILD,
     ARROW_CONVERT,
     OBJECT_STORE_REQUEST,

@@ -29,7 +29,7 @@ use crate::observe::{ObjectCache, ObjectStoreTelemetry, TraceLakeMetrics, names}
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
 pub use lookup::TraceIdIndex;
-pub use maintenance::OptimizeOutcome;
+pub use maintenance::{ExpireOutcome, OptimizeOutcome, TableStats, VacuumOutcome};
 pub use store::{Backend, TableLocation};
 
 /// Rows per parquet row group. Rows are sorted by trace id inside a file, so a row group
@@ -455,15 +455,29 @@ impl TraceTable {
                 rows: 0,
             });
         }
-        let _guard = self.commit_lock.lock().await;
-        let table = self.snapshot().table.clone();
-        let written = table
-            .write(storage)
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns([col::SPAN_DATE])
-            .with_writer_properties(writer_properties())
-            .await?;
-        let version = self.install(written).await?;
+        let span = tracing::info_span!(
+            names::DELTA_APPEND,
+            { names::ATTR_ROWS } = rows,
+            { names::ATTR_VERSION_BEFORE } = field::Empty,
+            { names::ATTR_VERSION_AFTER } = field::Empty,
+            { names::ATTR_ERROR } = field::Empty,
+        );
+        let result = async {
+            let _guard = self.commit_lock.lock().await;
+            let table = self.snapshot().table.clone();
+            tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
+            let written = table
+                .write(storage)
+                .with_save_mode(SaveMode::Append)
+                .with_partition_columns([col::SPAN_DATE])
+                .with_writer_properties(writer_properties())
+                .await?;
+            self.install(written).await
+        }
+        .instrument(span.clone())
+        .await;
+        let version = record_result(&span, result)?;
+        span.record(names::ATTR_VERSION_AFTER, version);
         Ok(AppendOutcome { version, rows })
     }
 }
