@@ -1,9 +1,16 @@
 //! The `tracelake` binary: a demo on a local table, and SQL against any trace table.
 //!
 //! ```text
-//! tracelake demo [--table PATH] [--traces N]
-//! tracelake sql  [--table PATH] [--format table|csv|json] "SQL"
+//! tracelake demo     [--table PATH] [--traces N]
+//! tracelake sql      [--table PATH] [--format table|csv|json] "SQL"
+//! tracelake optimize [--table PATH]
+//! tracelake vacuum   [--table PATH] [--retention-hours N]
+//! tracelake expire   [--table PATH] --older-than-days N
+//! tracelake stats    [--table PATH]
 //! ```
+//!
+//! Every command accepts `--export-spans PATH` (every span as a JSON line) and
+//! `--metrics PATH` (the Prometheus text exposition at the end of the run).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -11,8 +18,10 @@ use std::time::Instant;
 use arrow::record_batch::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use tracelake::observe::{self, JsonLinesExporter};
 use tracelake::synth::{TraceGenerator, TraceShape};
-use tracelake::{TraceLake, TraceLakeError};
+use tracelake::{TableOptions, TraceLake, TraceLakeError};
+use tracing_subscriber::layer::SubscriberExt;
 
 const DEFAULT_TABLE: &str = "./tracelake-data";
 
@@ -25,6 +34,12 @@ const DEFAULT_TABLE: &str = "./tracelake-data";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Write every span of the run to PATH, one JSON object per line.
+    #[arg(long, global = true, value_name = "PATH")]
+    export_spans: Option<std::path::PathBuf>,
+    /// Write the Prometheus text exposition to PATH at the end of the run.
+    #[arg(long, global = true, value_name = "PATH")]
+    metrics: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +63,31 @@ enum Command {
         format: Format,
         /// The statement.
         sql: String,
+    },
+    /// Compact the partitions whose files overlap in trace id (incremental).
+    Optimize {
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+    },
+    /// Delete files removed from the table more than the retention ago.
+    Vacuum {
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+        /// Keep files removed less than this many hours ago (at least 1).
+        #[arg(long, default_value_t = 168)]
+        retention_hours: u64,
+    },
+    /// Drop the partitions (days) older than N days.
+    Expire {
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+        #[arg(long)]
+        older_than_days: u64,
+    },
+    /// Version, files, spans, bytes, partitions, oldest and newest span.
+    Stats {
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
     },
 }
 
@@ -123,8 +163,8 @@ const DEMO_QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
-async fn demo(table: &str, traces: usize) -> CliResult<()> {
-    let lake = TraceLake::open_or_create(table).await?;
+async fn demo(table: &str, traces: usize, options: &TableOptions) -> CliResult<()> {
+    let lake = TraceLake::open_or_create_with_options(table, options).await?;
     println!(
         "tracelake demo: table {} (version {})",
         lake.table().location().url,
@@ -162,41 +202,151 @@ async fn demo(table: &str, traces: usize) -> CliResult<()> {
     let ctx = lake.session_context()?;
     for (title, sql) in DEMO_QUERIES {
         println!("-- {title}\n{sql}");
-        let batches = ctx.sql(sql).await?.collect().await?;
+        let batches = observe::sql(&ctx, sql).await?.collect().await?;
         print_batches(&batches, Format::Table)?;
         println!();
     }
     Ok(())
 }
 
-async fn sql(table: &str, statement: &str, format: Format) -> CliResult<()> {
-    let lake = TraceLake::open(table).await?;
+async fn sql(
+    table: &str,
+    statement: &str,
+    format: Format,
+    options: &TableOptions,
+) -> CliResult<()> {
+    let lake = TraceLake::open_with_options(table, options).await?;
     let ctx = lake.session_context()?;
-    let batches = ctx.sql(statement).await?.collect().await?;
+    let batches = observe::sql(&ctx, statement).await?.collect().await?;
     print_batches(&batches, format)
+}
+
+fn nanos_to_string(ns: Option<i64>) -> String {
+    ns.and_then(|ns| {
+        chrono::DateTime::from_timestamp(
+            ns.div_euclid(1_000_000_000),
+            ns.rem_euclid(1_000_000_000) as u32,
+        )
+    })
+    .map(|t| t.to_rfc3339())
+    .unwrap_or_else(|| "-".into())
+}
+
+async fn run(command: Command, options: &TableOptions) -> CliResult<()> {
+    match command {
+        Command::Demo { table, traces } => demo(&table, traces, options).await?,
+        Command::Sql {
+            table,
+            format,
+            sql: statement,
+        } => sql(&table, &statement, format, options).await?,
+        Command::Optimize { table } => {
+            let lake = TraceLake::open_with_options(&table, options).await?;
+            let out = lake.table().optimize().await?;
+            println!(
+                "optimized {} partition(s) {:?}: {} file(s) removed, {} added; version {}",
+                out.partitions.len(),
+                out.partitions,
+                out.files_removed,
+                out.files_added,
+                out.version
+            );
+        }
+        Command::Vacuum {
+            table,
+            retention_hours,
+        } => {
+            let lake = TraceLake::open_with_options(&table, options).await?;
+            let out = lake.table().vacuum(retention_hours).await?;
+            println!(
+                "vacuum deleted {} file(s); version {}",
+                out.files_deleted, out.version
+            );
+        }
+        Command::Expire {
+            table,
+            older_than_days,
+        } => {
+            let lake = TraceLake::open_with_options(&table, options).await?;
+            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let out = lake.table().expire(older_than_days, now).await?;
+            println!(
+                "expired {} partition(s) {:?}: {} file(s) removed; version {}",
+                out.partitions.len(),
+                out.partitions,
+                out.files_removed,
+                out.version
+            );
+        }
+        Command::Stats { table } => {
+            let lake = TraceLake::open_with_options(&table, options).await?;
+            let s = lake.table().stats()?;
+            println!("table       {}", lake.table().location().url);
+            println!("version     {}", s.version);
+            println!("files       {}", s.files);
+            println!("spans       {}", s.spans);
+            println!("bytes       {}", s.bytes);
+            println!(
+                "partitions  {} ({})",
+                s.partitions.len(),
+                s.partitions.join(", ")
+            );
+            println!("oldest span {}", nanos_to_string(s.oldest_start_unix_nano));
+            println!("newest span {}", nanos_to_string(s.newest_start_unix_nano));
+        }
+    }
+    Ok(())
+}
+
+/// Installs the `--export-spans` layer as the global subscriber.
+fn span_exporter(path: &std::path::Path) -> CliResult<JsonLinesExporter> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| format!("cannot write spans to {}: {e}", path.display()))?;
+    let exporter = JsonLinesExporter::new(std::io::BufWriter::new(file));
+    let subscriber = tracing_subscriber::registry().with(exporter.clone());
+    tracing::subscriber::set_global_default(subscriber)
+        .map_err(|e| format!("cannot install the span exporter: {e}"))?;
+    Ok(exporter)
+}
+
+fn report(e: &(dyn std::error::Error + 'static)) {
+    match e.downcast_ref::<TraceLakeError>() {
+        Some(TraceLakeError::NotATraceTable { .. }) => {
+            eprintln!("error: {e}\nhint: `tracelake demo --table PATH` creates a table")
+        }
+        _ => eprintln!("error: {e}"),
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo { table, traces } => demo(&table, traces).await,
-        Command::Sql {
-            table,
-            format,
-            sql: statement,
-        } => sql(&table, &statement, format).await,
+    let exporter = match cli.export_spans.as_deref().map(span_exporter).transpose() {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            report(e.as_ref());
+            return ExitCode::FAILURE;
+        }
     };
-    match result {
+    let options = TableOptions::default();
+    let mut status = match run(cli.command, &options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            match e.downcast_ref::<TraceLakeError>() {
-                Some(TraceLakeError::NotATraceTable { .. }) => {
-                    eprintln!("error: {e}\nhint: `tracelake demo --table PATH` creates a table")
-                }
-                _ => eprintln!("error: {e}"),
-            }
+            report(e.as_ref());
             ExitCode::FAILURE
         }
+    };
+    if let Some(exporter) = exporter
+        && let Err(e) = exporter.flush()
+    {
+        eprintln!("error: writing spans: {e}");
+        status = ExitCode::FAILURE;
     }
+    if let Some(path) = &cli.metrics
+        && let Err(e) = std::fs::write(path, options.metrics.encode_text())
+    {
+        eprintln!("error: cannot write metrics to {}: {e}", path.display());
+        status = ExitCode::FAILURE;
+    }
+    status
 }

@@ -3,6 +3,7 @@
 //! of [`names`] only; it never spells a name inline.
 
 pub mod cache;
+pub mod export;
 pub mod metrics;
 pub mod names;
 pub mod planner;
@@ -10,6 +11,7 @@ pub mod scan_metrics;
 pub mod telemetry;
 
 pub use cache::ObjectCache;
+pub use export::JsonLinesExporter;
 pub use metrics::TraceLakeMetrics;
 pub use planner::{instrument_session_state, instrumented_context, sql};
 pub use scan_metrics::ScanMetrics;

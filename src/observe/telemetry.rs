@@ -70,7 +70,7 @@ pub(crate) fn path_kind_name(kind: &str) -> &'static str {
 /// The kind of object a path names in a Delta table.
 pub fn path_kind(path: &Path) -> &'static str {
     let p = path.as_ref();
-    if p.contains("_delta_log/") || p.starts_with("_delta_log") {
+    if p.contains("_delta_log/") || p.starts_with("_delta_log") || p.ends_with("_delta_log") {
         if p.ends_with("_last_checkpoint") {
             "last_checkpoint"
         } else if p.contains(".checkpoint") {
@@ -409,6 +409,7 @@ mod tests {
         );
         assert_eq!(k("t/span_date=2024-05-01/part-0.parquet"), "parquet_data");
         assert_eq!(k("t/other.txt"), "unknown");
+        assert_eq!(k("t/_delta_log"), "delta_log", "a listing of the log");
     }
 
     #[test]

@@ -283,6 +283,18 @@ impl TraceTable {
         );
         let result = async {
             let mut table = builder(&location)?.build()?;
+            match table.verify_deltatable_existence().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(not_a_trace_table(
+                        &location,
+                        "no Delta table found (no _delta_log)",
+                    ));
+                }
+                Err(e) => {
+                    return Err(not_a_trace_table(&location, format!("cannot read it: {e}")));
+                }
+            }
             match table.load().await {
                 Ok(()) => {}
                 Err(DeltaTableError::NotATable(reason)) => {

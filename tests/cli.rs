@@ -1,0 +1,165 @@
+//! The `tracelake` binary as a user runs it: demo, sql (table, csv, json), maintenance
+//! commands, `--export-spans` and `--metrics`, and errors.
+
+use std::process::Command;
+
+fn tracelake(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tracelake"))
+        .args(args)
+        .output()
+        .expect("run tracelake");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_then_sql_stats_and_maintenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let table = table.to_str().unwrap();
+    let spans_file = dir.path().join("spans.jsonl");
+    let metrics_file = dir.path().join("metrics.txt");
+
+    let (ok, out, err) = tracelake(&[
+        "demo",
+        "--table",
+        table,
+        "--traces",
+        "120",
+        "--export-spans",
+        spans_file.to_str().unwrap(),
+        "--metrics",
+        metrics_file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote 120 traces"), "{out}");
+    assert!(out.contains("Spans and errors per service"), "{out}");
+    assert!(out.contains("frontend"), "{out}");
+
+    // Every span as a JSON object per line, with the required keys.
+    let spans = std::fs::read_to_string(&spans_file).unwrap();
+    let lines: Vec<serde_json::Value> = spans
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        for key in [
+            "name",
+            "span_id",
+            "parent_span_id",
+            "start_time",
+            "end_time",
+            "attributes",
+        ] {
+            assert!(line.get(key).is_some(), "{key} in {line}");
+        }
+    }
+    let names: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l["name"].as_str()).collect();
+    for expected in [
+        "delta.append",
+        "df.table.resolve",
+        "df.logical.build",
+        "df.physical.plan",
+        "df.collect",
+        "object_store.request",
+    ] {
+        assert!(names.contains(expected), "{expected} in {names:?}");
+    }
+    let metrics = std::fs::read_to_string(&metrics_file).unwrap();
+    assert!(
+        metrics.contains("tracelake_object_store_requests_total{"),
+        "{metrics}"
+    );
+
+    // sql in the three formats.
+    let (ok, out, err) = tracelake(&[
+        "sql",
+        "--table",
+        table,
+        "SELECT count(*) AS n FROM spans WHERE parent_span_id IS NULL",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("| 120 |"), "{out}");
+    let (ok, out, _) = tracelake(&[
+        "sql",
+        "--table",
+        table,
+        "--format",
+        "csv",
+        "SELECT kind, count(*) AS n FROM spans WHERE kind = 'SERVER' AND parent_span_id IS NULL GROUP BY kind",
+    ]);
+    assert!(ok);
+    assert_eq!(out.trim(), "kind,n\nSERVER,120");
+    let (ok, out, _) = tracelake(&[
+        "sql",
+        "--table",
+        table,
+        "--format",
+        "json",
+        "SELECT trace_id, attributes FROM spans LIMIT 1",
+    ]);
+    assert!(ok);
+    let row: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(row["trace_id"].as_str().unwrap().len(), 32);
+    let (ok, _, err) = tracelake(&[
+        "sql",
+        "--table",
+        table,
+        "--format",
+        "csv",
+        "SELECT attributes FROM spans",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("CSV cannot hold the nested column \"attributes\""),
+        "{err}"
+    );
+
+    // A second demo run appends; stats reports it.
+    let (ok, _, err) = tracelake(&["demo", "--table", table, "--traces", "30"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = tracelake(&["stats", "--table", table]);
+    assert!(ok);
+    assert!(out.contains("version     2"), "{out}");
+    assert!(out.contains("files       2"), "{out}");
+
+    let (ok, out, err) = tracelake(&["optimize", "--table", table]);
+    assert!(ok, "{err}");
+    assert!(out.contains("optimized 1 partition(s)"), "{out}");
+    let (ok, out, _) = tracelake(&["vacuum", "--table", table, "--retention-hours", "1"]);
+    assert!(ok);
+    assert!(out.contains("vacuum deleted 0 file(s)"), "{out}");
+    let (ok, _, err) = tracelake(&["vacuum", "--table", table, "--retention-hours", "0"]);
+    assert!(!ok);
+    assert!(err.contains("shorter than the minimum"), "{err}");
+    let (ok, out, _) = tracelake(&["expire", "--table", table, "--older-than-days", "3650"]);
+    assert!(ok);
+    assert!(out.contains("expired 0 partition(s)"), "{out}");
+}
+
+#[test]
+fn errors_are_clear_and_exit_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = tracelake(&["sql", "--table", dir.path().to_str().unwrap(), "SELECT 1"]);
+    assert!(!ok);
+    assert!(err.contains("is not a trace table"), "{err}");
+    let table = dir.path().join("t");
+    let (ok, _, _) = tracelake(&["demo", "--table", table.to_str().unwrap(), "--traces", "5"]);
+    assert!(ok);
+    let (ok, _, err) = tracelake(&[
+        "sql",
+        "--table",
+        table.to_str().unwrap(),
+        "SELECT * FROM trace_tree('nope')",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("trace_tree expects 32 hex characters"),
+        "{err}"
+    );
+}
