@@ -142,3 +142,65 @@ pub const METRIC_NAMES: &[&str] = &[
     METRIC_OBJECT_STORE_LIST_ENTRIES,
     METRIC_CACHE_LOOKUPS,
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    const DOC: &str = include_str!("../../docs/observability.md");
+    const SOURCE: &str = include_str!("names.rs");
+
+    /// The names in the contract table of docs/observability.md, by kind.
+    fn documented(kind: &str) -> Vec<String> {
+        DOC.lines()
+            .filter(|l| l.starts_with(&format!("| {kind} |")))
+            .filter_map(|l| l.split('`').nth(1).map(str::to_string))
+            .collect()
+    }
+
+    fn unique(names: &[&str]) -> BTreeSet<String> {
+        let set: BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
+        assert_eq!(set.len(), names.len(), "a name is listed twice: {names:?}");
+        set
+    }
+
+    #[test]
+    fn the_documented_contract_matches_the_constants() {
+        for (kind, names) in [
+            ("span", SPAN_NAMES),
+            ("attribute", ATTRIBUTE_KEYS),
+            ("metric", METRIC_NAMES),
+        ] {
+            let doc = documented(kind);
+            let doc_set: BTreeSet<String> = doc.iter().cloned().collect();
+            assert_eq!(doc_set.len(), doc.len(), "{kind} documented twice");
+            assert_eq!(
+                unique(names),
+                doc_set,
+                "docs/observability.md's {kind} rows and names.rs differ"
+            );
+        }
+    }
+
+    #[test]
+    fn every_constant_is_in_a_list() {
+        let declared = SOURCE
+            .lines()
+            .filter(|l| l.starts_with("pub const") && l.contains(": &str"))
+            .count();
+        assert_eq!(
+            declared,
+            SPAN_NAMES.len() + ATTRIBUTE_KEYS.len() + METRIC_NAMES.len(),
+            "a name constant is missing from SPAN_NAMES, ATTRIBUTE_KEYS or METRIC_NAMES"
+        );
+        let all: Vec<&str> = SPAN_NAMES
+            .iter()
+            .chain(ATTRIBUTE_KEYS)
+            .chain(METRIC_NAMES)
+            .copied()
+            .collect();
+        unique(&all);
+    }
+}
