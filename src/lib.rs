@@ -146,6 +146,24 @@ impl TraceLake {
         self.table.refresh().await
     }
 
+    /// A buffered appender: spans are checked on `append`, committed by size or time, retried
+    /// on failure, and flushed on `shutdown`.
+    pub fn appender(&self, config: table::AppenderConfig) -> table::SpanAppender {
+        table::SpanAppender::new(self.table.clone(), config)
+    }
+
+    /// Refreshes the table every `interval` in the background (another process's commits
+    /// become visible without calling `refresh()`); stops when the handle is dropped.
+    pub fn refresh_every(&self, interval: std::time::Duration) -> table::BackgroundTask {
+        table::background::refresh_every(self.table.clone(), interval)
+    }
+
+    /// Runs maintenance (expiry, optimize, vacuum, checkpoint) on a schedule in the
+    /// background; stops when the handle is dropped.
+    pub fn maintain_every(&self, schedule: table::MaintenanceSchedule) -> table::BackgroundTask {
+        table::background::maintain_every(self.table.clone(), schedule)
+    }
+
     /// The version queries currently see.
     pub fn version(&self) -> i64 {
         self.table.version()

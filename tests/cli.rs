@@ -163,3 +163,55 @@ fn errors_are_clear_and_exit_non_zero() {
         "{err}"
     );
 }
+
+#[test]
+fn two_writer_processes_on_one_table_lose_no_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let table = table.to_str().unwrap();
+    let run = |traces: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tracelake"))
+            .args(["demo", "--table", table, "--traces", traces])
+            .output()
+            .expect("run tracelake")
+    };
+    let first = run("10");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_tracelake"))
+            .args(["demo", "--table", table, "--traces", "1500"])
+            .output()
+            .expect("run tracelake")
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let written = |out: &std::process::Output| -> u64 {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.starts_with("wrote ")).unwrap();
+        line.split(['(', ' '])
+            .find_map(|w| {
+                w.parse::<u64>()
+                    .ok()
+                    .filter(|_| line.contains(&format!("({w} spans)")))
+            })
+            .unwrap()
+    };
+    let (ok, out, _) = tracelake(&[
+        "sql",
+        "--table",
+        table,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM spans",
+    ]);
+    assert!(ok);
+    let total: u64 = out.lines().nth(1).unwrap().parse().unwrap();
+    assert_eq!(total, written(&first) + written(&a) + written(&b));
+}

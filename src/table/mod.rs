@@ -4,6 +4,8 @@
 //! This module owns the only code that lists `_delta_log` (load and refresh). The query path
 //! only reads the [`TableSnapshot`] installed here and never lists.
 
+pub mod appender;
+pub mod background;
 pub mod ingest;
 pub mod lookup;
 pub mod maintenance;
@@ -28,6 +30,8 @@ use crate::error::{Result, TraceLakeError};
 use crate::observe::{ObjectCache, ObjectStoreTelemetry, TraceLakeMetrics, names};
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
+pub use appender::{AppenderConfig, SpanAppender};
+pub use background::{BackgroundTask, MaintenanceSchedule};
 pub use lookup::TraceIdIndex;
 pub use maintenance::{ExpireOutcome, OptimizeOutcome, TableStats, VacuumOutcome};
 pub use store::{Backend, TableLocation};
