@@ -2,8 +2,8 @@
 //! against what a user would write without tracelake (deltalake's own table provider and a
 //! `WITH RECURSIVE` query building the same tree), in the same run.
 //!
-//! Tier 0 (`lookup_core`): 100k and 1M spans, and the comparison at 1M.
-//! Tier 1 (`lookup_scaling`): 100k, 1M and 10M spans in one run, and the 10M / 100k ratio.
+//! Tier 1 (`make bench.extended`): `lookup_vs_recursive_1m` (the comparison at 1M spans) and
+//! `lookup_scaling` (100k, 1M and 10M spans in one run, and the 10M / 100k ratio).
 
 mod support;
 
@@ -108,15 +108,15 @@ fn measure_lookup(
     artifact
 }
 
-fn lookup_core(c: &mut Criterion) {
-    if !enabled(BenchTier::Core) {
+fn lookup_vs_recursive_1m(c: &mut Criterion) {
+    if !enabled(BenchTier::Extended) {
         return;
     }
     let rt = runtime();
     let small = rt.block_on(open(100_000));
     let large = rt.block_on(open(1_000_000));
 
-    let mut group = c.benchmark_group("lookup_core");
+    let mut group = c.benchmark_group("lookup_vs_recursive_1m");
     for (label, opened) in [("100k", &small), ("1m", &large)] {
         let ids = opened.fixture.sample_ids.clone();
         let mut i = 0;
@@ -128,8 +128,14 @@ fn lookup_core(c: &mut Criterion) {
         });
     }
     group.finish();
-    measure_lookup(&rt, &small, BenchTier::Core, "trace_tree_lookup_100k").write();
-    let tree_1m = measure_lookup(&rt, &large, BenchTier::Core, "trace_tree_lookup_1m");
+    measure_lookup(
+        &rt,
+        &small,
+        BenchTier::Extended,
+        "trace_tree_lookup_100k_t1",
+    )
+    .write();
+    let tree_1m = measure_lookup(&rt, &large, BenchTier::Extended, "trace_tree_lookup_1m");
     tree_1m.write();
 
     // The alternative: deltalake's provider and WITH RECURSIVE, same table, same ids.
@@ -151,7 +157,7 @@ fn lookup_core(c: &mut Criterion) {
     assert_eq!(tree_rows, recursive_rows, "both build the same tree");
     let mut recursive = Artifact::new(
         "with_recursive_deltalake_1m",
-        BenchTier::Core,
+        BenchTier::Extended,
         "WITH RECURSIVE over deltalake's DeltaTableProvider",
     );
     recursive.timings = sample(10, |i| {
@@ -160,7 +166,7 @@ fn lookup_core(c: &mut Criterion) {
     recursive.table = tree_1m.table.clone();
     let mut ratio = Artifact::new(
         "trace_tree_vs_recursive_1m",
-        BenchTier::Core,
+        BenchTier::Extended,
         "trace_tree p50 relative to WITH RECURSIVE p50 (same run)",
     );
     ratio.timings = tree_1m.timings.clone();
@@ -211,5 +217,5 @@ fn lookup_scaling(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, lookup_core, lookup_scaling);
+criterion_group!(benches, lookup_vs_recursive_1m, lookup_scaling);
 criterion_main!(benches);

@@ -1,0 +1,38 @@
+# Benchmark tiers (see docs/benchmarks.md).
+#
+#   make bench.core           Tier 0: the pull-request smoke suite, then bench_compare against
+#                             the committed baselines in bench_metrics/ (fails on more
+#                             object-store requests or different rows; reports timings)
+#   make bench.baseline       Tier 0, then copy the artifacts into bench_metrics/
+#   make bench.extended       Tier 1: 1M and 10M-span tables, trace_tree vs WITH RECURSIVE at 1M
+#   make bench.certification  Tier 2: against a latency-injected object store
+#
+# PROFILE selects the cargo profile (default `bench`, i.e. release). CI runs Tier 0 with
+# PROFILE=dev to reuse the test build: counts and rows are the same, timings are not
+# meaningful there and are only reported.
+
+PROFILE ?= bench
+CURRENT ?= target/bench-current
+CRITERION_ARGS ?= --warm-up-time 1 --measurement-time 3
+CARGO ?= cargo
+
+.PHONY: bench.core bench.baseline bench.extended bench.certification
+
+bench.core:
+	rm -rf $(CURRENT) && mkdir -p $(CURRENT)
+	TRACELAKE_BENCH_TIER=0 TRACELAKE_BENCH_METRICS=$(CURRENT) \
+		$(CARGO) bench --profile $(PROFILE) --bench core -- $(CRITERION_ARGS)
+	$(CARGO) run --profile $(PROFILE) --bin bench_compare -- bench_metrics $(CURRENT)
+
+bench.baseline: bench.core
+	cp $(CURRENT)/*.json bench_metrics/
+
+bench.extended:
+	mkdir -p target/bench-extended
+	TRACELAKE_BENCH_TIER=1 TRACELAKE_BENCH_METRICS=target/bench-extended \
+		$(CARGO) bench --profile $(PROFILE) --bench lookup -- $(CRITERION_ARGS)
+
+bench.certification:
+	mkdir -p target/bench-certification
+	TRACELAKE_BENCH_TIER=2 TRACELAKE_BENCH_METRICS=target/bench-certification \
+		$(CARGO) bench --profile $(PROFILE) --bench certification -- $(CRITERION_ARGS)

@@ -1,0 +1,388 @@
+//! Tier 0 (`make bench.core`): the pull-request smoke suite, on a 100k-span fixture.
+//!
+//! Artifacts: `calibration` (the run's timing reference), `trace_tree_lookup_100k`,
+//! `cold_query`, `hot_query`, `refresh_sentinel` (queries after a background refresh: zero
+//! LIST requests), `trace_tree_vs_recursive_100k`, `instrumented_vs_plain`,
+//! `append_vs_arrowwriter`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use serde_json::json;
+use support::{Artifact, BenchTier, Fixture, enabled, fixture, runtime, sample};
+use tracelake::observe::{ScanMetrics, TraceLakeMetrics, telemetry};
+use tracelake::synth::{TraceShape, traces};
+use tracelake::{TableOptions, TraceLake};
+
+const SPANS: usize = 100_000;
+const COMMITS: usize = 24;
+const HOT_SQL: &str = "SELECT service_name, count(*) AS spans, max(duration_ns) AS slowest \
+                       FROM spans WHERE kind = 'SERVER' GROUP BY service_name ORDER BY spans DESC";
+
+/// Requests on the table's own backend (not the cache) between two snapshots of metrics.
+fn requests_between(
+    before: &BTreeMap<String, u64>,
+    metrics: &TraceLakeMetrics,
+) -> BTreeMap<String, u64> {
+    let now = request_snapshot(metrics);
+    now.into_iter()
+        .filter_map(|(k, v)| {
+            let delta = v - before.get(&k).copied().unwrap_or(0);
+            (delta > 0).then_some((k, delta))
+        })
+        .collect()
+}
+
+fn request_snapshot(metrics: &TraceLakeMetrics) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for op in telemetry::OPERATIONS {
+        for kind in telemetry::PATH_KINDS {
+            let n = metrics.request_count("local", op, kind);
+            if n > 0 {
+                out.insert(format!("{op}/{kind}"), n);
+            }
+        }
+    }
+    out
+}
+
+async fn run(ctx: &SessionContext, sql: &str) -> (usize, ScanMetrics) {
+    let plan = ctx
+        .sql(sql)
+        .await
+        .expect("plan")
+        .create_physical_plan()
+        .await
+        .expect("physical plan");
+    let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+        .await
+        .expect("execute");
+    (
+        batches.iter().map(|b| b.num_rows()).sum(),
+        ScanMetrics::from_plan(&plan),
+    )
+}
+
+fn table_json(f: &Fixture, lake: &TraceLake) -> serde_json::Value {
+    let stats = lake.table().stats().expect("stats");
+    json!({ "spans": f.spans, "files": stats.files, "commits": f.commits })
+}
+
+async fn open(f: &Fixture, metrics: &TraceLakeMetrics) -> TraceLake {
+    let options = TableOptions {
+        metrics: metrics.clone(),
+        ..Default::default()
+    };
+    TraceLake::open_with_options(f.path.to_str().unwrap(), &options)
+        .await
+        .expect("open fixture")
+}
+
+/// A fixed CPU workload: the reference the other timings are divided by.
+fn calibration() -> Artifact {
+    let mut a = Artifact::new("calibration", BenchTier::Core, "sort 1M pseudo-random u64");
+    let data: Vec<u64> = (0..1_000_000u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
+    a.timings = sample(20, |_| {
+        let mut v = data.clone();
+        v.sort_unstable();
+        std::hint::black_box(v);
+    });
+    a.rows = data.len() as u64;
+    a
+}
+
+fn core(c: &mut Criterion) {
+    if !enabled(BenchTier::Core) {
+        return;
+    }
+    let rt = runtime();
+    let calib = calibration();
+    calib.write();
+    let reference = Some(("calibration".to_string(), calib.p50()));
+    let fx = rt.block_on(fixture(SPANS, COMMITS));
+    let metrics = TraceLakeMetrics::new();
+    let lake = rt.block_on(open(&fx, &metrics));
+    let ctx = lake.session_context().unwrap();
+    let table = table_json(&fx, &lake);
+    let ids = fx.sample_ids.clone();
+
+    // trace_tree lookups with fresh ids.
+    let mut group = c.benchmark_group("core");
+    group.sample_size(30);
+    let mut i = 0;
+    group.bench_function("trace_tree_lookup_100k", |b| {
+        b.iter(|| {
+            i += 1;
+            rt.block_on(run(
+                &ctx,
+                &format!("SELECT * FROM trace_tree('{}')", ids[i % ids.len()]),
+            ))
+        })
+    });
+    group.bench_function("hot_query", |b| b.iter(|| rt.block_on(run(&ctx, HOT_SQL))));
+    group.finish();
+
+    let mut lookup = Artifact::new(
+        "trace_tree_lookup_100k",
+        BenchTier::Core,
+        "SELECT * FROM trace_tree('<fresh id>')",
+    );
+    let before = request_snapshot(&metrics);
+    let (rows, scan) = rt.block_on(run(
+        &ctx,
+        &format!("SELECT * FROM trace_tree('{}')", ids[7]),
+    ));
+    lookup.requests = requests_between(&before, &metrics);
+    lookup.rows = rows as u64;
+    lookup.bytes_read = scan.bytes_scanned as u64;
+    lookup.timings = sample(200, |i| {
+        rt.block_on(run(
+            &ctx,
+            &format!("SELECT * FROM trace_tree('{}')", ids[(i + 11) % ids.len()]),
+        ));
+    });
+    lookup.table = table.clone();
+    lookup.reference = reference.clone();
+    lookup.extra =
+        json!({"files_opened": scan.files_opened, "row_groups_read": scan.row_groups_read()});
+    lookup.write();
+
+    // Hot path: the same aggregate, warm cache.
+    let mut hot = Artifact::new("hot_query", BenchTier::Core, HOT_SQL);
+    rt.block_on(run(&ctx, HOT_SQL));
+    let before = request_snapshot(&metrics);
+    let (rows, scan) = rt.block_on(run(&ctx, HOT_SQL));
+    hot.requests = requests_between(&before, &metrics);
+    hot.rows = rows as u64;
+    hot.bytes_read = scan.bytes_scanned as u64;
+    hot.timings = sample(30, |_| {
+        rt.block_on(run(&ctx, HOT_SQL));
+    });
+    hot.table = table.clone();
+    hot.reference = reference.clone();
+    hot.write();
+
+    // Cold: a fresh lake (empty cache) and a fresh context for every sample; the open is
+    // not timed, the first query is.
+    let mut cold = Artifact::new("cold_query", BenchTier::Core, HOT_SQL);
+    let mut timings = Vec::new();
+    for s in 0..10 {
+        let m = TraceLakeMetrics::new();
+        let fresh = rt.block_on(open(&fx, &m));
+        let fresh_ctx = fresh.session_context().unwrap();
+        let before = request_snapshot(&m);
+        let started = std::time::Instant::now();
+        let (rows, scan) = rt.block_on(run(&fresh_ctx, HOT_SQL));
+        timings.push(started.elapsed());
+        if s == 0 {
+            cold.requests = requests_between(&before, &m);
+            cold.rows = rows as u64;
+            cold.bytes_read = scan.bytes_scanned as u64;
+        }
+    }
+    timings.sort();
+    cold.timings = timings;
+    cold.table = table.clone();
+    cold.reference = reference.clone();
+    cold.write();
+
+    // Refresh-origin sentinel: a reader refreshed by the background tick after another
+    // writer's commit; its queries issue no LIST request.
+    let sentinel_dir = tempfile::tempdir().unwrap();
+    let path = sentinel_dir.path().join("spans");
+    let m = TraceLakeMetrics::new();
+    let options = TableOptions {
+        metrics: m.clone(),
+        ..Default::default()
+    };
+    let reader = rt
+        .block_on(TraceLake::create_with_options(
+            path.to_str().unwrap(),
+            &options,
+        ))
+        .unwrap();
+    let writer = rt
+        .block_on(TraceLake::open(path.to_str().unwrap()))
+        .unwrap();
+    let sentinel_ctx = reader.session_context().unwrap();
+    let mut sentinel = Artifact::new(
+        "refresh_sentinel",
+        BenchTier::Core,
+        "queries after a background refresh (LIST must be 0)",
+    );
+    let mut timings = Vec::new();
+    let mut requests: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rows_total = 0;
+    rt.block_on(async {
+        let _tick = reader.refresh_every(Duration::from_millis(10));
+        for round in 0..5u64 {
+            let spans = traces(
+                round,
+                TraceShape::Fixed(5),
+                200,
+                support::DAY0,
+                1_000_000_000,
+            );
+            writer.append_spans(&spans).await.unwrap();
+            while reader.version() < writer.version() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let before = request_snapshot(&m);
+            let started = std::time::Instant::now();
+            let (rows, _) = run(
+                &sentinel_ctx,
+                "SELECT count(*) FROM spans WHERE kind = 'SERVER'",
+            )
+            .await;
+            timings.push(started.elapsed());
+            rows_total += rows;
+            for (k, v) in requests_between(&before, &m) {
+                *requests.entry(k).or_default() += v;
+            }
+        }
+    });
+    assert!(
+        !requests.keys().any(|k| k.starts_with("list/")),
+        "a query listed after a background refresh: {requests:?}"
+    );
+    timings.sort();
+    sentinel.timings = timings;
+    sentinel.requests = requests;
+    sentinel.rows = rows_total as u64;
+    sentinel.reference = reference.clone();
+    sentinel.write();
+
+    // trace_tree against WITH RECURSIVE over deltalake's provider, same table, same ids.
+    let raw_ctx = SessionContext::new();
+    let url = url::Url::from_directory_path(std::path::absolute(&fx.path).unwrap()).unwrap();
+    let provider = rt.block_on(async {
+        let t = deltalake::open_table(url).await.expect("deltalake open");
+        t.table_provider().await.expect("deltalake provider")
+    });
+    raw_ctx.register_table("raw", provider).unwrap();
+    let recursive_sql = |id: &str| {
+        format!(
+            "WITH RECURSIVE tree AS ( \
+               SELECT span_id, parent_span_id, 0 AS depth, CAST(span_id AS VARCHAR) AS path \
+               FROM raw WHERE trace_id = '{id}' AND parent_span_id IS NULL \
+               UNION ALL \
+               SELECT s.span_id, s.parent_span_id, t.depth + 1, concat(t.path, '/', s.span_id) \
+               FROM raw s JOIN tree t ON s.parent_span_id = t.span_id WHERE s.trace_id = '{id}' \
+             ) SELECT * FROM tree ORDER BY path"
+        )
+    };
+    let mut recursive = Artifact::new(
+        "with_recursive_deltalake_100k",
+        BenchTier::Core,
+        "WITH RECURSIVE over deltalake's table provider",
+    );
+    recursive.timings = sample(10, |i| {
+        recursive.rows = rt.block_on(run(&raw_ctx, &recursive_sql(&ids[i + 20]))).0 as u64;
+    });
+    recursive.table = table.clone();
+    recursive.write();
+    let mut vs = Artifact::new(
+        "trace_tree_vs_recursive_100k",
+        BenchTier::Core,
+        "trace_tree p50 / WITH RECURSIVE p50, same run",
+    );
+    vs.timings = sample(10, |i| {
+        vs.rows = rt
+            .block_on(run(
+                &ctx,
+                &format!("SELECT * FROM trace_tree('{}')", ids[i + 20]),
+            ))
+            .0 as u64;
+    });
+    assert_eq!(vs.rows, recursive.rows, "both build the same tree");
+    vs.reference = Some((recursive.name.clone(), recursive.p50()));
+    vs.extra = json!({ "speedup": recursive.p50() as f64 / vs.p50().max(1) as f64 });
+    vs.table = table.clone();
+    vs.write();
+
+    // Instrumentation overhead: the same query on a plain and an instrumented context.
+    let plain = SessionContext::new_with_config(SessionConfig::new());
+    lake.register(&plain).unwrap();
+    let overhead_sql = format!("SELECT * FROM spans WHERE trace_id = '{}'", ids[3]);
+    rt.block_on(run(&plain, &overhead_sql));
+    rt.block_on(run(&ctx, &overhead_sql));
+    let mut plain_a = Artifact::new("plain_context_lookup", BenchTier::Core, &overhead_sql);
+    let mut inst_a = Artifact::new("instrumented_vs_plain", BenchTier::Core, &overhead_sql);
+    let mut p = Vec::new();
+    let mut q = Vec::new();
+    for _ in 0..300 {
+        // Interleaved, so both see the same machine noise.
+        p.extend(sample(1, |_| {
+            plain_a.rows = rt.block_on(run(&plain, &overhead_sql)).0 as u64;
+        }));
+        q.extend(sample(1, |_| {
+            inst_a.rows = rt.block_on(run(&ctx, &overhead_sql)).0 as u64;
+        }));
+    }
+    p.sort();
+    q.sort();
+    plain_a.timings = p;
+    inst_a.timings = q;
+    inst_a.reference = Some((plain_a.name.clone(), plain_a.p50()));
+    inst_a.extra = json!({ "overhead": inst_a.p50() as f64 / plain_a.p50().max(1) as f64 - 1.0 });
+    plain_a.write();
+    inst_a.write();
+
+    // Append throughput against ArrowWriter writing the same batches to the same disk.
+    let spans = traces(
+        77,
+        TraceShape::Fixed(5),
+        SPANS / 5 / 4,
+        support::DAY0,
+        3_600_000_000_000,
+    );
+    let batch = tracelake::span::spans_to_batch(&spans).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut append = Artifact::new(
+        "append_vs_arrowwriter",
+        BenchTier::Core,
+        "append 25k spans as one commit",
+    );
+    let mut writer_a = Artifact::new(
+        "arrowwriter_25k",
+        BenchTier::Core,
+        "parquet ArrowWriter, same batch",
+    );
+    let lakes: Vec<TraceLake> = (0..5)
+        .map(|n| {
+            rt.block_on(TraceLake::create(
+                dir.path().join(format!("a{n}")).to_str().unwrap(),
+            ))
+            .unwrap()
+        })
+        .collect();
+    append.timings = sample(lakes.len(), |n| {
+        append.rows = rt
+            .block_on(lakes[n].append_batches(std::slice::from_ref(&batch)))
+            .unwrap()
+            .rows;
+    });
+    writer_a.timings = sample(5, |i| {
+        let file = std::fs::File::create(dir.path().join(format!("w{i}.parquet"))).unwrap();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        writer_a.rows = batch.num_rows() as u64;
+    });
+    append.reference = Some((writer_a.name.clone(), writer_a.p50()));
+    append.extra = json!({
+        "spans_per_second": append.rows as f64 / (append.p50() as f64 / 1e9),
+        "arrowwriter_spans_per_second": writer_a.rows as f64 / (writer_a.p50() as f64 / 1e9),
+    });
+    writer_a.write();
+    append.write();
+}
+
+criterion_group!(benches, core);
+criterion_main!(benches);
