@@ -4,7 +4,8 @@
 #                             the committed baselines in bench_metrics/ (fails on more
 #                             object-store requests or different rows; reports timings)
 #   make bench.baseline       Tier 0, then copy the artifacts into bench_metrics/
-#   make bench.extended       Tier 1: 1M and 10M-span tables, trace_tree vs WITH RECURSIVE at 1M
+#   make bench.extended       Tier 1: 1M and 10M-span tables, trace_tree vs WITH RECURSIVE at 1M,
+#                             open/refresh at 10 and 1,000 commits, ingest of 1M spans
 #   make bench.certification  Tier 2: against a latency-injected object store
 #
 # PROFILE selects the cargo profile (default `bench`, i.e. release). CI runs Tier 0 with
@@ -30,7 +31,7 @@ bench.baseline: bench.core
 bench.extended:
 	mkdir -p target/bench-extended
 	TRACELAKE_BENCH_TIER=1 TRACELAKE_BENCH_METRICS=target/bench-extended \
-		$(CARGO) bench --profile $(PROFILE) --bench lookup -- $(CRITERION_ARGS)
+		$(CARGO) bench --profile $(PROFILE) --bench lookup --bench lifecycle -- $(CRITERION_ARGS)
 
 bench.certification:
 	mkdir -p target/bench-certification
