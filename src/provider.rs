@@ -237,15 +237,21 @@ impl TableProvider for TraceTableProvider {
             .iter()
             .map(|&i| delta_schema.index_of(storage_name(sql.field(i).name())))
             .collect::<Result<Vec<_>, _>>()?;
-        let plan = match (lookup_ids(filters), snapshot.index()) {
-            // A lookup by trace id: read only the row groups the index points at.
-            (Some(ids), Some(index)) => {
+        // A lookup by trace id reads only the row groups the index points at; a scan that
+        // needs no column (`count(*)`) is answered from the footers the index holds.
+        let ids = lookup_ids(filters);
+        let indexed = ids.is_some() || wanted.is_empty();
+        let plan = match (indexed, snapshot.index()) {
+            (true, Some(index)) => {
                 let table = &self.table;
                 let store = &table.location().root_store;
                 state
                     .runtime_env()
                     .register_object_store(table.store_url().as_ref(), store.clone());
-                let lookup = index.plan(&ids);
+                let lookup = match &ids {
+                    Some(ids) => index.plan(ids),
+                    None => index.plan_all(),
+                };
                 let file_schema = lookup::file_schema();
                 let projection = wanted
                     .iter()
@@ -254,7 +260,14 @@ impl TableProvider for TraceTableProvider {
                 if lookup.files.is_empty() {
                     Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)))
                 } else {
-                    index.scan(state, store, table.store_url(), &lookup, &ids, projection)?
+                    index.scan(
+                        state,
+                        store,
+                        table.store_url(),
+                        &lookup,
+                        ids.as_deref(),
+                        projection,
+                    )?
                 }
             }
             _ => {

@@ -406,14 +406,64 @@ async fn queries_on_a_loaded_table_issue_no_list_requests() {
         ctx.sql(&sql).await.unwrap().collect().await.unwrap();
     }
     assert_eq!(metrics.operation_count("memory", "list"), lists_before);
-    assert_eq!(
-        store
-            .calls()
+    // After a refresh (which lists), queries again list nothing.
+    let writer = TraceLake::open_with_options(
+        "memory:///obs-no-list",
+        &TableOptions {
+            root_store: Some(store.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    writer
+        .append_spans(&traces(9, TraceShape::Fixed(5), 10, DAY0, 1_000_000_000))
+        .await
+        .unwrap();
+    lake.refresh().await.unwrap();
+    let lists_after_refresh = metrics.operation_count("memory", "list");
+    assert!(lists_after_refresh > lists_before);
+    let new_id = traces(9, TraceShape::Fixed(5), 10, DAY0, 1_000_000_000)[0]
+        .trace_id
+        .clone();
+    let store_lists = |s: &CountingStore| {
+        s.calls()
             .iter()
             .filter(|((op, _), _)| op == "list")
-            .map(|(_, n)| n)
-            .sum::<u64>(),
-        lists_before
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let store_lists_after_refresh = store_lists(&store);
+    let rows: usize = ctx
+        .sql(&format!("SELECT * FROM trace_tree('{new_id}')"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 5, "the refreshed index finds the new trace");
+    assert_eq!(
+        metrics.operation_count("memory", "list"),
+        lists_after_refresh,
+        "trace_tree"
+    );
+    ctx.sql("SELECT count(*) FROM spans")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        metrics.operation_count("memory", "list"),
+        lists_after_refresh
+    );
+    assert_eq!(
+        store_lists(&store),
+        store_lists_after_refresh,
+        "ground truth"
     );
 }
 

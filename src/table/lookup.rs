@@ -233,15 +233,32 @@ impl TraceIdIndex {
         plan
     }
 
+    /// Every row group of the version (for scans that need no column, such as `count(*)`,
+    /// answered from the footers held in memory).
+    pub fn plan_all(&self) -> LookupPlan {
+        let mut plan = LookupPlan {
+            files_total: self.files.len(),
+            ..Default::default()
+        };
+        let mut locations: Vec<&Path> = self.files.keys().collect();
+        locations.sort();
+        for location in locations {
+            let n = self.files[location].row_groups.len();
+            plan.row_groups_total += n;
+            plan.files.push((location.clone(), (0..n).collect()));
+        }
+        plan
+    }
+
     /// A scan of the row groups of `plan`, with the storage columns `projection` (indices
-    /// into the storage schema without `span_date`), filtering rows to `ids`.
+    /// into the storage schema without `span_date`), filtering rows to `ids` when given.
     pub fn scan(
         &self,
         state: &dyn Session,
         store: &Arc<dyn ObjectStore>,
         store_url: &ObjectStoreUrl,
         plan: &LookupPlan,
-        ids: &[String],
+        ids: Option<&[String]>,
         projection: Vec<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let file_schema = file_schema();
@@ -256,10 +273,14 @@ impl TraceIdIndex {
             file.extensions.insert(access);
             files.push(file);
         }
-        let predicate =
-            col(c::TRACE_ID).in_list(ids.iter().map(|id| lit(id.as_str())).collect(), false);
         let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
-        let predicate = state.create_physical_expr(predicate, &df_schema)?;
+        let predicate = ids
+            .map(|ids| {
+                let expr = col(c::TRACE_ID)
+                    .in_list(ids.iter().map(|id| lit(id.as_str())).collect(), false);
+                state.create_physical_expr(expr, &df_schema)
+            })
+            .transpose()?;
         let factory = IndexedReaderFactory {
             store: store.clone(),
             files: plan
@@ -268,12 +289,14 @@ impl TraceIdIndex {
                 .map(|(l, _)| (l.clone(), self.files[l].clone()))
                 .collect(),
         };
-        let source = ParquetSource::new(file_schema)
+        let mut source = ParquetSource::new(file_schema)
             .with_parquet_file_reader_factory(Arc::new(factory))
-            .with_predicate(predicate)
             .with_pushdown_filters(true)
             .with_enable_page_index(true)
             .with_bloom_filter_on_read(false);
+        if let Some(predicate) = predicate {
+            source = source.with_predicate(predicate);
+        }
         let config = FileScanConfigBuilder::new(store_url.clone(), Arc::new(source))
             .with_file_groups(vec![FileGroup::new(files)])
             .with_projection_indices(Some(projection))?

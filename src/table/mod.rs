@@ -40,6 +40,10 @@ pub use store::{Backend, TableLocation};
 /// covers a narrow id range and a lookup by id reads one or two of them.
 pub const ROW_GROUP_ROWS: usize = 16 * 1024;
 
+/// Rows per data page at most: with the page index, a lookup decodes only the pages that
+/// hold its rows (contiguous, since rows are sorted by trace id) instead of the row group.
+pub const PAGE_ROWS: usize = 1024;
+
 /// One committed version of the table, ready to scan. Installed atomically; a query that
 /// loaded it keeps it until the query ends.
 #[derive(Debug)]
@@ -267,6 +271,7 @@ pub(crate) fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_column_bloom_filter_enabled(col::TRACE_ID.into(), true)
         .set_column_bloom_filter_fpp(col::TRACE_ID.into(), 0.001)
