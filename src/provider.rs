@@ -237,12 +237,15 @@ impl TableProvider for TraceTableProvider {
             .iter()
             .map(|&i| delta_schema.index_of(storage_name(sql.field(i).name())))
             .collect::<Result<Vec<_>, _>>()?;
-        // A lookup by trace id reads only the row groups the index points at; a scan that
-        // needs no column (`count(*)`) is answered from the footers the index holds.
+        // With the index (every version without deletion vectors), the scan is tracelake's
+        // own: a lookup by trace id reads only the row groups the index points at; any other
+        // scan covers every file of the snapshot, pruned by the translated filters against
+        // the row-group statistics and page indexes of the footers the index holds. Either
+        // way the query path reads only files the snapshot names, and never the log.
         let ids = lookup_ids(filters);
-        let indexed = ids.is_some() || wanted.is_empty();
-        let plan = match (indexed, snapshot.index()) {
-            (true, Some(index)) => {
+        let storage_filters: Vec<Expr> = filters.iter().filter_map(translate_filter).collect();
+        let plan = match snapshot.index() {
+            Some(index) => {
                 let table = &self.table;
                 let store = &table.location().root_store;
                 state
@@ -266,13 +269,12 @@ impl TableProvider for TraceTableProvider {
                         table.store_url(),
                         &lookup,
                         ids.as_deref(),
+                        &storage_filters,
                         projection,
                     )?
                 }
             }
-            _ => {
-                let storage_filters: Vec<Expr> =
-                    filters.iter().filter_map(translate_filter).collect();
+            None => {
                 delta
                     .scan(state, Some(&storage_projection), &storage_filters, limit)
                     .await?

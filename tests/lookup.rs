@@ -69,8 +69,8 @@ async fn lookups_open_one_file_and_row_group_before_and_after_compaction() {
         assert_eq!(rows(&batches), 5);
         assert_eq!((m.files_opened, m.row_groups_read()), (1, 1), "{m:?}");
     }
-    // What the same lookup costs without the index (Delta statistics and parquet pruning
-    // only): every file is opened, because every commit covers the whole id space.
+    // What the same lookup costs without the index (row-group statistics only): every file
+    // is read, because every commit covers the whole id space.
     let id = &wanted[0];
     let (_, m) = run(
         &ctx,
@@ -97,7 +97,7 @@ async fn lookups_open_one_file_and_row_group_before_and_after_compaction() {
         assert_eq!(rows(&batches), 5);
         assert_eq!((m.files_opened, m.row_groups_read()), (1, 1), "{m:?}");
     }
-    // After compaction, Delta statistics alone skip all but one file per day.
+    // After compaction, statistics alone skip all but one file per day.
     let (_, m) = run(
         &ctx,
         &format!("SELECT span_id FROM spans WHERE trace_id >= '{id}' AND trace_id < '{id}0'"),

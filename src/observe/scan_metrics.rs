@@ -14,7 +14,8 @@ pub struct ScanMetrics {
     /// Data files the Delta scan kept after file skipping (Delta scan path; a lookup served
     /// by the trace-id index does not go through it and reports 0).
     pub files_scanned: usize,
-    /// Data files the parquet reader opened, whichever path planned the scan.
+    /// Data files the scan read bytes from, whichever path planned it (a file whose row
+    /// groups were all pruned from footers held in memory is not counted).
     pub files_opened: usize,
     /// Row groups of opened files that DataFusion read or considered after pruning.
     pub row_groups_matched: usize,
@@ -38,7 +39,7 @@ impl ScanMetrics {
             let is_leaf = node.children().is_empty();
             if let Some(metrics) = node.metrics() {
                 for metric in metrics.iter() {
-                    if metric.value().name() == "bytes_scanned" {
+                    if metric.value().name() == "bytes_scanned" && metric.value().as_usize() > 0 {
                         for label in metric.labels() {
                             if label.name() == "filename" {
                                 files.insert(label.value().to_string());

@@ -251,7 +251,10 @@ impl TraceIdIndex {
     }
 
     /// A scan of the row groups of `plan`, with the storage columns `projection` (indices
-    /// into the storage schema without `span_date`), filtering rows to `ids` when given.
+    /// into the storage schema without `span_date`), filtering rows to `ids` when given and
+    /// pruning with `filters` (on the storage schema; conjuncts on `span_date`, which files do
+    /// not hold, are left out: `start_time_unix_nano` carries the same bound).
+    #[allow(clippy::too_many_arguments)]
     pub fn scan(
         &self,
         state: &dyn Session,
@@ -259,6 +262,7 @@ impl TraceIdIndex {
         store_url: &ObjectStoreUrl,
         plan: &LookupPlan,
         ids: Option<&[String]>,
+        filters: &[datafusion::logical_expr::Expr],
         projection: Vec<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let file_schema = file_schema();
@@ -274,13 +278,24 @@ impl TraceIdIndex {
             files.push(file);
         }
         let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
-        let predicate = ids
-            .map(|ids| {
-                let expr = col(c::TRACE_ID)
-                    .in_list(ids.iter().map(|id| lit(id.as_str())).collect(), false);
-                state.create_physical_expr(expr, &df_schema)
+        let mut conjuncts: Vec<datafusion::logical_expr::Expr> = filters
+            .iter()
+            .flat_map(|f| datafusion::logical_expr::utils::split_conjunction_owned(f.clone()))
+            .filter(|e| {
+                e.column_refs()
+                    .iter()
+                    .all(|col| df_schema.has_column_with_unqualified_name(&col.name))
             })
-            .transpose()?;
+            .collect();
+        if let Some(ids) = ids {
+            conjuncts.push(
+                col(c::TRACE_ID).in_list(ids.iter().map(|id| lit(id.as_str())).collect(), false),
+            );
+        }
+        // Pruning only: a predicate DataFusion cannot build here is left out (the filters are
+        // re-applied above the scan).
+        let predicate = datafusion::logical_expr::utils::conjunction(conjuncts)
+            .and_then(|expr| state.create_physical_expr(expr, &df_schema).ok());
         let factory = IndexedReaderFactory {
             store: store.clone(),
             files: plan
@@ -297,8 +312,17 @@ impl TraceIdIndex {
         if let Some(predicate) = predicate {
             source = source.with_predicate(predicate);
         }
+        // Files spread over the session's target partitions, so full scans run in parallel.
+        let partitions = state
+            .config()
+            .target_partitions()
+            .clamp(1, files.len().max(1));
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
+        for (i, file) in files.into_iter().enumerate() {
+            groups[i % partitions].push(file);
+        }
         let config = FileScanConfigBuilder::new(store_url.clone(), Arc::new(source))
-            .with_file_groups(vec![FileGroup::new(files)])
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
             .with_projection_indices(Some(projection))?
             .build();
         Ok(DataSourceExec::from_data_source(config))
