@@ -78,6 +78,7 @@ async fn lookups_open_one_file_and_row_group_before_and_after_compaction() {
     )
     .await;
     assert_eq!(m.files_opened, COMMITS);
+    let row_groups_before = m.row_groups_read();
 
     // Compaction: both partitions overlap, both are rewritten sorted by trace id.
     let table = lake.table();
@@ -104,6 +105,12 @@ async fn lookups_open_one_file_and_row_group_before_and_after_compaction() {
     )
     .await;
     assert!(m.files_opened <= 2, "{m:?}");
+    assert!(
+        m.row_groups_read() < row_groups_before,
+        "after optimize the lookup reads fewer row groups: {} then {}",
+        row_groups_before,
+        m.row_groups_read()
+    );
 
     // Nothing is lost, and a second run has nothing to do (incremental).
     let batches = ctx
