@@ -10,13 +10,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::json;
 use support::{Artifact, BenchTier, Fixture, enabled, fixture, runtime, sample};
-use tracelake::observe::{ScanMetrics, TraceLakeMetrics, telemetry};
+use tracelake::observe::{ScanMetrics, TraceLakeMetrics, names, telemetry};
 use tracelake::synth::{TraceShape, traces};
 use tracelake::{TableOptions, TraceLake};
 use tracing::Instrument;
@@ -102,14 +102,15 @@ fn calibration() -> Artifact {
     a
 }
 
-/// LIST requests made on behalf of a query: `object_store.request` spans with operation
-/// `list` under a `bench.query` span. (Counters alone cannot tell a query's requests from
-/// those deltalake's background runtime finishes after a refresh.)
-static QUERY_LISTS: AtomicU64 = AtomicU64::new(0);
+/// Backend requests made on behalf of a query, by `operation/path_kind`: the
+/// `object_store.request` spans (backend other than `cache`) under a `bench.query` span.
+/// Counters alone cannot tell a query's requests from those deltalake's background runtime
+/// finishes after a refresh.
+static QUERY_REQUESTS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
-struct QueryListCounter;
+struct QueryRequestCounter;
 
-impl<S> tracing_subscriber::Layer<S> for QueryListCounter
+impl<S> tracing_subscriber::Layer<S> for QueryRequestCounter
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -119,25 +120,35 @@ where
         id: &tracing::span::Id,
         ctx: Context<'_, S>,
     ) {
-        if attrs.metadata().name() != tracelake::observe::names::OBJECT_STORE_REQUEST {
+        if attrs.metadata().name() != names::OBJECT_STORE_REQUEST {
             return;
         }
-        struct Op(bool);
-        impl tracing::field::Visit for Op {
+        #[derive(Default)]
+        struct Fields {
+            op: String,
+            kind: String,
+            backend: String,
+        }
+        impl tracing::field::Visit for Fields {
             fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
-                if f.name() == tracelake::observe::names::ATTR_OS_OPERATION && v == "list" {
-                    self.0 = true;
+                match f.name() {
+                    names::ATTR_OS_OPERATION => self.op = v.to_string(),
+                    names::ATTR_OS_PATH_KIND => self.kind = v.to_string(),
+                    names::ATTR_OS_BACKEND => self.backend = v.to_string(),
+                    _ => {}
                 }
             }
             fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
         }
-        let mut op = Op(false);
-        attrs.record(&mut op);
-        if op.0
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if fields.backend != "cache"
             && let Some(span) = ctx.span(id)
             && span.scope().skip(1).any(|s| s.name() == "bench.query")
+            && let Ok(mut map) = QUERY_REQUESTS.lock()
         {
-            QUERY_LISTS.fetch_add(1, Ordering::Relaxed);
+            *map.entry(format!("{}/{}", fields.op, fields.kind))
+                .or_default() += 1;
         }
     }
 }
@@ -147,7 +158,7 @@ fn core(c: &mut Criterion) {
         return;
     }
     let _ = tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(QueryListCounter),
+        tracing_subscriber::registry().with(QueryRequestCounter),
     );
     let rt = runtime();
     let calib = calibration();
@@ -267,7 +278,6 @@ fn core(c: &mut Criterion) {
     let mut timings = Vec::new();
     let mut requests: BTreeMap<String, u64> = BTreeMap::new();
     let mut rows_total = 0;
-    let mut query_lists = 0;
     rt.block_on(async {
         let _tick = reader.refresh_every(Duration::from_millis(10));
         for round in 0..5u64 {
@@ -282,8 +292,9 @@ fn core(c: &mut Criterion) {
             while reader.version() < writer.version() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            let before = request_snapshot(&m);
-            let lists_before = QUERY_LISTS.load(Ordering::Relaxed);
+            if let Ok(mut map) = QUERY_REQUESTS.lock() {
+                map.clear();
+            }
             let started = std::time::Instant::now();
             let (rows, _) = run(
                 &sentinel_ctx,
@@ -292,20 +303,18 @@ fn core(c: &mut Criterion) {
             .instrument(tracing::info_span!("bench.query"))
             .await;
             timings.push(started.elapsed());
-            query_lists += QUERY_LISTS.load(Ordering::Relaxed) - lists_before;
-            rows_total += rows;
-            for (k, v) in requests_between(&before, &m) {
-                *requests.entry(k).or_default() += v;
+            if let Ok(map) = QUERY_REQUESTS.lock() {
+                for (k, v) in map.iter() {
+                    *requests.entry(k.clone()).or_default() += v;
+                }
             }
+            rows_total += rows;
         }
     });
-    assert_eq!(query_lists, 0, "a query listed after a background refresh");
-    // The backend's LIST counter also moves with deltalake's background work: the
-    // artifact keeps the query's own LIST requests only.
-    requests.retain(|k, _| !k.starts_with("list/"));
-    if query_lists > 0 {
-        requests.insert("list/delta_log".into(), query_lists);
-    }
+    assert!(
+        !requests.keys().any(|k| k.starts_with("list/")),
+        "a query listed after a background refresh: {requests:?}"
+    );
     timings.sort();
     sentinel.timings = timings;
     sentinel.requests = requests;
