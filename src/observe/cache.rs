@@ -182,69 +182,41 @@ impl ObjectStore for ObjectCache {
         if !plain || !is_immutable(location) {
             return self.inner.get_opts(location, options).await;
         }
-        match options.range.clone() {
-            Some(GetRange::Bounded(range)) => {
-                let key = Key {
-                    path: location.clone(),
-                    range: Some(range.clone()),
-                };
-                let entry = self
-                    .cached(key, async {
-                        let result = self.inner.get_opts(location, options).await?;
-                        let meta = result.meta.clone();
-                        Ok(Entry {
-                            bytes: result.bytes().await?,
-                            meta: Some(meta),
-                        })
-                    })
-                    .await?;
-                let meta = entry.meta.clone().unwrap_or(ObjectMeta {
-                    location: location.clone(),
-                    last_modified: chrono::Utc::now(),
-                    size: range.end,
-                    e_tag: None,
-                    version: None,
-                });
-                Ok(GetResult {
-                    payload: payload(entry.bytes),
-                    meta,
-                    range,
-                    attributes: Default::default(),
+        // Bounded ranges and whole objects are cached; suffix and offset ranges depend on
+        // the object's size: not cached.
+        let range = match &options.range {
+            Some(GetRange::Bounded(range)) => Some(range.clone()),
+            None => None,
+            Some(_) => return self.inner.get_opts(location, options).await,
+        };
+        let key = Key {
+            path: location.clone(),
+            range: range.clone(),
+        };
+        let entry = self
+            .cached(key, async {
+                let result = self.inner.get_opts(location, options).await?;
+                let meta = result.meta.clone();
+                Ok(Entry {
+                    bytes: result.bytes().await?,
+                    meta: Some(meta),
                 })
-            }
-            None => {
-                let key = Key {
-                    path: location.clone(),
-                    range: None,
-                };
-                let entry = self
-                    .cached(key, async {
-                        let result = self.inner.get_opts(location, options).await?;
-                        let meta = result.meta.clone();
-                        Ok(Entry {
-                            bytes: result.bytes().await?,
-                            meta: Some(meta),
-                        })
-                    })
-                    .await?;
-                let len = entry.bytes.len() as u64;
-                let meta = entry.meta.clone().unwrap_or(ObjectMeta {
-                    location: location.clone(),
-                    last_modified: chrono::Utc::now(),
-                    size: len,
-                    e_tag: None,
-                    version: None,
-                });
-                Ok(GetResult {
-                    payload: payload(entry.bytes),
-                    meta,
-                    range: 0..len,
-                    attributes: Default::default(),
-                })
-            }
-            // Suffix and offset ranges depend on the object's size: not cached.
-            Some(_) => self.inner.get_opts(location, options).await,
-        }
+            })
+            .await?;
+        let range = range.unwrap_or(0..entry.bytes.len() as u64);
+        let meta = entry.meta.clone().unwrap_or(ObjectMeta {
+            location: location.clone(),
+            last_modified: chrono::Utc::now(),
+            size: range.end,
+            e_tag: None,
+            version: None,
+        });
+        Ok(GetResult {
+            payload: payload(entry.bytes),
+            meta,
+            range,
+            attributes: Default::default(),
+        })
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
