@@ -2,10 +2,11 @@
 //!
 //! Cached: parquet data (footers and ranges), checkpoints, and committed `_delta_log` JSON
 //! commits, all immutable once written. Never cached: listings, `_last_checkpoint`, heads,
-//! and anything else. Concurrent misses on the same object range make one inner request
-//! (moka's `try_get_with`). A put, delete, copy or rename invalidates exactly the paths it
+//! and anything else. Concurrent misses on the same object range of `get`/`get_range` make
+//! one inner request (moka's `try_get_with`). A put, delete, copy or rename invalidates exactly the paths it
 //! writes or removes. Each lookup records `object_store.cache.hit` on the current request
-//! span and counts a hit or a miss in [`TraceLakeMetrics`].
+//! span and counts a hit or a miss in [`TraceLakeMetrics`]. `get_ranges` fetches all the
+//! ranges it misses in one inner request, so the inner store can coalesce them.
 
 use std::fmt;
 use std::ops::Range;
@@ -223,27 +224,48 @@ impl ObjectStore for ObjectCache {
         if !is_immutable(location) {
             return self.inner.get_ranges(location, ranges).await;
         }
-        let mut out = Vec::with_capacity(ranges.len());
+        // Hits from the cache; every miss in one inner request, so the inner store can
+        // coalesce nearby ranges (a parquet read asks for many small ranges at once).
+        let key = |range: &Range<u64>| Key {
+            path: location.clone(),
+            range: Some(range.clone()),
+        };
+        let mut out: Vec<Option<Bytes>> = Vec::with_capacity(ranges.len());
+        let mut missing: Vec<Range<u64>> = Vec::new();
         for range in ranges {
-            let key = Key {
-                path: location.clone(),
-                range: Some(range.clone()),
-            };
-            let entry = self
-                .cached(key, async {
-                    let mut parts = self
-                        .inner
-                        .get_ranges(location, std::slice::from_ref(range))
-                        .await?;
-                    Ok(Entry {
-                        bytes: parts.pop().unwrap_or_default(),
-                        meta: None,
-                    })
-                })
-                .await?;
-            out.push(entry.bytes);
+            let hit = self.cache.get(&key(range)).await.map(|e| e.bytes);
+            self.report(location, hit.is_some());
+            if hit.is_none() {
+                missing.push(range.clone());
+            }
+            out.push(hit);
         }
-        Ok(out)
+        if !missing.is_empty() {
+            let fetched = self.inner.get_ranges(location, &missing).await?;
+            let mut fetched = missing.iter().zip(fetched);
+            for slot in out.iter_mut().filter(|s| s.is_none()) {
+                if let Some((range, bytes)) = fetched.next() {
+                    self.cache
+                        .insert(
+                            key(range),
+                            Entry {
+                                bytes: bytes.clone(),
+                                meta: None,
+                            },
+                        )
+                        .await;
+                    *slot = Some(bytes);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|b| {
+                b.ok_or_else(|| object_store::Error::Generic {
+                    store: "ObjectCache",
+                    source: "the inner store returned fewer ranges than asked".into(),
+                })
+            })
+            .collect()
     }
 
     fn delete_stream(
@@ -344,6 +366,44 @@ mod tests {
             11
         );
         assert_eq!(metrics.cache_count("hit"), 2);
+    }
+
+    #[tokio::test]
+    async fn get_ranges_fetches_all_misses_in_one_inner_request() {
+        let metrics = TraceLakeMetrics::new();
+        let counted = Arc::new(super::super::ObjectStoreTelemetry::new(
+            Arc::new(InMemory::new()),
+            "memory",
+            metrics.clone(),
+        ));
+        let cache = ObjectCache::new(counted.clone(), 1 << 20, TraceLakeMetrics::new());
+        let path = Path::from("t/c.parquet");
+        counted
+            .put(&path, Bytes::from((0..=255u8).collect::<Vec<_>>()).into())
+            .await
+            .unwrap();
+        let first = cache
+            .get_ranges(&path, &[0..4, 10..12, 100..101])
+            .await
+            .unwrap();
+        assert_eq!(
+            first,
+            [
+                Bytes::from(vec![0u8, 1, 2, 3]),
+                Bytes::from(vec![10u8, 11]),
+                Bytes::from(vec![100u8])
+            ]
+        );
+        assert_eq!(metrics.operation_count("memory", "get_range"), 1);
+        // Two hits and one new range: one more inner request, for the new range only.
+        let second = cache
+            .get_ranges(&path, &[0..4, 20..22, 10..12])
+            .await
+            .unwrap();
+        assert_eq!(second[1], Bytes::from(vec![20u8, 21]));
+        assert_eq!(metrics.operation_count("memory", "get_range"), 2);
+        cache.get_ranges(&path, &[20..22, 100..101]).await.unwrap();
+        assert_eq!(metrics.operation_count("memory", "get_range"), 2);
     }
 
     #[tokio::test]
