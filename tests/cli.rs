@@ -126,11 +126,20 @@ fn demo_then_sql_stats_and_maintenance() {
     let (ok, out, _) = tracelake(&["stats", "--table", table]);
     assert!(ok);
     assert!(out.contains("version     2"), "{out}");
-    assert!(out.contains("files       2"), "{out}");
+    // One file per commit and day (the demo's last hour may cross midnight UTC).
+    let files: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("files"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!((2..=4).contains(&files), "{out}");
 
     let (ok, out, err) = tracelake(&["optimize", "--table", table]);
     assert!(ok, "{err}");
-    assert!(out.contains("optimized 1 partition(s)"), "{out}");
+    assert!(
+        out.contains("optimized 1 partition(s)") || out.contains("optimized 2 partition(s)"),
+        "{out}"
+    );
     let (ok, out, _) = tracelake(&["vacuum", "--table", table, "--retention-hours", "1"]);
     assert!(ok);
     assert!(out.contains("vacuum deleted 0 file(s)"), "{out}");
