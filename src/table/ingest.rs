@@ -33,11 +33,6 @@ pub fn normalize_trace_id(s: &str) -> Option<String> {
     is_hex_id(s, 32).then(|| s.to_ascii_lowercase())
 }
 
-/// Validates a span id (16 hex characters, either case) and returns it in lowercase.
-pub fn normalize_span_id(s: &str) -> Option<String> {
-    is_hex_id(s, 16).then(|| s.to_ascii_lowercase())
-}
-
 /// The column `name` of `batch`, cast to its input-schema type, or all nulls when absent.
 fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
     let target = input_schema().field_with_name(name)?.data_type().clone();

@@ -95,8 +95,7 @@ impl TraceTable {
                 .with_filters(&filters)
                 .with_writer_properties(writer_properties())
                 .await?;
-            let _guard = self.commit_lock.lock().await;
-            let version = self.install(optimized).await?;
+            let version = self.install_locked(optimized).await?;
             Ok(OptimizeOutcome {
                 partitions: partitions.clone(),
                 files_removed: metrics.num_files_removed,
@@ -176,8 +175,7 @@ impl TraceTable {
                 .with_retention_period(chrono::Duration::hours(retention_hours as i64))
                 .with_enforce_retention_duration(false)
                 .await?;
-            let _guard = self.commit_lock.lock().await;
-            let version = self.install(vacuumed).await?;
+            let version = self.install_locked(vacuumed).await?;
             Ok(VacuumOutcome {
                 files_deleted: metrics.files_deleted.len(),
                 version,
@@ -225,8 +223,7 @@ impl TraceTable {
                 .delete()
                 .with_predicate(format!("{} < '{cutoff}'", col::SPAN_DATE))
                 .await?;
-            let _guard = self.commit_lock.lock().await;
-            let version = self.install(expired).await?;
+            let version = self.install_locked(expired).await?;
             Ok(ExpireOutcome {
                 partitions: partitions.clone(),
                 files_removed: metrics.num_removed_files as u64,

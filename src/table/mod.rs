@@ -419,6 +419,13 @@ impl TraceTable {
         Ok(after)
     }
 
+    /// Installs a version committed by a maintenance operation, taking the commit lock (the
+    /// operation itself ran without it, so appends went on).
+    pub(crate) async fn install_locked(&self, table: DeltaTable) -> Result<i64> {
+        let _guard = self.commit_lock.lock().await;
+        self.install(table).await
+    }
+
     /// Reads commits made since the current snapshot (by this or any other process) and
     /// installs the newest version. Returns it.
     pub async fn refresh(&self) -> Result<i64> {
