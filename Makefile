@@ -6,7 +6,9 @@
 #   make bench.baseline       Tier 0, then copy the artifacts into bench_metrics/
 #   make bench.extended       Tier 1: 1M and 10M-span tables, trace_tree vs WITH RECURSIVE at 1M,
 #                             open/refresh at 10 and 1,000 commits, ingest of 1M spans
-#   make bench.certification  Tier 2: against a latency-injected object store
+#   make bench.certification  Tier 2: against a latency-injected object store and an S3-protocol
+#                             server on loopback (moto from PyPI, installed and started here;
+#                             needs python3 and curl), built with the `s3` feature
 #
 # PROFILE selects the cargo profile (default `bench`, i.e. release). CI runs Tier 0 with
 # PROFILE=dev to reuse the test build: counts and rows are the same, timings are not
@@ -38,7 +40,13 @@ bench.extended:
 	TRACELAKE_BENCH_TIER=1 TRACELAKE_BENCH_METRICS=target/bench-extended \
 		$(CARGO) bench --profile $(PROFILE) --bench lookup --bench lifecycle -- $(CRITERION_ARGS)
 
+S3_PORT ?= 5077
+S3_BUCKET ?= tracelake-bench
+
 bench.certification:
 	mkdir -p target/bench-certification
+	benches/s3-server.sh start $(S3_PORT) $(S3_BUCKET)
 	TRACELAKE_BENCH_TIER=2 TRACELAKE_BENCH_METRICS=target/bench-certification \
-		$(CARGO) bench --profile $(PROFILE) --bench certification -- $(CRITERION_ARGS)
+		TRACELAKE_S3_ENDPOINT=http://127.0.0.1:$(S3_PORT) TRACELAKE_S3_BUCKET=$(S3_BUCKET) \
+		$(CARGO) bench --profile $(PROFILE) --features s3 --bench certification -- $(CRITERION_ARGS); \
+		status=$$?; benches/s3-server.sh stop; exit $$status

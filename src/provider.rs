@@ -260,6 +260,18 @@ impl TableProvider for TraceTableProvider {
                     .iter()
                     .map(|&i| file_schema.index_of(storage_name(sql.field(i).name())))
                     .collect::<Result<Vec<_>, _>>()?;
+                if let Some(ids) = &ids
+                    && let Some(exec) = index.lookup_exec(
+                        store,
+                        &lookup,
+                        ids,
+                        projection.clone(),
+                        Arc::new(sql.project(&wanted)?),
+                    )
+                {
+                    // Already in the SQL names and types.
+                    return Ok(Arc::new(exec));
+                }
                 if lookup.files.is_empty() {
                     Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)))
                 } else {

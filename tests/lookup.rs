@@ -129,3 +129,94 @@ async fn lookups_open_one_file_and_row_group_before_and_after_compaction() {
     assert_eq!(again.version, outcome.version);
     assert!(again.partitions.is_empty());
 }
+
+/// The rows of `sql`, formatted and sorted (order-insensitive comparison, nested columns
+/// included).
+async fn sorted_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn lookups_return_exactly_what_a_full_scan_returns() {
+    let lake = TraceLake::create("memory:///lookup-exact").await.unwrap();
+    let mut ids = Vec::new();
+    for commit in 0..3u64 {
+        let spans = traces(
+            100 + commit,
+            TraceShape::Realistic,
+            400,
+            DAY0 + commit as i64 * 3_600_000_000_000,
+            3_000_000_000,
+        );
+        ids.extend(spans.iter().step_by(97).map(|s| s.trace_id.clone()));
+        lake.append_spans(&spans).await.unwrap();
+    }
+    ids.dedup();
+    assert!(ids.len() > 12, "{}", ids.len());
+    let ctx = lake.session_context().unwrap();
+    let list = |ids: &[String]| {
+        ids.iter()
+            .map(|id| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // One id, a few ids, and more ids than the short-list path takes.
+    for wanted in [&ids[..1], &ids[..3], &ids[..12]] {
+        for columns in ["*", "name, start_time, attributes, trace_id", "count(*)"] {
+            let lookup = format!(
+                "SELECT {columns} FROM spans WHERE trace_id IN ({})",
+                list(wanted)
+            );
+            // `concat` hides the id from the lookup path: a full scan with the same filter.
+            let scan = format!(
+                "SELECT {columns} FROM spans WHERE concat(trace_id, '') IN ({})",
+                list(wanted)
+            );
+            let expected = sorted_rows(&ctx, &scan).await;
+            assert!(!expected.is_empty());
+            assert_eq!(sorted_rows(&ctx, &lookup).await, expected, "{lookup}");
+        }
+    }
+    // The lookup is the direct read, and reads only the matching rows.
+    let id = &ids[0];
+    let sql = format!("SELECT * FROM spans WHERE trace_id = '{id}'");
+    let plan = ctx
+        .sql(&format!("EXPLAIN {sql}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let explained = arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(explained.contains("LookupExec"), "{explained}");
+    let (batches, m) = run(&ctx, &sql).await;
+    assert!(rows(&batches) > 0);
+    assert_eq!(m.rows_scanned, rows(&batches), "{m:?}");
+    assert_eq!((m.files_opened, m.row_groups_read()), (1, 1), "{m:?}");
+    // Unknown and upper-case ids (stored lowercase) match nothing and read nothing.
+    for other in [
+        "0123456789abcdef0123456789abcdef".to_string(),
+        id.to_uppercase(),
+    ] {
+        let (batches, m) = run(
+            &ctx,
+            &format!("SELECT * FROM spans WHERE trace_id = '{other}'"),
+        )
+        .await;
+        assert_eq!(rows(&batches), 0);
+        assert_eq!(m.bytes_scanned, 0, "{m:?}");
+    }
+}

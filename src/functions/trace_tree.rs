@@ -168,6 +168,10 @@ impl TraceLookup {
                 .collect();
             mask = and(&mask, &in_window)?;
         }
+        // The lookup below usually returns exactly the trace: nothing to copy then.
+        if mask.true_count() == batch.num_rows() {
+            return Ok(batch.clone());
+        }
         Ok(filter_record_batch(batch, &mask)?)
     }
 }
@@ -329,8 +333,12 @@ impl ExecutionPlan for TraceTreeExec {
         let schema = self.schema.clone();
         let batch_size = context.session_config().batch_size();
         let stream = futures::stream::once(async move {
-            let batches = collect(input.clone(), context).await?;
-            let spans = concat_batches(&input.schema(), &batches)?;
+            let mut batches = collect(input.clone(), context).await?;
+            let spans = if batches.len() == 1 {
+                batches.remove(0)
+            } else {
+                concat_batches(&input.schema(), &batches)?
+            };
             let spans = lookup.keep(&spans)?;
             let span = tracing::info_span!(
                 names::TRACE_TREE_BUILD,
@@ -378,6 +386,9 @@ fn tree_batch(spans: &RecordBatch, output: &[usize], schema: &SchemaRef) -> Resu
         |i| starts.value(i),
     );
     let order = UInt32Array::from_iter_values(rows.iter().map(|r| r.input as u32));
+    // Spans are stored by start time, which is often already the tree's order.
+    let in_order =
+        rows.len() == spans.num_rows() && rows.iter().enumerate().all(|(i, r)| r.input == i);
 
     let _convert =
         tracing::info_span!(names::ARROW_CONVERT, { names::ATTR_ROWS } = rows.len()).entered();
@@ -390,7 +401,11 @@ fn tree_batch(spans: &RecordBatch, output: &[usize], schema: &SchemaRef) -> Resu
             let source = spans.column_by_name(name).ok_or_else(|| {
                 DataFusionError::Internal(format!("trace_tree input without {name}"))
             })?;
-            take(source.as_ref(), &order, None)?
+            if in_order {
+                source.clone()
+            } else {
+                take(source.as_ref(), &order, None)?
+            }
         } else {
             match name {
                 tree_col::DEPTH => Arc::new(Int32Array::from_iter_values(

@@ -71,6 +71,16 @@ pub struct IndexedFile {
     pub location: Path,
     pub size: u64,
     pub metadata: Arc<ParquetMetaData>,
+    /// The footer with its Arrow schema, for reading the file without decoding it again.
+    pub reader: ArrowReaderMetadata,
+    /// Whether the file's columns have exactly the storage names and types, in order (every
+    /// file tracelake writes): lookups then read it directly (see [`LookupExec`]).
+    ///
+    /// [`LookupExec`]: super::lookup_exec::LookupExec
+    pub native: bool,
+    /// Leaf (parquet) and root (Arrow) index of `trace_id`.
+    pub trace_id_column: Option<usize>,
+    pub trace_id_root: usize,
     pub row_groups: Vec<IndexedRowGroup>,
 }
 
@@ -130,6 +140,16 @@ async fn index_file(store: Arc<dyn ObjectStore>, location: Path, size: u64) -> R
         .await
         .map_err(|e| TraceLakeError::InvalidArgument(format!("reading {location}: {e}")))?;
     let parquet = metadata.metadata().clone();
+    let expected = file_schema();
+    let native = metadata.schema().fields().len() == expected.fields().len()
+        && metadata
+            .schema()
+            .fields()
+            .iter()
+            .zip(expected.fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    let trace_id_root = metadata.schema().index_of(c::TRACE_ID).unwrap_or_default();
+    let reader_metadata = metadata.clone();
     let column = parquet
         .file_metadata()
         .schema_descr()
@@ -157,6 +177,10 @@ async fn index_file(store: Arc<dyn ObjectStore>, location: Path, size: u64) -> R
         location,
         size,
         metadata: parquet,
+        reader: reader_metadata,
+        native: native && column.is_some(),
+        trace_id_column: column,
+        trace_id_root,
         row_groups,
     })
 }
@@ -248,6 +272,36 @@ impl TraceIdIndex {
             plan.files.push((location.clone(), (0..n).collect()));
         }
         plan
+    }
+
+    /// The direct read of a lookup of `ids` planned as `plan` (see [`LookupExec`]), producing
+    /// the file columns `projection` as `schema`; `None` if a planned file was not written
+    /// with the storage schema (another writer's file), which the general scan adapts instead.
+    ///
+    /// [`LookupExec`]: super::lookup_exec::LookupExec
+    pub fn lookup_exec(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        plan: &LookupPlan,
+        ids: &[String],
+        projection: Vec<usize>,
+        schema: SchemaRef,
+    ) -> Option<super::lookup_exec::LookupExec> {
+        let files = plan
+            .files
+            .iter()
+            .map(|(location, row_groups)| {
+                let file = self.files.get(location)?;
+                file.native.then(|| (file.clone(), row_groups.clone()))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(super::lookup_exec::LookupExec::new(
+            store.clone(),
+            files,
+            ids.to_vec(),
+            projection,
+            schema,
+        ))
     }
 
     /// A scan of the row groups of `plan`, with the storage columns `projection` (indices
@@ -370,14 +424,14 @@ impl ParquetFileReaderFactory for IndexedReaderFactory {
 }
 
 /// Reads a parquet file from an object store.
-struct StoreReader {
+pub(super) struct StoreReader {
     store: Arc<dyn ObjectStore>,
     location: Path,
     size: u64,
 }
 
 impl StoreReader {
-    fn new(store: Arc<dyn ObjectStore>, location: Path, size: u64) -> Self {
+    pub(super) fn new(store: Arc<dyn ObjectStore>, location: Path, size: u64) -> Self {
         Self {
             store,
             location,

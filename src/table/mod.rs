@@ -8,6 +8,7 @@ pub mod appender;
 pub mod background;
 pub mod ingest;
 pub mod lookup;
+pub mod lookup_exec;
 pub mod maintenance;
 pub mod store;
 
@@ -20,7 +21,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
@@ -43,6 +44,18 @@ pub const ROW_GROUP_ROWS: usize = 16 * 1024;
 /// Rows per data page at most: with the page index, a lookup decodes only the pages that
 /// hold its rows (contiguous, since rows are sorted by trace id) instead of the row group.
 pub const PAGE_ROWS: usize = 1024;
+
+/// Columns written without a dictionary: (nearly) unique per row, so a dictionary would be as
+/// large as the data, and a lookup would decode the whole row group's dictionary to read a
+/// few rows of one page.
+const PLAIN_COLUMNS: &[&str] = &[
+    col::TRACE_ID,
+    col::SPAN_ID,
+    col::PARENT_SPAN_ID,
+    col::START_TIME_UNIX_NANO,
+    col::END_TIME_UNIX_NANO,
+    col::DURATION_NS,
+];
 
 /// One committed version of the table, ready to scan. Installed atomically; a query that
 /// loaded it keeps it until the query ends.
@@ -268,15 +281,19 @@ fn types_match(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -
 }
 
 pub(crate) fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_write_batch_size(PAGE_ROWS)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_column_bloom_filter_enabled(col::TRACE_ID.into(), true)
         .set_column_bloom_filter_fpp(col::TRACE_ID.into(), 0.001)
-        .set_column_bloom_filter_max_ndv(col::TRACE_ID.into(), ROW_GROUP_ROWS as u64)
-        .build()
+        .set_column_bloom_filter_max_ndv(col::TRACE_ID.into(), ROW_GROUP_ROWS as u64);
+    for column in PLAIN_COLUMNS {
+        builder = builder.set_column_dictionary_enabled((*column).into(), false);
+    }
+    builder.build()
 }
 
 impl TraceTable {

@@ -166,16 +166,46 @@ fn cloud(
     Err(invalid(location, "no cloud backend compiled in"))
 }
 
+/// Delta's log store for cloud tables: deltalake's default one, which commits with a
+/// conditional put (`PutMode::Create`: S3's `If-None-Match`, GCS and Azure preconditions), so
+/// concurrent writers never overwrite a commit. tracelake builds the object store itself (with
+/// object_store's own S3, GCS and Azure clients), so deltalake's cloud crates are not needed.
 #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
 fn register_delta_handlers() {
+    use deltalake::logstore::{
+        LogStore, LogStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
+        logstore_factories,
+    };
+
+    struct ConditionalPutLogStore;
+
+    impl LogStoreFactory for ConditionalPutLogStore {
+        fn with_options(
+            &self,
+            prefixed_store: ObjectStoreRef,
+            root_store: ObjectStoreRef,
+            location: &Url,
+            options: &StorageConfig,
+        ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
+            Ok(default_logstore(
+                prefixed_store,
+                root_store,
+                location,
+                options,
+            ))
+        }
+    }
+
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        #[cfg(feature = "s3")]
-        deltalake::aws::register_handlers(None);
-        #[cfg(feature = "gcs")]
-        deltalake::gcp::register_handlers(None);
-        #[cfg(feature = "azure")]
-        deltalake::azure::register_handlers(None);
+        let factory: Arc<dyn LogStoreFactory> = Arc::new(ConditionalPutLogStore);
+        for scheme in ["s3", "s3a", "gs", "az", "abfs", "abfss"] {
+            if let Ok(url) = Url::parse(&format!("{scheme}://")) {
+                logstore_factories()
+                    .entry(url)
+                    .or_insert_with(|| factory.clone());
+            }
+        }
     });
 }
 

@@ -1,0 +1,382 @@
+//! [`LookupExec`]: the scan of a lookup by trace id, straight on parquet's async reader.
+//!
+//! A lookup reads a handful of rows. DataFusion's general parquet scan spends more time on
+//! setting itself up per file (pruning predicates, schema adaptation, per-file metrics) than on
+//! those rows, so lookups planned on the [trace-id index](super::lookup) use this node instead:
+//! for each row group the index points at, it selects the pages of `trace_id` whose min/max
+//! may hold a wanted id (page index held in memory), decodes `trace_id` there, and decodes the
+//! other projected columns only for the matching rows. The footers come from the index, so the
+//! only object-store reads are the data pages: one request for the `trace_id` pages and one for
+//! the other columns' pages, per file.
+//!
+//! The output has the SQL types and names of `spans` (the storage columns converted), so no
+//! projection sits above it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result as DfResult, exec_err};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderOptions, RowFilter, RowSelection, RowSelector,
+};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+
+use super::lookup::{IndexedFile, StoreReader};
+
+/// Files of one lookup read at the same time (a lookup usually reads one or two).
+const CONCURRENT_FILES: usize = 4;
+
+/// Reads the rows of the wanted trace ids from the row groups the index planned.
+#[derive(Debug)]
+pub struct LookupExec {
+    store: Arc<dyn ObjectStore>,
+    /// Files with the row groups to read, in table order.
+    files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
+    ids: Arc<[String]>,
+    /// Indices into the file schema of the columns to read, in output order.
+    projection: Vec<usize>,
+    /// The output: SQL names and types.
+    schema: SchemaRef,
+    properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl LookupExec {
+    /// A lookup of `ids` in `files`, producing the file columns `projection` as `schema` (the
+    /// SQL fields of those columns, same order).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
+        ids: Vec<String>,
+        projection: Vec<usize>,
+        schema: SchemaRef,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            store,
+            files,
+            ids: ids.into(),
+            projection,
+            schema,
+            properties,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl DisplayAs for LookupExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let row_groups: usize = self.files.iter().map(|(_, r)| r.len()).sum();
+        write!(
+            f,
+            "LookupExec: trace_ids=[{}], files={}, row_groups={}",
+            self.ids.join(", "),
+            self.files.len(),
+            row_groups
+        )
+    }
+}
+
+impl ExecutionPlan for LookupExec {
+    fn name(&self) -> &'static str {
+        "LookupExec"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            exec_err!("LookupExec has no children")
+        }
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return exec_err!("LookupExec has one partition, asked for {partition}");
+        }
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let batch_size = context.session_config().batch_size();
+        let reads: Vec<FileRead> = self
+            .files
+            .iter()
+            .map(|(file, row_groups)| {
+                let location = file.location.to_string();
+                let metric = || {
+                    MetricBuilder::new(&self.metrics).with_new_label("filename", location.clone())
+                };
+                let pruning = metric().pruning_metrics("row_groups_pruned_statistics", partition);
+                pruning.add_matched(row_groups.len());
+                FileRead {
+                    store: self.store.clone(),
+                    file: file.clone(),
+                    row_groups: row_groups.clone(),
+                    ids: self.ids.clone(),
+                    projection: self.projection.clone(),
+                    schema: self.schema.clone(),
+                    batch_size,
+                    bytes_scanned: metric().counter("bytes_scanned", partition),
+                }
+            })
+            .collect();
+        let stream = futures::stream::iter(reads)
+            .map(FileRead::run)
+            .buffered(CONCURRENT_FILES)
+            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten()
+            .inspect_ok(move |batch| baseline.record_output(batch.num_rows()));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            stream,
+        )))
+    }
+}
+
+/// The read of one file's planned row groups.
+struct FileRead {
+    store: Arc<dyn ObjectStore>,
+    file: Arc<IndexedFile>,
+    row_groups: Vec<usize>,
+    ids: Arc<[String]>,
+    projection: Vec<usize>,
+    schema: SchemaRef,
+    batch_size: usize,
+    bytes_scanned: Count,
+}
+
+impl FileRead {
+    async fn run(self) -> DfResult<Vec<RecordBatch>> {
+        let reader_metadata = self.file.reader.clone();
+        let metadata = reader_metadata.metadata().clone();
+        let descr = metadata.file_metadata().schema_descr_ptr();
+        let Some(trace_id) = self.file.trace_id_column else {
+            return exec_err!("{} has no trace_id column", self.file.location);
+        };
+        let selection = page_selection(&metadata, &self.row_groups, trace_id, &self.ids);
+        if selection.as_ref().is_some_and(|s| !s.selects_any()) {
+            return Ok(Vec::new());
+        }
+        // Parquet returns the projected root columns in file order.
+        let mut roots = self.projection.clone();
+        roots.sort_unstable();
+        roots.dedup();
+        let order: Vec<usize> = self
+            .projection
+            .iter()
+            .map(|p| roots.binary_search(p).unwrap_or_default())
+            .collect();
+        let trace_root = self.file.trace_id_root;
+        let ids = self.ids.clone();
+        let predicate = ArrowPredicateFn::new(
+            ProjectionMask::roots(&descr, [trace_root]),
+            move |batch: RecordBatch| {
+                let column = batch.column(0);
+                let values = column
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| {
+                        arrow::error::ArrowError::InvalidArgumentError(
+                            "trace_id is not a string column".into(),
+                        )
+                    })?;
+                Ok(matching(values, &ids))
+            },
+        );
+        let reader = CountingReader {
+            inner: StoreReader::new(
+                self.store.clone(),
+                self.file.location.clone(),
+                self.file.size,
+            ),
+            metadata: metadata.clone(),
+            bytes_scanned: self.bytes_scanned.clone(),
+        };
+        let mut builder =
+            ParquetRecordBatchStreamBuilder::new_with_metadata(reader, reader_metadata)
+                .with_row_groups(self.row_groups.clone())
+                .with_projection(ProjectionMask::roots(&descr, roots.iter().copied()))
+                .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+                .with_batch_size(self.batch_size);
+        if let Some(selection) = selection {
+            builder = builder.with_row_selection(selection);
+        }
+        let batches: Vec<RecordBatch> = builder
+            .build()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .try_collect()
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        batches
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|batch| self.output(&batch, &order))
+            .collect()
+    }
+
+    /// The read columns in output order, with the SQL types.
+    fn output(&self, batch: &RecordBatch, order: &[usize]) -> DfResult<RecordBatch> {
+        let columns: Vec<ArrayRef> = order
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(&i, field)| {
+                let column = batch.column(i);
+                if column.data_type() == field.data_type() {
+                    Ok(column.clone())
+                } else {
+                    Ok(cast(column, field.data_type())?)
+                }
+            })
+            .collect::<DfResult<_>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?)
+    }
+}
+
+/// Which of `values` are one of `ids`.
+fn matching(values: &StringArray, ids: &[String]) -> BooleanArray {
+    if ids.len() <= 8 {
+        values
+            .iter()
+            .map(|v| Some(v.is_some_and(|v| ids.iter().any(|id| id == v))))
+            .collect()
+    } else {
+        let set: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        values
+            .iter()
+            .map(|v| Some(v.is_some_and(|v| set.contains(v))))
+            .collect()
+    }
+}
+
+/// The rows of `row_groups` (concatenated, in that order) on pages of `column` whose min/max
+/// may hold one of `ids`; `None` when the file has no page index for the column (every row of
+/// the row groups is then a candidate).
+fn page_selection(
+    metadata: &ParquetMetaData,
+    row_groups: &[usize],
+    column: usize,
+    ids: &[String],
+) -> Option<RowSelection> {
+    let column_index = metadata.column_index()?;
+    let offset_index = metadata.offset_index()?;
+    let mut selectors = Vec::new();
+    for &rg in row_groups {
+        let rows = metadata.row_group(rg).num_rows().max(0) as usize;
+        let pages = &offset_index.get(rg)?.get(column)?.page_locations;
+        let ColumnIndexMetaData::BYTE_ARRAY(index) = column_index.get(rg)?.get(column)? else {
+            return None;
+        };
+        for (page, location) in pages.iter().enumerate() {
+            let start = location.first_row_index.max(0) as usize;
+            let end = pages
+                .get(page + 1)
+                .map(|next| next.first_row_index.max(0) as usize)
+                .unwrap_or(rows);
+            let wanted = match (index.min_value(page), index.max_value(page)) {
+                (Some(min), Some(max)) => ids
+                    .iter()
+                    .any(|id| id.as_bytes() >= min && id.as_bytes() <= max),
+                // A page of nulls holds no id; a page without statistics may hold any.
+                _ => !index.is_null_page(page),
+            };
+            let count = end.saturating_sub(start);
+            selectors.push(if wanted {
+                RowSelector::select(count)
+            } else {
+                RowSelector::skip(count)
+            });
+        }
+    }
+    Some(RowSelection::from(selectors))
+}
+
+/// Reads through the store, counting the bytes, with the footer held by the index.
+struct CountingReader {
+    inner: StoreReader,
+    metadata: Arc<ParquetMetaData>,
+    bytes_scanned: Count,
+}
+
+impl AsyncFileReader for CountingReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.bytes_scanned.add((range.end - range.start) as usize);
+        self.inner.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        self.bytes_scanned.add(total as usize);
+        self.inner.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        futures::future::ready(Ok(self.metadata.clone())).boxed()
+    }
+}
