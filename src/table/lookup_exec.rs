@@ -95,13 +95,16 @@ impl LookupExec {
 
 impl DisplayAs for LookupExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        const SHOWN: usize = 5;
         let row_groups: usize = self.files.iter().map(|(_, r)| r.len()).sum();
+        let mut ids = self.ids[..self.ids.len().min(SHOWN)].join(", ");
+        if self.ids.len() > SHOWN {
+            ids.push_str(&format!(", ... ({} ids)", self.ids.len()));
+        }
         write!(
             f,
-            "LookupExec: trace_ids=[{}], files={}, row_groups={}",
-            self.ids.join(", "),
+            "LookupExec: trace_ids=[{ids}], files={}, row_groups={row_groups}",
             self.files.len(),
-            row_groups
         )
     }
 }
