@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, new_null_array,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StringBuilder, new_null_array,
 };
-use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
+use arrow::compute::{cast, interleave_record_batch};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 
 use crate::error::{Result, TraceLakeError};
@@ -103,6 +103,8 @@ fn enum_column(
     for (i, v) in values.iter().enumerate() {
         let value = match v {
             None => allowed[0],
+            // Already canonical: no allocation.
+            Some(s) if let Some(a) = allowed.iter().copied().find(|a| *a == s) => a,
             Some(s) => {
                 let upper = s.trim().to_ascii_uppercase();
                 let bare = upper.strip_prefix(otlp_prefix).unwrap_or(&upper);
@@ -148,7 +150,8 @@ fn count_column(batch: &RecordBatch, name: &str, offset: usize) -> Result<ArrayR
 }
 
 /// Checks `batch` (columns named as in the SQL schema; absent optional columns are allowed)
-/// and converts it to the storage schema, sorted by `span_date`, `trace_id`, `start_time`.
+/// and converts it to the storage schema. [`sort_for_storage`] then orders the batches of a
+/// commit.
 /// `offset` is the number of rows before this batch in the same append, for error messages.
 pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
     let sql = input_schema();
@@ -210,11 +213,21 @@ pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
                 .collect::<StringArray>(),
         )
     };
-    let span_dates: StringArray = start
-        .values()
-        .iter()
-        .map(|t| Some(schema::span_date(*t)))
-        .collect();
+    // One date string per day, not per row.
+    let mut day: Option<(i64, String)> = None;
+    let mut span_dates = StringBuilder::with_capacity(start.len(), start.len() * 10);
+    for &t in start.values() {
+        let d = t.div_euclid(DAY_NS);
+        match &day {
+            Some((cached, date)) if *cached == d => span_dates.append_value(date),
+            _ => {
+                let date = schema::span_date(t);
+                span_dates.append_value(&date);
+                day = Some((d, date));
+            }
+        }
+    }
+    let span_dates = span_dates.finish();
 
     let storage = storage_schema();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(storage.fields().len());
@@ -245,34 +258,56 @@ pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
         debug_assert_eq!(array.data_type(), field.data_type(), "{}", field.name());
         columns.push(array);
     }
-    let converted = RecordBatch::try_new(storage, columns)?;
-    sort_for_storage(&converted)
+    Ok(RecordBatch::try_new(storage, columns)?)
 }
 
-/// Sorts a storage batch by `span_date`, `trace_id`, `start_time_unix_nano`, so that each
-/// row group of a written file covers a narrow range of trace ids.
-fn sort_for_storage(batch: &RecordBatch) -> Result<RecordBatch> {
-    if batch.num_rows() <= 1 {
-        return Ok(batch.clone());
-    }
-    let key = |name: &str| -> Result<SortColumn> {
-        Ok(SortColumn {
-            values: batch
+/// Rows per batch handed to the writer after sorting.
+const SORTED_BATCH_ROWS: usize = 16 * 1024;
+
+const DAY_NS: i64 = 86_400_000_000_000;
+
+/// Orders the storage batches of one commit by `span_date`, `trace_id`,
+/// `start_time_unix_nano` (all rows together, not batch by batch), so that each row group of
+/// a written file covers a narrow, disjoint range of trace ids.
+///
+/// Trace ids here are validated lowercase hex, whose string order is the order of their
+/// 128-bit values: the sort compares integers, and the rows are gathered once.
+pub fn sort_for_storage(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut keys: Vec<(i64, u128, i64, u32, u32)> = Vec::with_capacity(total);
+    for (b, batch) in batches.iter().enumerate() {
+        let column = |name: &str| {
+            batch
                 .column_by_name(name)
-                .ok_or_else(|| TraceLakeError::SchemaMismatch(format!("missing {name}")))?
-                .clone(),
-            options: None,
-        })
-    };
-    let indices = lexsort_to_indices(
-        &[
-            key(col::SPAN_DATE)?,
-            key(col::TRACE_ID)?,
-            key(col::START_TIME_UNIX_NANO)?,
-        ],
-        None,
-    )?;
-    Ok(take_record_batch(batch, &indices)?)
+                .ok_or_else(|| TraceLakeError::SchemaMismatch(format!("missing {name}")))
+        };
+        let ids = column(col::TRACE_ID)?
+            .as_string_opt::<i32>()
+            .ok_or_else(|| TraceLakeError::SchemaMismatch("trace_id is not a string".into()))?;
+        let starts = column(col::START_TIME_UNIX_NANO)?
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| {
+                TraceLakeError::SchemaMismatch("start_time_unix_nano is not a long".into())
+            })?;
+        for i in 0..batch.num_rows() {
+            let start = starts.value(i);
+            let id = u128::from_str_radix(ids.value(i), 16).unwrap_or_default();
+            keys.push((start.div_euclid(DAY_NS), id, start, b as u32, i as u32));
+        }
+    }
+    if keys.is_sorted() && batches.len() <= 1 {
+        return Ok(batches.to_vec());
+    }
+    keys.sort_unstable();
+    let sources: Vec<&RecordBatch> = batches.iter().collect();
+    let order: Vec<(usize, usize)> = keys
+        .iter()
+        .map(|&(_, _, _, b, i)| (b as usize, i as usize))
+        .collect();
+    order
+        .chunks(SORTED_BATCH_ROWS)
+        .map(|chunk| Ok(interleave_record_batch(&sources, chunk)?))
+        .collect()
 }
 
 #[cfg(test)]
@@ -364,13 +399,53 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_sorted_by_trace_id() {
-        let a = "ffffffffffffffffffffffffffffffff";
-        let b = "00000000000000000000000000000001";
-        let batch =
-            spans_to_batch(&[span(a, "0000000000000001"), span(b, "0000000000000002")]).unwrap();
-        let stored = to_storage(&batch, 0).unwrap();
-        let ids = stored.column_by_name(col::TRACE_ID).unwrap();
-        assert_eq!(ids.as_string::<i32>().value(0), b);
+    fn a_commit_is_sorted_by_day_trace_id_and_start_across_batches() {
+        let at = |trace: &str, id: &str, start: i64| Span {
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 5,
+            ..span(trace, id)
+        };
+        let day = 86_400_000_000_000;
+        let hi = "ffffffffffffffffffffffffffffffff";
+        let lo = "00000000000000000000000000000001";
+        let mid = "8000000000000000000000000000000a";
+        // Two batches of one commit, each unsorted, spanning two days.
+        let first = spans_to_batch(&[
+            at(hi, "0000000000000001", 30),
+            at(lo, "0000000000000002", day + 1),
+            at(mid, "0000000000000003", 20),
+        ])
+        .unwrap();
+        let second = spans_to_batch(&[
+            at(mid, "0000000000000004", 10),
+            at(lo, "0000000000000005", 40),
+        ])
+        .unwrap();
+        let stored = [
+            to_storage(&first, 0).unwrap(),
+            to_storage(&second, 3).unwrap(),
+        ];
+        let sorted = sort_for_storage(&stored).unwrap();
+        let batch = arrow::compute::concat_batches(&sorted[0].schema(), &sorted).unwrap();
+        let spans: Vec<&str> = batch
+            .column_by_name(col::SPAN_ID)
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                "0000000000000005",
+                "0000000000000004",
+                "0000000000000003",
+                "0000000000000001",
+                "0000000000000002"
+            ]
+        );
+        // Already sorted single batches are kept as they are.
+        let once = sort_for_storage(&sorted[..1]).unwrap();
+        assert_eq!(once[0], sorted[0]);
     }
 }

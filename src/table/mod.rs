@@ -509,6 +509,7 @@ impl TraceTable {
         );
         let result = async {
             let _guard = self.commit_lock.lock().await;
+            let storage = ingest::sort_for_storage(&storage)?;
             let table = self.snapshot().table.clone();
             tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
             let written = table
