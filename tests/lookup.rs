@@ -206,6 +206,26 @@ async fn lookups_return_exactly_what_a_full_scan_returns() {
     assert!(rows(&batches) > 0);
     assert_eq!(m.rows_scanned, rows(&batches), "{m:?}");
     assert_eq!((m.files_opened, m.row_groups_read()), (1, 1), "{m:?}");
+    // A literal DataFusion folds (here `lower(...)`) is a lookup too.
+    let folded = format!(
+        "SELECT * FROM spans WHERE trace_id = lower('{}')",
+        id.to_uppercase()
+    );
+    let explained = arrow::util::pretty::pretty_format_batches(
+        &ctx.sql(&format!("EXPLAIN {folded}"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+    .to_string();
+    assert!(explained.contains("LookupExec"), "{explained}");
+    assert_eq!(
+        sorted_rows(&ctx, &folded).await,
+        sorted_rows(&ctx, &sql).await
+    );
     // Unknown and upper-case ids (stored lowercase) match nothing and read nothing.
     for other in [
         "0123456789abcdef0123456789abcdef".to_string(),
