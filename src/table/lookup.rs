@@ -25,7 +25,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{col, lit};
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet};
 use deltalake::kernel::EagerSnapshot;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
@@ -396,7 +396,7 @@ pub fn file_schema() -> SchemaRef {
     ))
 }
 
-/// Hands the parquet scan the metadata held by the index, so a lookup reads only data pages.
+/// Hands the parquet scan the metadata held by the index, so a lookup reads only data pages (also used by [`LookupExec`](super::lookup_exec::LookupExec)).
 #[derive(Debug)]
 struct IndexedReaderFactory {
     store: Arc<dyn ObjectStore>,
@@ -418,7 +418,7 @@ impl ParquetFileReaderFactory for IndexedReaderFactory {
         Ok(Box::new(IndexedReader {
             inner: StoreReader::new(self.store.clone(), location, size),
             metadata: entry.map(|e| e.metadata.clone()),
-            file_metrics,
+            bytes_scanned: file_metrics.bytes_scanned,
         }))
     }
 }
@@ -487,17 +487,17 @@ impl AsyncFileReader for StoreReader {
     }
 }
 
-struct IndexedReader {
-    inner: StoreReader,
-    metadata: Option<Arc<ParquetMetaData>>,
-    file_metrics: ParquetFileMetrics,
+/// Reads a data file through the store, counting the bytes, with the footer held by the
+/// index when there is one (read from the file otherwise).
+pub(super) struct IndexedReader {
+    pub(super) inner: StoreReader,
+    pub(super) metadata: Option<Arc<ParquetMetaData>>,
+    pub(super) bytes_scanned: Count,
 }
 
 impl AsyncFileReader for IndexedReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        self.file_metrics
-            .bytes_scanned
-            .add((range.end - range.start) as usize);
+        self.bytes_scanned.add((range.end - range.start) as usize);
         self.inner.get_bytes(range)
     }
 
@@ -506,7 +506,7 @@ impl AsyncFileReader for IndexedReader {
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-        self.file_metrics.bytes_scanned.add(total as usize);
+        self.bytes_scanned.add(total as usize);
         self.inner.get_byte_ranges(ranges)
     }
 

@@ -14,13 +14,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult, exec_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -33,19 +31,15 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{
-    ArrowPredicateFn, ArrowReaderOptions, RowFilter, RowSelection, RowSelector,
-};
-use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter, RowSelection, RowSelector};
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 
-use super::lookup::{IndexedFile, StoreReader};
+use super::lookup::{IndexedFile, IndexedReader, StoreReader};
 
 /// Files of one lookup read at the same time (a lookup usually reads one or two).
 const CONCURRENT_FILES: usize = 4;
@@ -243,13 +237,13 @@ impl FileRead {
                 Ok(matching(values, &ids))
             },
         );
-        let reader = CountingReader {
+        let reader = IndexedReader {
             inner: StoreReader::new(
                 self.store.clone(),
                 self.file.location.clone(),
                 self.file.size,
             ),
-            metadata: metadata.clone(),
+            metadata: Some(metadata.clone()),
             bytes_scanned: self.bytes_scanned.clone(),
         };
         let mut builder =
@@ -352,34 +346,4 @@ fn page_selection(
         }
     }
     Some(RowSelection::from(selectors))
-}
-
-/// Reads through the store, counting the bytes, with the footer held by the index.
-struct CountingReader {
-    inner: StoreReader,
-    metadata: Arc<ParquetMetaData>,
-    bytes_scanned: Count,
-}
-
-impl AsyncFileReader for CountingReader {
-    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        self.bytes_scanned.add((range.end - range.start) as usize);
-        self.inner.get_bytes(range)
-    }
-
-    fn get_byte_ranges(
-        &mut self,
-        ranges: Vec<Range<u64>>,
-    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-        self.bytes_scanned.add(total as usize);
-        self.inner.get_byte_ranges(ranges)
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        _options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        futures::future::ready(Ok(self.metadata.clone())).boxed()
-    }
 }

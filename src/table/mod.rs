@@ -508,8 +508,9 @@ impl TraceTable {
             { names::ATTR_ERROR } = field::Empty,
         );
         let result = async {
-            let _guard = self.commit_lock.lock().await;
+            // Sorted before taking the lock: other commits of this process need not wait.
             let storage = ingest::sort_for_storage(&storage)?;
+            let _guard = self.commit_lock.lock().await;
             let table = self.snapshot().table.clone();
             tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
             let written = table
