@@ -280,7 +280,11 @@ fn types_match(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -
     }
 }
 
-pub(crate) fn writer_properties() -> WriterProperties {
+/// The parquet writer properties of every data file tracelake writes: row groups of
+/// [`ROW_GROUP_ROWS`], pages of [`PAGE_ROWS`], Snappy, page statistics, a bloom filter on
+/// `trace_id`, and no dictionary on the nearly unique id and time columns (see
+/// docs/architecture.md, "Inside a commit").
+pub fn writer_properties() -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))

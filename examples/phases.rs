@@ -1,0 +1,156 @@
+//! Where the time of a lookup and of an append goes, phase by phase (the figures quoted in
+//! docs/architecture.md and docs/benchmarks.md).
+//!
+//! ```text
+//! cargo run --profile bench --example phases -- lookup [SPANS]   # default 1,000,000
+//! cargo run --profile bench --example phases -- ingest
+//! ```
+//!
+//! `lookup` opens the bench fixture of SPANS spans in 24 commits (built under
+//! target/bench-fixtures/ if missing) and prints, for four lookups with fresh ids, the p50 of
+//! SQL planning, physical planning and execution. `ingest` appends 1M spans in 10 batches and
+//! prints the p50 of validation, of the commit-wide sort, of parquet's `ArrowWriter` with
+//! tracelake's writer properties on the sorted batches, and of the whole `append_batches`.
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use tracelake::TraceLake;
+use tracelake::synth::{TraceShape, traces};
+use tracelake::table::{ingest, writer_properties};
+
+const SAMPLES: usize = 300;
+
+/// A labelled query over one trace id.
+type Lookup = (&'static str, fn(&str) -> String);
+
+fn p50_ms(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e3
+}
+
+fn lookup(spans: usize) {
+    let rt = support::runtime();
+    rt.block_on(async {
+        let fixture = support::fixture(spans, 24).await;
+        let lake = TraceLake::open(fixture.path.to_str().expect("utf-8 path"))
+            .await
+            .expect("open fixture");
+        let ctx = lake.session_context().expect("context");
+        let queries: [Lookup; 4] = [
+            ("trace_tree *", |id| {
+                format!("SELECT * FROM trace_tree('{id}')")
+            }),
+            ("spans *", |id| {
+                format!("SELECT * FROM spans WHERE trace_id = '{id}'")
+            }),
+            ("spans span_id", |id| {
+                format!("SELECT span_id FROM spans WHERE trace_id = '{id}'")
+            }),
+            ("trace_tree 3 cols", |id| {
+                format!("SELECT span_id, depth, name FROM trace_tree('{id}')")
+            }),
+        ];
+        println!("{spans} spans, 24 commits, p50 of {SAMPLES} lookups with fresh ids (ms):");
+        for (label, sql) in queries {
+            let (mut logical, mut physical, mut execution) = (vec![], vec![], vec![]);
+            for i in 0..SAMPLES {
+                let sql = sql(&fixture.sample_ids[i % fixture.sample_ids.len()]);
+                let t0 = Instant::now();
+                let df = ctx.sql(&sql).await.expect("plan");
+                let t1 = Instant::now();
+                let plan = df.create_physical_plan().await.expect("physical plan");
+                let t2 = Instant::now();
+                let batches = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+                    .await
+                    .expect("execute");
+                let t3 = Instant::now();
+                assert!(batches.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
+                logical.push(t1 - t0);
+                physical.push(t2 - t1);
+                execution.push(t3 - t2);
+            }
+            println!(
+                "  {label:18} sql {:.3}  physical {:.3}  execution {:.3}",
+                p50_ms(logical),
+                p50_ms(physical),
+                p50_ms(execution)
+            );
+        }
+    });
+}
+
+fn ingest_phases() {
+    let rt = support::runtime();
+    let spans = traces(
+        5,
+        TraceShape::Fixed(5),
+        200_000,
+        support::DAY0,
+        86_400_000_000_000,
+    );
+    let batches: Vec<_> = spans
+        .chunks(100_000)
+        .map(|c| tracelake::span::spans_to_batch(c).expect("batch"))
+        .collect();
+    let (mut validate, mut sort, mut write, mut append) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let t0 = Instant::now();
+        let mut storage = Vec::new();
+        let mut rows = 0;
+        for batch in &batches {
+            storage.push(ingest::to_storage(batch, rows).expect("valid"));
+            rows += batch.num_rows();
+        }
+        let t1 = Instant::now();
+        let sorted = ingest::sort_for_storage(&storage).expect("sort");
+        let t2 = Instant::now();
+        let file = std::fs::File::create(dir.path().join("direct.parquet")).expect("file");
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            file,
+            sorted[0].schema(),
+            Some(writer_properties()),
+        )
+        .expect("writer");
+        for batch in &sorted {
+            writer.write(batch).expect("write");
+        }
+        writer.close().expect("close");
+        let t3 = Instant::now();
+        let lake = rt
+            .block_on(TraceLake::create(
+                dir.path().join("t").to_str().expect("utf-8"),
+            ))
+            .expect("create");
+        let t4 = Instant::now();
+        rt.block_on(lake.append_batches(&batches)).expect("append");
+        append.push(t4.elapsed());
+        validate.push(t1 - t0);
+        sort.push(t2 - t1);
+        write.push(t3 - t2);
+    }
+    println!("1M spans in 10 batches, p50 of 3 (ms):");
+    println!("  validation and conversion        {:.0}", p50_ms(validate));
+    println!("  commit-wide sort                 {:.0}", p50_ms(sort));
+    println!("  ArrowWriter, tracelake props     {:.0}", p50_ms(write));
+    println!("  append_batches (all of it)       {:.0}", p50_ms(append));
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("ingest") => ingest_phases(),
+        Some("lookup") | None => lookup(
+            args.next()
+                .map(|s| s.parse().expect("SPANS is a number"))
+                .unwrap_or(1_000_000),
+        ),
+        Some(other) => {
+            eprintln!("unknown mode {other:?}: use `lookup [SPANS]` or `ingest`");
+            std::process::exit(2);
+        }
+    }
+}
