@@ -245,3 +245,84 @@ async fn background_refresh_shows_other_writers() {
     assert_eq!(reader.version(), 1);
     assert_eq!(count(&reader).await, 15);
 }
+
+#[tokio::test]
+async fn appended_files_carry_delta_statistics_for_the_stats_columns_only() {
+    let lake = TraceLake::create("memory:///ingest-stats").await.unwrap();
+    // Two days in one append: one file per day, each with its own statistics.
+    let mut batch = spans(1, 20);
+    batch.extend(traces(
+        2,
+        TraceShape::Fixed(5),
+        20,
+        DAY0 + 86_400_000_000_000,
+        1_000_000,
+    ));
+    lake.append_spans(&batch).await.unwrap();
+    let snapshot = lake.table().snapshot();
+    let log_data = snapshot
+        .delta_table()
+        .snapshot()
+        .unwrap()
+        .snapshot()
+        .try_log_data()
+        .unwrap();
+    let mut files = 0;
+    for view in log_data.iter() {
+        files += 1;
+        assert_eq!(view.num_records(), Some(100));
+        let stats: serde_json::Value = serde_json::from_str(&view.stats().unwrap()).unwrap();
+        let ids: Vec<&str> = batch
+            .iter()
+            .filter(|s| {
+                view.partition_values_map().get("span_date")
+                    == Some(&Some(
+                        if s.start_time_unix_nano < DAY0 + 86_400_000_000_000 {
+                            "2024-05-01"
+                        } else {
+                            "2024-05-02"
+                        }
+                        .to_string(),
+                    ))
+            })
+            .map(|s| s.trace_id.as_str())
+            .collect();
+        let (min, max) = (ids.iter().min().unwrap(), ids.iter().max().unwrap());
+        assert_eq!(stats["minValues"]["trace_id"], *min, "{stats}");
+        assert_eq!(stats["maxValues"]["trace_id"], *max, "{stats}");
+        assert!(
+            stats["minValues"]["start_time_unix_nano"].is_i64(),
+            "{stats}"
+        );
+        // Only the columns named in delta.dataSkippingStatsColumns.
+        assert!(stats["minValues"].get("attributes").is_none(), "{stats}");
+        assert!(
+            stats["nullCount"].get("parent_span_id").is_none(),
+            "{stats}"
+        );
+    }
+    assert_eq!(files, 2);
+}
+
+#[tokio::test]
+async fn a_table_with_a_check_constraint_is_appended_through_deltalake_which_enforces_it() {
+    let lake = TraceLake::create("memory:///ingest-constraint")
+        .await
+        .unwrap();
+    lake.append_spans(&spans(1, 2)).await.unwrap();
+    // Another Delta writer adds a CHECK constraint to the table.
+    let table = lake.table().snapshot().delta_table().clone();
+    table
+        .add_constraint()
+        .with_constraint("no_forbidden", "name <> 'forbidden'")
+        .await
+        .unwrap();
+    lake.refresh().await.unwrap();
+    let mut bad = spans(2, 1);
+    bad[0].name = "forbidden".into();
+    let err = lake.append_spans(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("failed validation"), "{err}");
+    assert_eq!(count(&lake).await, 10);
+    lake.append_spans(&spans(3, 1)).await.unwrap();
+    assert_eq!(count(&lake).await, 15);
+}

@@ -11,6 +11,7 @@ pub mod lookup;
 pub mod lookup_exec;
 pub mod maintenance;
 pub mod store;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -517,12 +518,17 @@ impl TraceTable {
             let _guard = self.commit_lock.lock().await;
             let table = self.snapshot().table.clone();
             tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
-            let written = table
-                .write(storage)
-                .with_save_mode(SaveMode::Append)
-                .with_partition_columns([col::SPAN_DATE])
-                .with_writer_properties(writer_properties())
-                .await?;
+            let written = match write::direct_append(&table, &storage).await? {
+                Some(written) => written,
+                None => {
+                    table
+                        .write(storage)
+                        .with_save_mode(SaveMode::Append)
+                        .with_partition_columns([col::SPAN_DATE])
+                        .with_writer_properties(writer_properties())
+                        .await?
+                }
+            };
             self.install(written).await
         }
         .instrument(span.clone())
