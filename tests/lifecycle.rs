@@ -158,3 +158,26 @@ async fn a_reader_during_appends_optimize_and_vacuum_sees_each_span_once() {
     );
     assert_eq!(count(&ctx).await, 1_600);
 }
+
+#[tokio::test]
+async fn appends_write_checkpoints_at_the_table_checkpoint_interval() {
+    // deltalake's default `delta.checkpointInterval` is 100: the 100th commit (version 99)
+    // gets a checkpoint from the append's post-commit hook, so opening the table does not
+    // replay every commit.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spans");
+    let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
+    for i in 0..100u64 {
+        lake.append_spans(&day(1_000 + i, 0, 1)).await.unwrap();
+    }
+    assert_eq!(lake.version(), 100);
+    let log: Vec<String> = std::fs::read_dir(path.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        log.iter()
+            .any(|f| f == "00000000000000000099.checkpoint.parquet"),
+        "{log:?}"
+    );
+}

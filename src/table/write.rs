@@ -17,7 +17,7 @@ use delta_kernel::table_features::ColumnMappingMode;
 use deltalake::DeltaTable;
 use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
 use deltalake::kernel::Action;
-use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::operations::write::WriterStatsConfig;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
@@ -92,7 +92,9 @@ pub(super) async fn direct_append(
         partition_by: Some(vec![col::SPAN_DATE.to_string()]),
         predicate: None,
     };
-    let commit = CommitBuilder::default()
+    // With the post-commit hook of the write operation's default properties: checkpoints
+    // every `delta.checkpointInterval` commits, and log cleanup per the table's settings.
+    let commit = CommitBuilder::from(CommitProperties::default())
         .with_actions(actions)
         .build(Some(state), log_store.clone(), operation)
         .await?;
