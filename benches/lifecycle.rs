@@ -73,17 +73,8 @@ fn ingest_1m(_c: &mut Criterion) {
         return;
     }
     let rt = runtime();
-    let spans = traces(
-        5,
-        TraceShape::Fixed(5),
-        200_000,
-        support::DAY0,
-        86_400_000_000_000,
-    );
-    let batches: Vec<_> = spans
-        .chunks(100_000)
-        .map(|c| tracelake::span::spans_to_batch(c).unwrap())
-        .collect();
+    let batches = support::ingest_batches();
+    let spans: usize = batches.iter().map(|b| b.num_rows()).sum();
     let dir = tempfile::tempdir().unwrap();
     let mut writer = Artifact::new(
         "arrowwriter_1m",
@@ -97,7 +88,7 @@ fn ingest_1m(_c: &mut Criterion) {
             w.write(b).unwrap();
         }
         w.close().unwrap();
-        writer.rows = spans.len() as u64;
+        writer.rows = spans as u64;
     });
     writer.write();
     let lakes: Vec<TraceLake> = (0..3)

@@ -18,7 +18,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use tracelake::TraceLake;
-use tracelake::synth::{TraceShape, traces};
 use tracelake::table::{ingest, writer_properties};
 
 const SAMPLES: usize = 300;
@@ -84,17 +83,7 @@ fn lookup(spans: usize) {
 
 fn ingest_phases() {
     let rt = support::runtime();
-    let spans = traces(
-        5,
-        TraceShape::Fixed(5),
-        200_000,
-        support::DAY0,
-        86_400_000_000_000,
-    );
-    let batches: Vec<_> = spans
-        .chunks(100_000)
-        .map(|c| tracelake::span::spans_to_batch(c).expect("batch"))
-        .collect();
+    let batches = support::ingest_batches();
     let (mut validate, mut sort, mut write, mut append) = (vec![], vec![], vec![], vec![]);
     for _ in 0..3 {
         let dir = tempfile::tempdir().expect("temp dir");

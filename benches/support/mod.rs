@@ -118,6 +118,16 @@ pub async fn fixture(spans: usize, commits: usize) -> Fixture {
     }
 }
 
+/// The ingest workload: 1M spans (200k five-span traces over one day) as 10 Arrow batches of
+/// 100k, the same for tracelake and for the `ArrowWriter` reference.
+pub fn ingest_batches() -> Vec<arrow::array::RecordBatch> {
+    let spans = traces(5, TraceShape::Fixed(5), 200_000, DAY0, 24 * HOUR);
+    spans
+        .chunks(100_000)
+        .map(|c| tracelake::span::spans_to_batch(c).expect("span batch"))
+        .collect()
+}
+
 /// Runs `f` `n` times and returns the durations, sorted.
 pub fn sample(n: usize, mut f: impl FnMut(usize)) -> Vec<Duration> {
     let mut out: Vec<Duration> = (0..n)
