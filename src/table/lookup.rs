@@ -70,8 +70,8 @@ pub struct IndexedFile {
     /// Path in the root object store.
     pub location: Path,
     pub size: u64,
-    pub metadata: Arc<ParquetMetaData>,
-    /// The footer with its Arrow schema, for reading the file without decoding it again.
+    /// The footer (with the page index) and its Arrow schema, for reading the file without
+    /// decoding the footer again.
     pub reader: ArrowReaderMetadata,
     /// Whether the file's columns have exactly the storage names and types, in order (every
     /// file tracelake writes): lookups then read it directly (see [`LookupExec`]).
@@ -85,6 +85,11 @@ pub struct IndexedFile {
 }
 
 impl IndexedFile {
+    /// The file's parquet footer, with the page index.
+    pub fn metadata(&self) -> &Arc<ParquetMetaData> {
+        self.reader.metadata()
+    }
+
     /// The file's smallest and largest trace id, if every row group has statistics.
     pub fn trace_id_range(&self) -> Option<(String, String)> {
         let mut range: Option<(String, String)> = None;
@@ -176,7 +181,6 @@ async fn index_file(store: Arc<dyn ObjectStore>, location: Path, size: u64) -> R
     Ok(IndexedFile {
         location,
         size,
-        metadata: parquet,
         reader: reader_metadata,
         native: native && column.is_some(),
         trace_id_column: column,
@@ -396,7 +400,7 @@ pub fn file_schema() -> SchemaRef {
     ))
 }
 
-/// Hands the parquet scan the metadata held by the index, so a lookup reads only data pages (also used by [`LookupExec`](super::lookup_exec::LookupExec)).
+/// Hands the parquet scan the metadata held by the index, so a lookup reads only data pages.
 #[derive(Debug)]
 struct IndexedReaderFactory {
     store: Arc<dyn ObjectStore>,
@@ -417,7 +421,7 @@ impl ParquetFileReaderFactory for IndexedReaderFactory {
         let size = partitioned_file.object_meta.size;
         Ok(Box::new(IndexedReader {
             inner: StoreReader::new(self.store.clone(), location, size),
-            metadata: entry.map(|e| e.metadata.clone()),
+            metadata: entry.map(|e| e.metadata().clone()),
             bytes_scanned: file_metrics.bytes_scanned,
         }))
     }
@@ -488,7 +492,8 @@ impl AsyncFileReader for StoreReader {
 }
 
 /// Reads a data file through the store, counting the bytes, with the footer held by the
-/// index when there is one (read from the file otherwise).
+/// index when there is one (read from the file otherwise). Used by DataFusion's scan and by
+/// [`LookupExec`](super::lookup_exec::LookupExec).
 pub(super) struct IndexedReader {
     pub(super) inner: StoreReader,
     pub(super) metadata: Option<Arc<ParquetMetaData>>,

@@ -202,7 +202,7 @@ struct FileRead {
 impl FileRead {
     async fn run(self) -> DfResult<Vec<RecordBatch>> {
         let reader_metadata = self.file.reader.clone();
-        let metadata = reader_metadata.metadata().clone();
+        let metadata = self.file.metadata().clone();
         let descr = metadata.file_metadata().schema_descr_ptr();
         let Some(trace_id) = self.file.trace_id_column else {
             return exec_err!("{} has no trace_id column", self.file.location);
