@@ -136,8 +136,7 @@ async fn a_missing_table_on_s3_is_a_clear_error() {
     let url = location("missing");
     let err = TraceLake::open_with_options(&url, &options(&TraceLakeMetrics::new()))
         .await
-        .err()
-        .expect("no table there")
+        .expect_err("no table there")
         .to_string();
     assert!(
         err.contains(&url) || err.contains("no Delta table"),
