@@ -16,7 +16,8 @@ use object_store::memory::InMemory;
 use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use serde_json::json;
 use support::{Artifact, BenchTier, enabled, runtime};
-use tracelake::observe::{TraceLakeMetrics, telemetry};
+use tracelake::observe::TraceLakeMetrics;
+use tracelake::store::telemetry;
 use tracelake::synth::{TraceShape, traces};
 use tracelake::{TableOptions, TraceLake};
 

@@ -17,8 +17,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use tracelake::__internals::{self as ingest, writer_properties};
 use tracelake::TraceLake;
-use tracelake::table::{ingest, writer_properties};
 
 const SAMPLES: usize = 300;
 

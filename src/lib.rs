@@ -16,8 +16,10 @@ pub mod error;
 pub mod functions;
 pub mod observe;
 pub mod provider;
+mod read;
 pub mod schema;
 pub mod span;
+pub mod store;
 pub mod synth;
 pub mod table;
 
@@ -167,6 +169,18 @@ impl TraceLake {
     /// The version queries currently see.
     pub fn version(&self) -> i64 {
         self.table.version()
+    }
+}
+
+/// Not part of the API: the internals `examples/phases.rs` times phase by phase (validation,
+/// the commit-wide sort, the writer properties). They may change in any release.
+#[doc(hidden)]
+pub mod __internals {
+    pub use crate::table::ingest::{sort_for_storage, to_storage};
+
+    /// The writer properties of every data file tracelake writes.
+    pub fn writer_properties() -> parquet::file::properties::WriterProperties {
+        crate::table::writer_properties()
     }
 }
 

@@ -16,7 +16,8 @@ use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
 };
-use tracelake::observe::{TraceLakeMetrics, names, telemetry};
+use tracelake::observe::{TraceLakeMetrics, names};
+use tracelake::store::telemetry;
 use tracelake::synth::{TraceShape, traces};
 use tracelake::{TableOptions, TraceLake};
 use tracing::Instrument;

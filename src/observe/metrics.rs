@@ -112,17 +112,17 @@ impl TraceLakeMetrics {
     /// Requests counted so far on `backend` (`local`, `memory`, ..., `cache`) for
     /// `operation` and `path_kind`, over every status.
     pub fn request_count(&self, backend: &str, operation: &str, path_kind: &str) -> u64 {
-        let backend = super::telemetry::BACKENDS
+        let backend = crate::store::telemetry::BACKENDS
             .iter()
             .copied()
             .find(|b| *b == backend)
             .unwrap_or("local");
-        super::telemetry::STATUSES
+        crate::store::telemetry::STATUSES
             .iter()
             .map(|status| {
                 let labels = RequestLabels {
-                    operation: super::telemetry::operation_name(operation),
-                    path_kind: super::telemetry::path_kind_name(path_kind),
+                    operation: crate::store::telemetry::operation_name(operation),
+                    path_kind: crate::store::telemetry::path_kind_name(path_kind),
                     backend,
                     status,
                 };
@@ -133,7 +133,7 @@ impl TraceLakeMetrics {
 
     /// Requests counted so far on `backend` for `operation`, over every path kind.
     pub fn operation_count(&self, backend: &str, operation: &str) -> u64 {
-        super::telemetry::PATH_KINDS
+        crate::store::telemetry::PATH_KINDS
             .iter()
             .map(|k| self.request_count(backend, operation, k))
             .sum()
@@ -141,7 +141,7 @@ impl TraceLakeMetrics {
 
     /// Cache lookups counted so far with `result` (`hit` or `miss`), over every path kind.
     pub fn cache_count(&self, result: &str) -> u64 {
-        super::telemetry::PATH_KINDS
+        crate::store::telemetry::PATH_KINDS
             .iter()
             .map(|path_kind| {
                 let labels = CacheLabels {

@@ -39,7 +39,7 @@ impl TraceTable {
             .snapshot()?
             .snapshot()
             .try_log_data()?;
-        let prefix = super::lookup::table_prefix(&self.location().url);
+        let prefix = crate::read::index::table_prefix(&self.location().url);
         let mut ranges: BTreeMap<String, Vec<Option<(String, String)>>> = BTreeMap::new();
         for view in log_data.iter() {
             let date = view
@@ -53,8 +53,7 @@ impl TraceTable {
             );
             let range = snapshot
                 .index()
-                .and_then(|index| index.file(&location))
-                .and_then(|file| file.trace_id_range());
+                .and_then(|index| index.trace_id_range(&location));
             ranges.entry(date).or_default().push(range);
         }
         Ok(ranges

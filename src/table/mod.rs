@@ -6,11 +6,8 @@
 
 pub mod appender;
 pub mod background;
-pub mod ingest;
-pub mod lookup;
-pub mod lookup_exec;
+pub(crate) mod ingest;
 pub mod maintenance;
-pub mod store;
 mod write;
 
 use std::collections::HashMap;
@@ -29,14 +26,14 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use tracing::{Instrument, field};
 
 use crate::error::{Result, TraceLakeError};
-use crate::observe::{ObjectCache, ObjectStoreTelemetry, TraceLakeMetrics, names};
+use crate::observe::{TraceLakeMetrics, names};
+use crate::read::index::{TraceIdIndex, table_prefix};
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
+use crate::store::TableLocation;
 pub use appender::{AppenderConfig, SpanAppender};
 pub use background::{BackgroundTask, MaintenanceSchedule};
-pub use lookup::TraceIdIndex;
 pub use maintenance::{ExpireOutcome, OptimizeOutcome, TableStats, VacuumOutcome};
-pub use store::{Backend, TableLocation};
 
 /// Rows per parquet row group. Rows are sorted by trace id inside a file, so a row group
 /// covers a narrow id range and a lookup by id reads one or two of them.
@@ -83,7 +80,7 @@ impl TableSnapshot {
             .await?;
         let index = TraceIdIndex::build(
             &location.root_store,
-            &lookup::table_prefix(&location.url),
+            &table_prefix(&location.url),
             state.snapshot(),
             previous.and_then(|p| p.index.as_deref()),
         )
@@ -97,7 +94,7 @@ impl TableSnapshot {
     }
 
     /// The trace-id index of this version (`None` when it has deletion vectors).
-    pub fn index(&self) -> Option<&Arc<TraceIdIndex>> {
+    pub(crate) fn index(&self) -> Option<&Arc<TraceIdIndex>> {
         self.index.as_ref()
     }
 
@@ -128,7 +125,7 @@ pub struct TableOptions {
     /// example object_store's `InMemory` or `ThrottledStore` to simulate a remote store).
     pub root_store: Option<Arc<dyn object_store::ObjectStore>>,
     /// Bytes of immutable objects (parquet data, checkpoints, commits) kept in memory by an
-    /// [`ObjectCache`]; 0 turns the cache off.
+    /// [`ObjectCache`](crate::store::ObjectCache); 0 turns the cache off.
     pub cache_bytes: u64,
 }
 
@@ -147,28 +144,16 @@ impl Default for TableOptions {
 }
 
 impl TableOptions {
-    /// Resolves `location` and wraps its store: [`ObjectStoreTelemetry`] (the backend's own
-    /// requests), then, unless turned off, an [`ObjectCache`] reported as backend `cache`.
+    /// Resolves `location` and assembles its store stack (see [`crate::store`]).
     fn resolve(&self, location: &str, create: bool) -> Result<TableLocation> {
-        let mut resolved = store::resolve(location, &self.storage_options, create)?;
-        if let Some(root) = &self.root_store {
-            resolved.root_store = root.clone();
-        }
-        resolved.root_store = Arc::new(ObjectStoreTelemetry::new(
-            resolved.root_store,
-            resolved.backend.as_str(),
-            self.metrics.clone(),
-        ));
-        if self.cache_bytes > 0 {
-            let cache =
-                ObjectCache::new(resolved.root_store, self.cache_bytes, self.metrics.clone());
-            resolved.root_store = Arc::new(ObjectStoreTelemetry::new(
-                Arc::new(cache),
-                "cache",
-                self.metrics.clone(),
-            ));
-        }
-        Ok(resolved)
+        crate::store::stack(
+            location,
+            &self.storage_options,
+            self.root_store.as_ref(),
+            self.cache_bytes,
+            &self.metrics,
+            create,
+        )
     }
 }
 
@@ -285,7 +270,7 @@ fn types_match(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -
 /// [`ROW_GROUP_ROWS`], pages of [`PAGE_ROWS`], Snappy, page statistics, a bloom filter on
 /// `trace_id`, and no dictionary on the nearly unique id and time columns (see
 /// docs/architecture.md, "Inside a commit").
-pub fn writer_properties() -> WriterProperties {
+pub(crate) fn writer_properties() -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))

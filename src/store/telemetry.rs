@@ -24,8 +24,8 @@ use object_store::{
 };
 use tracing::{Instrument, field};
 
-use super::metrics::{RequestLabels, TraceLakeMetrics};
-use super::names;
+use crate::observe::metrics::{RequestLabels, TraceLakeMetrics};
+use crate::observe::names;
 
 /// Operations, as reported in `object_store.operation`.
 pub const OPERATIONS: [&str; 8] = [

@@ -24,9 +24,9 @@ use object_store::{
     Result,
 };
 
-use super::metrics::{CacheLabels, TraceLakeMetrics};
-use super::names;
 use super::telemetry::path_kind;
+use crate::observe::metrics::{CacheLabels, TraceLakeMetrics};
+use crate::observe::names;
 
 /// What a cache entry holds: a byte range of an object, or a whole object with its meta.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -2,7 +2,7 @@
 //!
 //! A lookup reads a handful of rows. DataFusion's general parquet scan spends more time on
 //! setting itself up per file (pruning predicates, schema adaptation, per-file metrics) than on
-//! those rows, so lookups planned on the [trace-id index](super::lookup) use this node instead:
+//! those rows, so lookups planned on the [trace-id index](super::index) use this node instead:
 //! for each row group the index points at, it selects the pages of `trace_id` whose min/max
 //! may hold a wanted id (page index held in memory), decodes `trace_id` there, and decodes the
 //! other projected columns only for the matching rows. The footers come from the index, so the
@@ -39,7 +39,8 @@ use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter, RowSelection, Ro
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 
-use super::lookup::{IndexedFile, IndexedReader, StoreReader};
+use super::index::IndexedFile;
+use super::reader::{IndexedReader, StoreReader};
 
 /// Files of one lookup read at the same time (a lookup usually reads one or two).
 const CONCURRENT_FILES: usize = 4;
@@ -62,7 +63,7 @@ pub struct LookupExec {
 impl LookupExec {
     /// A lookup of `ids` in `files`, producing the file columns `projection` as `schema` (the
     /// SQL fields of those columns, same order).
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn ObjectStore>,
         files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
         ids: Vec<String>,

@@ -1,0 +1,34 @@
+//! The read path: what a query does to find and read spans. The trace-id [`index`] of each
+//! version (built when a version is installed, from the log and the footers of new files),
+//! the [`filters`] a scan can use, the [`scan`] behind `spans`, [`LookupExec`] for lookups by
+//! trace id, and the [`reader`]s that read data files through the store stack.
+//!
+//! The read path never lists and never writes: it reads only the footers, bloom filters and
+//! pages of files the installed version names.
+//!
+//! [`LookupExec`]: lookup_exec::LookupExec
+
+pub(crate) mod filters;
+pub(crate) mod index;
+pub(crate) mod lookup_exec;
+pub(crate) mod reader;
+pub(crate) mod scan;
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+
+use crate::schema::{col, storage_schema};
+
+/// The columns stored in each parquet file: the storage schema without the partition column.
+pub(crate) fn file_schema() -> SchemaRef {
+    let storage = storage_schema();
+    Arc::new(Schema::new(
+        storage
+            .fields()
+            .iter()
+            .filter(|f| f.name() != col::SPAN_DATE)
+            .cloned()
+            .collect::<Vec<_>>(),
+    ))
+}

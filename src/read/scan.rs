@@ -1,0 +1,198 @@
+//! The scan behind `spans`: from the current snapshot to an `ExecutionPlan` producing the SQL
+//! columns.
+//!
+//! With the trace-id index (every version without deletion vectors) the scan is tracelake's
+//! own: a lookup by trace id reads only the row groups the index points at (through
+//! [`LookupExec`] when every file has the storage layout), any other scan covers every file of
+//! the snapshot, pruned by the translated filters against the row-group statistics and page
+//! indexes of the footers the index holds. Versions with deletion vectors use deltalake's
+//! scan. Either way the query path reads only files the snapshot names, and never the log.
+
+use std::sync::Arc;
+
+use datafusion::catalog::Session;
+use datafusion::common::{DFSchema, Result as DfResult};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Expr, col, lit};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use object_store::ObjectStore;
+
+use super::file_schema;
+use super::filters::{lookup_ids, translate_filter};
+use super::index::ScanPlan;
+use super::lookup_exec::LookupExec;
+use super::reader::IndexedReaderFactory;
+use crate::schema::{col as c, sql_schema, storage_name};
+use crate::table::TraceTable;
+
+/// Plans a scan of `table`'s current snapshot with the SQL `projection` and `filters` (which
+/// DataFusion re-applies above: they only prune here).
+pub(crate) async fn scan(
+    table: &Arc<TraceTable>,
+    state: &dyn Session,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    limit: Option<usize>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let snapshot = table.snapshot();
+    let sql = sql_schema();
+    let wanted: Vec<usize> = match projection {
+        Some(p) => p.clone(),
+        None => (0..sql.fields().len()).collect(),
+    };
+    let ids = lookup_ids(filters);
+    let storage_filters: Vec<Expr> = filters.iter().filter_map(translate_filter).collect();
+    let plan = match snapshot.index() {
+        Some(index) => {
+            let store = &table.location().root_store;
+            state
+                .runtime_env()
+                .register_object_store(table.store_url().as_ref(), store.clone());
+            let scan_plan = match &ids {
+                Some(ids) => index.plan(store, ids).await?,
+                None => index.plan_all(store).await?,
+            };
+            let file_schema = file_schema();
+            let projection = wanted
+                .iter()
+                .map(|&i| file_schema.index_of(storage_name(sql.field(i).name())))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(ids) = &ids
+                && scan_plan.files.iter().all(|(file, _)| file.native)
+            {
+                // Already in the SQL names and types.
+                return Ok(Arc::new(LookupExec::new(
+                    store.clone(),
+                    scan_plan.files,
+                    ids.clone(),
+                    projection,
+                    Arc::new(sql.project(&wanted)?),
+                )));
+            }
+            if scan_plan.files.is_empty() {
+                Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)))
+            } else {
+                parquet_scan(
+                    state,
+                    store,
+                    table.store_url(),
+                    &scan_plan,
+                    ids.as_deref(),
+                    &storage_filters,
+                    projection,
+                )?
+            }
+        }
+        None => {
+            let delta = snapshot.delta_scan();
+            let delta_schema = delta.schema();
+            let storage_projection = wanted
+                .iter()
+                .map(|&i| delta_schema.index_of(storage_name(sql.field(i).name())))
+                .collect::<Result<Vec<_>, _>>()?;
+            delta
+                .scan(state, Some(&storage_projection), &storage_filters, limit)
+                .await?
+        }
+    };
+
+    // Storage names and types to the SQL ones.
+    let input = plan.schema();
+    let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(wanted.len());
+    for &i in &wanted {
+        let field = sql.field(i);
+        let index = input.index_of(storage_name(field.name()))?;
+        let column: Arc<dyn PhysicalExpr> =
+            Arc::new(PhysicalColumn::new(input.field(index).name(), index));
+        let expr: Arc<dyn PhysicalExpr> = if input.field(index).data_type() == field.data_type() {
+            column
+        } else {
+            Arc::new(CastExpr::new(column, field.data_type().clone(), None))
+        };
+        exprs.push((expr, field.name().clone()));
+    }
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
+}
+
+/// DataFusion's parquet scan of the row groups of `plan`, with the storage columns
+/// `projection` (indices into the file schema), filtering rows to `ids` when given and pruning
+/// with `filters` (on the storage schema; conjuncts on `span_date`, which files do not hold,
+/// are left out: `start_time_unix_nano` carries the same bound). The footers come from the
+/// index.
+fn parquet_scan(
+    state: &dyn Session,
+    store: &Arc<dyn ObjectStore>,
+    store_url: &ObjectStoreUrl,
+    plan: &ScanPlan,
+    ids: Option<&[String]>,
+    filters: &[Expr],
+    projection: Vec<usize>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let file_schema = file_schema();
+    let mut files = Vec::with_capacity(plan.files.len());
+    for (entry, row_groups) in &plan.files {
+        let mut access = ParquetAccessPlan::new_none(entry.row_groups.len());
+        for &rg in row_groups {
+            access.scan(rg);
+        }
+        let mut file = PartitionedFile::new(entry.location.to_string(), entry.size);
+        file.extensions.insert(access);
+        files.push(file);
+    }
+    let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
+    let mut conjuncts: Vec<Expr> = filters
+        .iter()
+        .flat_map(|f| datafusion::logical_expr::utils::split_conjunction_owned(f.clone()))
+        .filter(|e| {
+            e.column_refs()
+                .iter()
+                .all(|col| df_schema.has_column_with_unqualified_name(&col.name))
+        })
+        .collect();
+    if let Some(ids) = ids {
+        conjuncts
+            .push(col(c::TRACE_ID).in_list(ids.iter().map(|id| lit(id.as_str())).collect(), false));
+    }
+    // Pruning only: a predicate DataFusion cannot build here is left out (the filters are
+    // re-applied above the scan).
+    let predicate = datafusion::logical_expr::utils::conjunction(conjuncts)
+        .and_then(|expr| state.create_physical_expr(expr, &df_schema).ok());
+    let factory = IndexedReaderFactory {
+        store: store.clone(),
+        files: plan
+            .files
+            .iter()
+            .map(|(f, _)| (f.location.clone(), f.clone()))
+            .collect(),
+    };
+    let mut source = ParquetSource::new(file_schema)
+        .with_parquet_file_reader_factory(Arc::new(factory))
+        .with_pushdown_filters(true)
+        .with_enable_page_index(true)
+        .with_bloom_filter_on_read(false);
+    if let Some(predicate) = predicate {
+        source = source.with_predicate(predicate);
+    }
+    // Files spread over the session's target partitions, so full scans run in parallel.
+    let partitions = state
+        .config()
+        .target_partitions()
+        .clamp(1, files.len().max(1));
+    let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); partitions];
+    for (i, file) in files.into_iter().enumerate() {
+        groups[i % partitions].push(file);
+    }
+    let config = FileScanConfigBuilder::new(store_url.clone(), Arc::new(source))
+        .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+        .with_projection_indices(Some(projection))?
+        .build();
+    Ok(DataSourceExec::from_data_source(config))
+}
