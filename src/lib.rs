@@ -34,6 +34,42 @@ pub use provider::TraceTableProvider;
 pub use span::{AttributeValue, Event, Link, Span, SpanKind, StatusCode};
 pub use table::{AppendOutcome, TableOptions, TraceTable};
 
+/// How [`TraceLake::register_with`] registers a lake into a `SessionContext`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Registration {
+    /// The table name (default `spans`). The table functions are named for it:
+    /// `trace_tree`, `trace_summaries`, `service_graph` for `spans`,
+    /// `<name>_trace_tree`, ... otherwise.
+    pub table_name: String,
+    /// Refuse `INSERT INTO` (default: no). For contexts that run SQL their users type; see
+    /// docs/operations.md for DataFusion's `SQLOptions`, which refuse DDL and DML wholesale.
+    pub read_only: bool,
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Self {
+            table_name: schema::SPANS_TABLE.to_string(),
+            read_only: false,
+        }
+    }
+}
+
+impl Registration {
+    /// The table name (a lowercase SQL identifier).
+    pub fn table_name(mut self, name: impl Into<String>) -> Self {
+        self.table_name = name.into();
+        self
+    }
+
+    /// Refuse `INSERT INTO`.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+}
+
 /// A trace table and everything needed to query it with DataFusion.
 ///
 /// Cloning is cheap; clones share the table and its current snapshot.
@@ -113,13 +149,62 @@ impl TraceLake {
 
     /// Registers `spans` and every tracelake function into `ctx`. Register once: later
     /// appends, `INSERT`s and refreshes are visible to the next query without re-registering.
+    /// Fails, registering nothing, if `ctx` already has a table `spans` or a `trace_tree`,
+    /// `trace_summaries` or `service_graph` function (another lake, say: register it under
+    /// another name with [`TraceLake::register_with`]).
     pub fn register(&self, ctx: &SessionContext) -> Result<()> {
-        ctx.register_table(schema::SPANS_TABLE, Arc::new(self.provider()))?;
-        functions::register(ctx, &self.table);
+        self.register_with(ctx, &Registration::default())
+    }
+
+    /// Registers this lake into `ctx` as `registration` says: under which table name (the
+    /// table functions are then named for it: `<name>_trace_tree`, ...), and whether `INSERT`
+    /// is refused. Fails, registering nothing, if the name is not a plain lowercase SQL
+    /// identifier or if the table or one of its functions is already registered.
+    pub fn register_with(&self, ctx: &SessionContext, registration: &Registration) -> Result<()> {
+        let name = registration.table_name.as_str();
+        let plain = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(TraceLakeError::InvalidArgument(format!(
+                "table name {name:?} is not a plain SQL identifier: use lowercase letters, \
+                 digits and underscores, starting with a letter or underscore"
+            )));
+        }
+        if ctx.table_exist(name)? {
+            return Err(TraceLakeError::InvalidArgument(format!(
+                "this context already has a table named {name:?}; register this lake under \
+                 another name with TraceLake::register_with(ctx, \
+                 &Registration::default().table_name(\"...\"))"
+            )));
+        }
+        let state = ctx.state();
+        let existing = state.table_functions();
+        for base in functions::TABLE_FUNCTIONS {
+            let function = functions::table_function_name(name, base);
+            if existing.contains_key(&function) {
+                return Err(TraceLakeError::InvalidArgument(format!(
+                    "this context already has a table function named {function:?} (bound to \
+                     another trace table); register this lake under another table name"
+                )));
+            }
+        }
+        let provider = if registration.read_only {
+            TraceTableProvider::read_only(self.table.clone())
+        } else {
+            self.provider()
+        };
+        ctx.register_table(name, Arc::new(provider))?;
+        functions::register(ctx, &self.table, name);
         Ok(())
     }
 
     /// A new `SessionContext` with `spans` and every tracelake function registered.
+    /// The context is instrumented ([`observe::instrument_session_state`]).
     pub fn session_context(&self) -> Result<SessionContext> {
         self.session_context_with_config(SessionConfig::new())
     }
@@ -149,26 +234,61 @@ impl TraceLake {
     }
 
     /// A buffered appender: spans are checked on `append`, committed by size or time, retried
-    /// on failure, and flushed on `shutdown`.
-    pub fn appender(&self, config: table::AppenderConfig) -> table::SpanAppender {
+    /// on transient failures (at most once each, see [`table::SpanAppender`]), and flushed on
+    /// `shutdown`. Fails if a setting is out of range or outside a tokio runtime.
+    pub fn appender(&self, config: table::AppenderConfig) -> Result<table::SpanAppender> {
         table::SpanAppender::new(self.table.clone(), config)
     }
 
-    /// Refreshes the table every `interval` in the background (another process's commits
-    /// become visible without calling `refresh()`); stops when the handle is dropped.
-    pub fn refresh_every(&self, interval: std::time::Duration) -> table::BackgroundTask {
+    /// Refreshes the table every `interval` (1 ms to 1 day) in the background (another
+    /// process's commits become visible without calling `refresh()`); stops when the handle
+    /// is dropped. Fails outside a tokio runtime.
+    pub fn refresh_every(&self, interval: std::time::Duration) -> Result<table::BackgroundTask> {
         table::background::refresh_every(self.table.clone(), interval)
     }
 
     /// Runs maintenance (expiry, optimize, vacuum, checkpoint) on a schedule in the
-    /// background; stops when the handle is dropped.
-    pub fn maintain_every(&self, schedule: table::MaintenanceSchedule) -> table::BackgroundTask {
+    /// background; stops when the handle is dropped. Fails if a setting is out of range or
+    /// outside a tokio runtime.
+    pub fn maintain_every(
+        &self,
+        schedule: table::MaintenanceSchedule,
+    ) -> Result<table::BackgroundTask> {
         table::background::maintain_every(self.table.clone(), schedule)
     }
 
     /// The version queries currently see.
     pub fn version(&self) -> i64 {
         self.table.version()
+    }
+
+    /// Compacts the partitions whose files overlap in trace id: `lake.optimize().await`.
+    /// See [`TraceTable::optimize`].
+    pub fn optimize(&self) -> table::OptimizeBuilder<'_> {
+        self.table.optimize()
+    }
+
+    /// Deletes files removed from the table more than a retention ago:
+    /// `lake.vacuum().retention(Duration::from_secs(7 * 86_400)).dry_run(true).await`.
+    /// See [`TraceTable::vacuum`].
+    pub fn vacuum(&self) -> table::VacuumBuilder<'_> {
+        self.table.vacuum()
+    }
+
+    /// Drops the days older than a number of days: `lake.expire().older_than_days(14).await`.
+    /// See [`TraceTable::expire`].
+    pub fn expire(&self) -> table::ExpireBuilder<'_> {
+        self.table.expire()
+    }
+
+    /// Writes a checkpoint of the current version and cleans up old log files.
+    pub async fn checkpoint(&self) -> Result<i64> {
+        self.table.checkpoint().await
+    }
+
+    /// Version, files, spans, bytes, partitions and time range, from the Delta log alone.
+    pub fn stats(&self) -> Result<table::TableStats> {
+        self.table.stats()
     }
 }
 

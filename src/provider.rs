@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DataFusionError, not_impl_err};
+use datafusion::common::{DataFusionError, not_impl_err, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::TaskContext;
@@ -28,12 +28,30 @@ use crate::table::{TraceTable, ingest};
 #[derive(Debug, Clone)]
 pub struct TraceTableProvider {
     table: Arc<TraceTable>,
+    /// Refuse `INSERT` (for contexts that run SQL their users type).
+    read_only: bool,
 }
 
 impl TraceTableProvider {
     /// A provider over `table`; it follows every new version the table installs.
     pub fn new(table: Arc<TraceTable>) -> Self {
-        Self { table }
+        Self {
+            table,
+            read_only: false,
+        }
+    }
+
+    /// A provider that refuses `INSERT INTO` with a clear error; queries are unchanged.
+    pub fn read_only(table: Arc<TraceTable>) -> Self {
+        Self {
+            table,
+            read_only: true,
+        }
+    }
+
+    /// Whether `INSERT INTO` is refused.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The table this provider reads.
@@ -76,6 +94,12 @@ impl TableProvider for TraceTableProvider {
         input: Arc<dyn ExecutionPlan>,
         insert_op: InsertOp,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if self.read_only {
+            return plan_err!(
+                "this trace table is registered read-only ({}): INSERT is not allowed",
+                self.table.location().url
+            );
+        }
         if insert_op != InsertOp::Append {
             return not_impl_err!(
                 "spans only supports INSERT INTO (append); {insert_op} is not supported"
@@ -123,7 +147,7 @@ impl DataSink for SpanSink {
         }
         let outcome = self
             .table
-            .commit(storage, rows as u64)
+            .commit(storage, rows as u64, None, false)
             .await
             .map_err(DataFusionError::from)?;
         Ok(outcome.rows)

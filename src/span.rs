@@ -429,7 +429,8 @@ pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch> {
         strings(&|s| s.parent_span_id.as_deref()),
         times(&|s| s.start_time_unix_nano),
         times(&|s| s.end_time_unix_nano),
-        ints(&|s| Some(s.end_time_unix_nano - s.start_time_unix_nano)),
+        // NULL when the difference does not fit: the append then names the row.
+        ints(&|s| s.end_time_unix_nano.checked_sub(s.start_time_unix_nano)),
         strings(&|s| Some(&s.service_name)),
         strings(&|s| Some(&s.name)),
         strings(&|s| Some(s.kind.as_str())),

@@ -1,19 +1,12 @@
 //! The `tracelake` binary as a user runs it: demo, sql (table, csv, json), maintenance
 //! commands, `--export-spans` and `--metrics`, and errors.
 
-use std::process::Command;
+mod common;
 
-fn tracelake(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tracelake"))
-        .args(args)
-        .output()
-        .expect("run tracelake");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::tracelake;
 
 #[test]
 fn demo_then_sql_stats_and_maintenance() {
@@ -145,7 +138,7 @@ fn demo_then_sql_stats_and_maintenance() {
     assert!(out.contains("vacuum deleted 0 file(s)"), "{out}");
     let (ok, _, err) = tracelake(&["vacuum", "--table", table, "--retention-hours", "0"]);
     assert!(!ok);
-    assert!(err.contains("shorter than the minimum"), "{err}");
+    assert!(err.contains("between 1 and 876000 hours"), "{err}");
     let (ok, out, _) = tracelake(&["expire", "--table", table, "--older-than-days", "3650"]);
     assert!(ok);
     assert!(out.contains("expired 0 partition(s)"), "{out}");
@@ -223,4 +216,90 @@ fn two_writer_processes_on_one_table_lose_no_span() {
     assert!(ok);
     let total: u64 = out.lines().nth(1).unwrap().parse().unwrap();
     assert_eq!(total, written(&first) + written(&a) + written(&b));
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `tracelake sql "..." | head -n 1`: the reader goes away after one line.
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let table = table.to_str().unwrap();
+    let (ok, _, err) = tracelake(&["demo", "--table", table, "--traces", "300"]);
+    assert!(ok, "{err}");
+    for format in ["table", "csv", "json"] {
+        let mut child = Command::new(common::tracelake_bin())
+            .args([
+                "sql",
+                "--table",
+                table,
+                "--format",
+                format,
+                "SELECT trace_id, span_id, name FROM spans LIMIT 2000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        // stdout is closed here: the rest of the output meets a broken pipe.
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{format}: {stderr}");
+        assert!(out.status.success(), "{format}: {:?} {stderr}", out.status);
+    }
+}
+
+#[test]
+fn numbers_out_of_range_are_refused_with_the_accepted_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let table = table.to_str().unwrap();
+    let (ok, _, err) = tracelake(&["demo", "--table", table, "--traces", "20"]);
+    assert!(ok, "{err}");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["expire", "--table", table, "--older-than-days", "213504"],
+            "expire older_than_days must be between 0 and 36500, got 213504",
+        ),
+        (
+            &[
+                "vacuum",
+                "--table",
+                table,
+                "--retention-hours",
+                "18446744073709551615",
+            ],
+            "vacuum retention must be between 1 and 876000 hours",
+        ),
+        (
+            &["vacuum", "--table", table, "--retention-hours", "0"],
+            "vacuum retention must be between 1 and 876000 hours",
+        ),
+        (&["demo", "--table", table, "--traces", "0"], "1..=10000000"),
+        (
+            &["expire", "--table", table, "--older-than-days", "-1"],
+            "--older-than-days",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (ok, _, err) = tracelake(args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    // Nothing was expired or vacuumed: the table still has its 20 traces' spans.
+    let (ok, out, _) = tracelake(&[
+        "sql",
+        "--table",
+        table,
+        "--format",
+        "csv",
+        "SELECT count(DISTINCT trace_id) FROM spans",
+    ]);
+    assert!(ok);
+    assert_eq!(out.lines().nth(1), Some("20"));
 }

@@ -1,145 +1,38 @@
 //! Buffered ingest: commits by size and by time, bad rows rejected at once, failed commits
 //! retried or reported (never dropped), concurrent writers losing nothing, background refresh.
 
-use std::fmt;
-use std::ops::Range;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
 use std::time::Duration;
 
-use arrow::array::AsArray;
-use arrow::datatypes::Int64Type;
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use object_store::memory::InMemory;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
-};
+use common::{DAY0, Fault, TestStore, count_spans as count, spans, wait_until};
 use tracelake::synth::{TraceShape, traces};
 use tracelake::table::AppenderConfig;
-use tracelake::{Span, TableOptions, TraceLake};
-
-const DAY0: i64 = 1_714_521_600_000_000_000;
-
-fn spans(seed: u64, n_traces: usize) -> Vec<Span> {
-    traces(seed, TraceShape::Fixed(5), n_traces, DAY0, 1_000_000_000)
-}
-
-async fn count(lake: &TraceLake) -> i64 {
-    let ctx = lake.session_context().unwrap();
-    let batches = ctx
-        .sql("SELECT count(*), count(DISTINCT trace_id || span_id) FROM spans")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let total = batches[0].column(0).as_primitive::<Int64Type>().value(0);
-    let distinct = batches[0].column(1).as_primitive::<Int64Type>().value(0);
-    assert_eq!(total, distinct, "no span twice");
-    total
-}
-
-/// Fails writes to `_delta_log` while `failures` is positive (each failure decrements it).
-#[derive(Debug)]
-struct FlakyLog {
-    inner: InMemory,
-    failures: AtomicUsize,
-}
-
-impl fmt::Display for FlakyLog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FlakyLog")
-    }
-}
-
-impl FlakyLog {
-    fn fail(&self, path: &Path) -> Result<()> {
-        if path.as_ref().contains("_delta_log/")
-            && self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
-            return Err(object_store::Error::Generic {
-                store: "FlakyLog",
-                source: "injected failure".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FlakyLog {
-    async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
-        self.fail(l)?;
-        self.inner.put_opts(l, p, o).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        l: &Path,
-        o: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(l, o).await
-    }
-    async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-        self.inner.get_opts(l, o).await
-    }
-    async fn get_ranges(&self, l: &Path, r: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.inner.get_ranges(l, r).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-        self.fail(t)?;
-        self.inner.copy_opts(f, t, o).await
-    }
-    async fn rename_opts(&self, f: &Path, t: &Path, o: RenameOptions) -> Result<()> {
-        self.fail(t)?;
-        self.inner.rename_opts(f, t, o).await
-    }
-}
+use tracelake::{TableOptions, TraceLake};
 
 fn quick(max_rows: usize, max_delay: Duration) -> AppenderConfig {
-    AppenderConfig {
-        max_rows,
-        max_delay,
-        queue_batches: 4,
-        max_attempts: 3,
-        initial_backoff: Duration::from_millis(5),
-    }
+    AppenderConfig::default()
+        .with_max_rows(max_rows)
+        .with_max_delay(max_delay)
+        .with_queue_batches(4)
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(5))
 }
+
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn commits_by_size_and_by_time() {
     let lake = TraceLake::create("memory:///appender-size").await.unwrap();
-    let appender = lake.appender(quick(500, Duration::from_secs(3600)));
+    let appender = lake
+        .appender(quick(500, Duration::from_secs(3600)))
+        .unwrap();
     for seed in 0..5 {
         appender.append(&spans(seed, 40)).await.unwrap(); // 200 spans each
     }
-    // 600 spans were buffered after the third append: one commit so far.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 600 spans were buffered after the third append: one commit, and no other (the 400
+    // left are under the size and an hour from the time limit).
+    wait_until("the size-triggered commit", WAIT, || lake.version() >= 1).await;
     assert_eq!(lake.version(), 1);
     let outcome = appender.shutdown().await.unwrap();
     assert_eq!(outcome.rows, 400);
@@ -147,9 +40,11 @@ async fn commits_by_size_and_by_time() {
     assert_eq!(count(&lake).await, 1_000);
 
     let lake = TraceLake::create("memory:///appender-time").await.unwrap();
-    let appender = lake.appender(quick(1_000_000, Duration::from_millis(50)));
+    let appender = lake
+        .appender(quick(1_000_000, Duration::from_millis(50)))
+        .unwrap();
     appender.append(&spans(9, 2)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("the time-triggered commit", WAIT, || lake.version() >= 1).await;
     assert_eq!(lake.version(), 1, "committed by time, without a flush");
     assert_eq!(count(&lake).await, 10);
     appender.shutdown().await.unwrap();
@@ -158,7 +53,7 @@ async fn commits_by_size_and_by_time() {
 #[tokio::test]
 async fn bad_rows_fail_the_append_and_queue_nothing() {
     let lake = TraceLake::create("memory:///appender-bad").await.unwrap();
-    let appender = lake.appender(quick(10, Duration::from_secs(3600)));
+    let appender = lake.appender(quick(10, Duration::from_secs(3600))).unwrap();
     let mut bad = spans(1, 4);
     bad[3].span_id = "xyz".into();
     let err = appender.append(&bad).await.unwrap_err().to_string();
@@ -169,10 +64,7 @@ async fn bad_rows_fail_the_append_and_queue_nothing() {
 
 #[tokio::test]
 async fn failed_commits_are_retried_or_reported_never_dropped() {
-    let store = Arc::new(FlakyLog {
-        inner: InMemory::new(),
-        failures: AtomicUsize::new(0),
-    });
+    let store = TestStore::new();
     let options = TableOptions {
         root_store: Some(store.clone()),
         ..Default::default()
@@ -182,15 +74,17 @@ async fn failed_commits_are_retried_or_reported_never_dropped() {
         .unwrap();
 
     // Two failures, three attempts: the retry commits.
-    let appender = lake.appender(quick(1_000_000, Duration::from_secs(3600)));
+    let appender = lake
+        .appender(quick(1_000_000, Duration::from_secs(3600)))
+        .unwrap();
     appender.append(&spans(1, 10)).await.unwrap();
-    store.failures.store(2, Ordering::SeqCst);
+    store.fail(Fault::LogWrites, 2);
     let outcome = appender.flush().await.unwrap();
     assert_eq!(outcome.rows, 50);
     assert_eq!(count(&lake).await, 50);
 
     // A store that keeps failing: the flush reports it, the spans stay buffered.
-    store.failures.store(usize::MAX, Ordering::SeqCst);
+    store.fail(Fault::LogWrites, usize::MAX);
     appender.append(&spans(2, 10)).await.unwrap();
     let err = appender.flush().await.unwrap_err().to_string();
     assert!(err.contains("could not commit buffered spans"), "{err}");
@@ -200,7 +94,7 @@ async fn failed_commits_are_retried_or_reported_never_dropped() {
     assert!(err.contains("injected failure"), "{err}");
 
     // The store heals: the next flush commits everything, once.
-    store.failures.store(0, Ordering::SeqCst);
+    store.clear();
     let outcome = appender.shutdown().await.unwrap();
     assert_eq!(outcome.rows, 60);
     assert_eq!(count(&lake).await, 110);
@@ -235,13 +129,9 @@ async fn background_refresh_shows_other_writers() {
     let path = dir.path().join("spans");
     let reader = TraceLake::create(path.to_str().unwrap()).await.unwrap();
     let writer = TraceLake::open(path.to_str().unwrap()).await.unwrap();
-    let _refresh = reader.refresh_every(Duration::from_millis(20));
+    let _refresh = reader.refresh_every(Duration::from_millis(20)).unwrap();
     writer.append_spans(&spans(5, 3)).await.unwrap();
-    let mut waited = 0;
-    while reader.version() < 1 && waited < 200 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += 1;
-    }
+    wait_until("the background refresh", WAIT, || reader.version() >= 1).await;
     assert_eq!(reader.version(), 1);
     assert_eq!(count(&reader).await, 15);
 }
@@ -325,4 +215,143 @@ async fn a_table_with_a_check_constraint_is_appended_through_deltalake_which_enf
     assert_eq!(count(&lake).await, 10);
     lake.append_spans(&spans(3, 1)).await.unwrap();
     assert_eq!(count(&lake).await, 15);
+}
+
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_written_once() {
+    // The store applies the commit but answers with an error (a lost answer): the appender
+    // retries, finds its own transaction in the log, and writes nothing more.
+    let store = TestStore::new();
+    let options = TableOptions {
+        root_store: Some(store.clone()),
+        ..Default::default()
+    };
+    let lake = TraceLake::create_with_options("memory:///lost-answer", &options)
+        .await
+        .unwrap();
+    let appender = lake
+        .appender(quick(1_000_000, Duration::from_secs(3600)))
+        .unwrap();
+    appender.append(&spans(1, 10)).await.unwrap();
+    store.fail(Fault::LogWritesAppliedButFailed, 1);
+    let outcome = appender.flush().await.unwrap();
+    assert_eq!(outcome.rows, 50);
+    assert_eq!(lake.version(), 1, "one commit, not two");
+    assert_eq!(count(&lake).await, 50);
+    // The next commits go on as usual.
+    appender.append(&spans(2, 10)).await.unwrap();
+    assert_eq!(appender.shutdown().await.unwrap().rows, 50);
+    assert_eq!(lake.version(), 2);
+    assert_eq!(count(&lake).await, 100);
+}
+
+#[tokio::test]
+async fn a_commit_whose_new_files_cannot_be_read_at_first_is_committed_once() {
+    // The commit lands; reading the new files' footers (to install the version) fails the
+    // first time. That is not a failed commit: nothing is retried, nothing written twice, and
+    // the next query reads the footers again.
+    let store = TestStore::new();
+    let options = TableOptions {
+        root_store: Some(store.clone()),
+        cache_bytes: 0,
+        ..Default::default()
+    };
+    let lake = TraceLake::create_with_options("memory:///first-get-fails", &options)
+        .await
+        .unwrap();
+    let appender = lake
+        .appender(quick(1_000_000, Duration::from_secs(3600)))
+        .unwrap();
+    store.fail(Fault::FirstReadOfNewDataFiles, usize::MAX);
+    appender.append(&spans(1, 10)).await.unwrap();
+    let outcome = appender.flush().await.unwrap();
+    assert_eq!((outcome.version, outcome.rows), (1, 50));
+    assert!(store.count("get_range", "parquet_data") + store.count("get", "parquet_data") > 0);
+    assert_eq!(lake.version(), 1);
+    assert_eq!(count(&lake).await, 50);
+
+    // The same through a direct append.
+    lake.append_spans(&spans(2, 10)).await.unwrap();
+    assert_eq!(lake.version(), 2);
+    assert_eq!(count(&lake).await, 100);
+    store.clear();
+    appender.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_that_are_not_transient_are_not_retried() {
+    let store = TestStore::new();
+    let options = TableOptions {
+        root_store: Some(store.clone()),
+        ..Default::default()
+    };
+    let lake = TraceLake::create_with_options("memory:///not-transient", &options)
+        .await
+        .unwrap();
+    let appender = lake
+        .appender(quick(1_000_000, Duration::from_secs(3600)).with_max_attempts(5))
+        .unwrap();
+    appender.append(&spans(1, 2)).await.unwrap();
+    store.fail(Fault::LogWritesDenied, usize::MAX);
+    store.reset_calls();
+    let err = appender.flush().await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    assert!(err.to_string().contains("denied"), "{err}");
+    // One attempt: one put of the commit file (a retry would have made more).
+    assert_eq!(store.count("put", "delta_log"), 1, "{:?}", store.calls());
+    store.clear();
+    assert_eq!(appender.shutdown().await.unwrap().rows, 10);
+    assert_eq!(count(&lake).await, 10);
+}
+
+#[tokio::test]
+async fn appender_settings_out_of_range_are_refused() {
+    let lake = TraceLake::create("memory:///appender-ranges")
+        .await
+        .unwrap();
+    let cases = [
+        (
+            AppenderConfig::default().with_max_rows(0),
+            "appender max_rows must be between 1 and 100000000, got 0",
+        ),
+        (
+            AppenderConfig::default().with_queue_batches(0),
+            "appender queue_batches must be between 1",
+        ),
+        (
+            AppenderConfig::default().with_max_attempts(0),
+            "appender max_attempts must be between 1 and 100, got 0",
+        ),
+        (
+            AppenderConfig::default().with_max_delay(Duration::ZERO),
+            "appender max_delay must be between 1ms and 86400s",
+        ),
+        (
+            AppenderConfig::default().with_initial_backoff(Duration::from_secs(3600)),
+            "appender initial_backoff",
+        ),
+    ];
+    for (config, expected) in cases {
+        let err = lake.appender(config).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+    }
+    let err = lake.refresh_every(Duration::ZERO).unwrap_err().to_string();
+    assert!(err.contains("refresh interval must be between"), "{err}");
+}
+
+#[test]
+fn background_work_outside_a_runtime_is_an_error_not_a_panic() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let lake = runtime
+        .block_on(TraceLake::create("memory:///no-runtime"))
+        .unwrap();
+    // Called from plain sync code, with no runtime entered.
+    let err = lake.appender(AppenderConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("needs a tokio runtime"), "{err}");
+    let err = lake.refresh_every(Duration::from_secs(1)).unwrap_err();
+    assert!(err.to_string().contains("needs a tokio runtime"), "{err}");
+    let err = lake
+        .maintain_every(tracelake::table::MaintenanceSchedule::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("needs a tokio runtime"), "{err}");
 }

@@ -2,32 +2,24 @@
 //! files a running query may still read, a reader querying during appends and maintenance
 //! never errors and sees every committed span exactly once, checkpoints keep opening bounded.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
+use common::{DAY, DAY0, count_spans, day};
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
-use tracelake::synth::{TraceShape, traces};
-use tracelake::{Span, TraceLake};
-
-const DAY: i64 = 86_400_000_000_000;
-const DAY0: i64 = 1_714_521_600_000_000_000; // 2024-05-01
-
-fn day(seed: u64, d: i64, n: usize) -> Vec<Span> {
-    traces(seed, TraceShape::Fixed(5), n, DAY0 + d * DAY, DAY / 2)
-}
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::protocol::DeltaOperation;
+use tracelake::TraceLake;
 
 async fn count(ctx: &SessionContext) -> i64 {
-    let batches = ctx
-        .sql("SELECT count(*) FROM spans")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+    common::count(ctx, "SELECT count(*) FROM spans").await
 }
 
 #[tokio::test]
@@ -60,7 +52,12 @@ async fn stats_expiry_and_vacuum() {
 
     // Now is 2024-05-03T12:00Z; older than one day means before 2024-05-02T12:00Z: only
     // 2024-05-01 is entirely older.
-    let outcome = table.expire(1, DAY0 + 2 * DAY + DAY / 2).await.unwrap();
+    let outcome = table
+        .expire()
+        .older_than_days(1)
+        .now_unix_nano(DAY0 + 2 * DAY + DAY / 2)
+        .await
+        .unwrap();
     assert_eq!(outcome.partitions, ["2024-05-01"]);
     assert_eq!(outcome.files_removed, 1);
     assert_eq!(count(&ctx).await, 1_000);
@@ -69,15 +66,25 @@ async fn stats_expiry_and_vacuum() {
         ["2024-05-02", "2024-05-03"]
     );
     // Nothing left to expire at the same cutoff.
-    let again = table.expire(1, DAY0 + 2 * DAY + DAY / 2).await.unwrap();
+    let again = table
+        .expire()
+        .older_than_days(1)
+        .now_unix_nano(DAY0 + 2 * DAY + DAY / 2)
+        .await
+        .unwrap();
     assert!(again.partitions.is_empty());
     assert_eq!(again.version, outcome.version);
 
-    // vacuum(0) would break running queries: refused.
-    let err = table.vacuum(0).await.unwrap_err().to_string();
-    assert!(err.contains("shorter than the minimum"), "{err}");
+    // A retention of 0 would break running queries: refused, with the accepted range.
+    let err = table
+        .vacuum()
+        .retention_hours(0)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("between 1 and 876000 hours"), "{err}");
     // Within the retention window the expired file stays: the running query still reads it.
-    let vacuumed = table.vacuum(1).await.unwrap();
+    let vacuumed = table.vacuum().retention_hours(1).await.unwrap();
     assert_eq!(vacuumed.files_deleted, 0);
     let batches = collect(running, ctx.task_ctx()).await.unwrap();
     assert_eq!(
@@ -137,8 +144,8 @@ async fn a_reader_during_appends_optimize_and_vacuum_sees_each_span_once() {
             .unwrap();
         committed.push(committed.last().unwrap() + 200);
         if round == 3 || round == 6 {
-            lake.table().optimize().await.unwrap();
-            lake.table().vacuum(1).await.unwrap();
+            lake.optimize().await.unwrap();
+            lake.vacuum().retention_hours(1).await.unwrap();
         }
     }
     done.store(true, Ordering::Relaxed);
@@ -179,5 +186,201 @@ async fn appends_write_checkpoints_at_the_table_checkpoint_interval() {
         log.iter()
             .any(|f| f == "00000000000000000099.checkpoint.parquet"),
         "{log:?}"
+    );
+}
+
+/// The data files of a local table, relative to its root.
+fn data_files(root: &std::path::Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for partition in std::fs::read_dir(root).unwrap() {
+        let partition = partition.unwrap().path();
+        if partition.is_dir() && !partition.ends_with("_delta_log") {
+            for file in std::fs::read_dir(&partition).unwrap() {
+                let file = file.unwrap().path();
+                files.push(
+                    file.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn vacuum_deletes_files_removed_before_the_retention_and_keeps_recent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spans");
+    let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
+    for d in 0..3 {
+        lake.append_spans(&day(20 + d as u64, d, 50)).await.unwrap();
+    }
+    let files = data_files(&path);
+    assert_eq!(files.len(), 3, "{files:?}");
+    let old = files
+        .iter()
+        .find(|f| f.contains("2024-05-01"))
+        .unwrap()
+        .clone();
+    let recent = files
+        .iter()
+        .find(|f| f.contains("2024-05-02"))
+        .unwrap()
+        .clone();
+
+    // Another writer removed `old` two hours ago: a remove action with that timestamp.
+    let table = lake.table().snapshot().delta_table().clone();
+    let state = table.snapshot().unwrap();
+    let view = state
+        .snapshot()
+        .try_log_data()
+        .unwrap()
+        .iter()
+        .find(|v| v.path().contains("2024-05-01"))
+        .unwrap();
+    let mut remove = view.remove_action(true);
+    remove.deletion_timestamp = Some(chrono::Utc::now().timestamp_millis() - 2 * 3_600_000);
+    CommitBuilder::default()
+        .with_actions(vec![Action::Remove(remove)])
+        .build(
+            Some(state),
+            table.log_store(),
+            DeltaOperation::Delete { predicate: None },
+        )
+        .await
+        .unwrap();
+    lake.refresh().await.unwrap();
+    // `recent` leaves the table now.
+    let expired = lake
+        .expire()
+        .older_than_days(0)
+        .now_unix_nano(DAY0 + 2 * DAY + DAY / 2)
+        .await
+        .unwrap();
+    assert_eq!(expired.partitions, ["2024-05-02"]);
+    assert_eq!(count(&lake.session_context().unwrap()).await, 250);
+
+    // A dry run lists only the file removed more than an hour ago, and deletes nothing.
+    let dry = lake
+        .vacuum()
+        .retention_hours(1)
+        .dry_run(true)
+        .await
+        .unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(dry.files_deleted, 1, "{dry:?}");
+    assert!(dry.files[0].contains("2024-05-01"), "{dry:?}");
+    assert_eq!(data_files(&path).len(), 3);
+
+    let done = lake.vacuum().retention_hours(1).await.unwrap();
+    assert_eq!(done.files_deleted, 1, "{done:?}");
+    let left = data_files(&path);
+    assert!(!left.contains(&old), "{left:?}");
+    assert!(
+        left.contains(&recent),
+        "removed an hour ago at most: kept ({left:?})"
+    );
+    assert_eq!(left.len(), 2);
+    // The table still reads: one day of 50 traces.
+    assert_eq!(count_spans(&lake).await, 250);
+}
+
+#[tokio::test]
+async fn maintenance_numbers_out_of_range_are_refused_before_anything_runs() {
+    let lake = TraceLake::create("memory:///maintenance-ranges")
+        .await
+        .unwrap();
+    lake.append_spans(&day(1, 0, 10)).await.unwrap();
+    // u64::MAX hours once wrapped to a negative retention with the check off.
+    let err = lake
+        .vacuum()
+        .retention_hours(u64::MAX)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("between 1 and 876000 hours"), "{err}");
+    let err = lake
+        .vacuum()
+        .retention(Duration::from_secs(60))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("got 0.017 hours"), "{err}");
+    // 213,504 days once overflowed to a cutoff of a few minutes ago.
+    let err = lake
+        .expire()
+        .older_than_days(213_504)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("between 0 and 36500, got 213504"), "{err}");
+    let err = lake.expire().await.unwrap_err().to_string();
+    assert!(err.contains("older_than_days"), "{err}");
+    let schedule = tracelake::table::MaintenanceSchedule::default().with_interval(Duration::ZERO);
+    let err = lake.maintain_every(schedule).unwrap_err().to_string();
+    assert!(
+        err.contains("maintenance interval must be between 1s and 86400s"),
+        "{err}"
+    );
+    assert_eq!(lake.version(), 1, "nothing ran");
+    assert_eq!(count_spans(&lake).await, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optimize_running_concurrently_with_appends_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spans");
+    let path = path.to_str().unwrap().to_string();
+    let writer = TraceLake::create(&path).await.unwrap();
+    // Maintenance in its own handle, as another process would run it.
+    let maintainer = TraceLake::open(&path).await.unwrap();
+    const COMMITS: u64 = 16;
+    let appends = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            for i in 0..COMMITS {
+                writer
+                    .append_spans(&day(300 + i, (i % 2) as i64, 40))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let optimizes = {
+        let done = done.clone();
+        let maintainer = maintainer.clone();
+        tokio::spawn(async move {
+            let mut runs = 0;
+            let mut rewrote = 0;
+            while !done.load(Ordering::Relaxed) || runs == 0 {
+                maintainer.refresh().await.unwrap();
+                let outcome = maintainer.optimize().await.unwrap();
+                rewrote += outcome.files_removed;
+                runs += 1;
+            }
+            (runs, rewrote)
+        })
+    };
+    appends.await.unwrap();
+    done.store(true, Ordering::Relaxed);
+    let (runs, rewrote) = optimizes.await.unwrap();
+    assert!(runs >= 1);
+    // Every span exactly once, seen from both handles.
+    writer.refresh().await.unwrap();
+    maintainer.refresh().await.unwrap();
+    assert_eq!(count_spans(&writer).await, (COMMITS * 200) as i64);
+    assert_eq!(count_spans(&maintainer).await, (COMMITS * 200) as i64);
+    // A last optimize leaves one sorted file per day, with the same spans.
+    maintainer.optimize().await.unwrap();
+    writer.refresh().await.unwrap();
+    assert_eq!(count_spans(&writer).await, (COMMITS * 200) as i64);
+    assert_eq!(
+        writer.stats().unwrap().files,
+        2,
+        "rewrote {rewrote} files in {runs} runs"
     );
 }

@@ -2,20 +2,13 @@
 //! counters equal to a ground-truth count of the inner store's calls, zero LIST requests on
 //! the query path, lifecycle spans.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fmt;
-use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
-use object_store::memory::InMemory;
-use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, Result,
-};
+use common::TestStore;
 use tracelake::observe::{TraceLakeMetrics, names};
 use tracelake::store::telemetry;
 use tracelake::synth::{TraceShape, traces};
@@ -25,88 +18,6 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-
-/// Ground truth: every call the telemetry wrapper passes down, by (operation, path kind).
-#[derive(Debug, Default)]
-struct CountingStore {
-    inner: InMemory,
-    calls: Mutex<HashMap<(String, String), u64>>,
-}
-
-impl CountingStore {
-    fn count(&self, op: &str, path: Option<&Path>) {
-        let kind = path.map(telemetry::path_kind).unwrap_or("unknown");
-        *self
-            .calls
-            .lock()
-            .unwrap()
-            .entry((op.to_string(), kind.to_string()))
-            .or_default() += 1;
-    }
-
-    fn calls(&self) -> HashMap<(String, String), u64> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl fmt::Display for CountingStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CountingStore")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for CountingStore {
-    async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
-        self.count("put", Some(l));
-        self.inner.put_opts(l, p, o).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        l: &Path,
-        o: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(l, o).await
-    }
-    async fn get_opts(&self, l: &Path, o: GetOptions) -> Result<GetResult> {
-        self.count(telemetry::get_operation(&o), Some(l));
-        self.inner.get_opts(l, o).await
-    }
-    async fn get_ranges(&self, l: &Path, r: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.count("get_range", Some(l));
-        self.inner.get_ranges(l, r).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, Result<Path>>,
-    ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.count("list", prefix);
-        self.inner.list(prefix)
-    }
-    fn list_with_offset(
-        &self,
-        prefix: Option<&Path>,
-        offset: &Path,
-    ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.count("list", prefix);
-        self.inner.list_with_offset(prefix, offset)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.count("list", prefix);
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
-        self.count("copy", Some(t));
-        self.inner.copy_opts(f, t, o).await
-    }
-    async fn rename_opts(&self, f: &Path, t: &Path, o: RenameOptions) -> Result<()> {
-        self.count("rename", Some(t));
-        self.inner.rename_opts(f, t, o).await
-    }
-}
 
 /// A closed span: its name, its parent's name, and its fields.
 #[derive(Debug, Clone)]
@@ -198,7 +109,7 @@ impl Capture {
 
 const DAY0: i64 = 1_714_521_600_000_000_000;
 
-async fn table(name: &str, store: Arc<CountingStore>, metrics: &TraceLakeMetrics) -> TraceLake {
+async fn table(name: &str, store: Arc<TestStore>, metrics: &TraceLakeMetrics) -> TraceLake {
     let options = TableOptions {
         metrics: metrics.clone(),
         root_store: Some(store),
@@ -222,7 +133,7 @@ async fn a_query_emits_the_span_chain_with_object_store_requests_nested() {
     capture.take();
 
     let metrics = TraceLakeMetrics::new();
-    let store = Arc::new(CountingStore::default());
+    let store = TestStore::new();
     let lake = table("obs-chain", store.clone(), &metrics).await;
     let spans = capture.take();
     for name in [
@@ -343,7 +254,7 @@ async fn a_query_emits_the_span_chain_with_object_store_requests_nested() {
 #[tokio::test]
 async fn prometheus_counters_equal_the_inner_stores_calls() {
     let metrics = TraceLakeMetrics::new();
-    let store = Arc::new(CountingStore::default());
+    let store = TestStore::new();
     let lake = table("obs-counters", store.clone(), &metrics).await;
     let ctx = lake.session_context().unwrap();
     ctx.sql("SELECT * FROM spans WHERE service_name = 'frontend'")
@@ -389,7 +300,7 @@ async fn prometheus_counters_equal_the_inner_stores_calls() {
 #[tokio::test]
 async fn queries_on_a_loaded_table_issue_no_list_requests() {
     let metrics = TraceLakeMetrics::new();
-    let store = Arc::new(CountingStore::default());
+    let store = TestStore::new();
     let lake = table("obs-no-list", store.clone(), &metrics).await;
     let lists_before = metrics.operation_count("memory", "list");
     assert!(lists_before > 0, "loading lists the log");
@@ -427,7 +338,7 @@ async fn queries_on_a_loaded_table_issue_no_list_requests() {
     let new_id = traces(9, TraceShape::Fixed(5), 10, DAY0, 1_000_000_000)[0]
         .trace_id
         .clone();
-    let store_lists = |s: &CountingStore| {
+    let store_lists = |s: &TestStore| {
         s.calls()
             .iter()
             .filter(|((op, _), _)| op == "list")
@@ -471,7 +382,7 @@ async fn queries_on_a_loaded_table_issue_no_list_requests() {
 #[tokio::test]
 async fn a_repeated_query_is_served_from_the_cache() {
     let metrics = TraceLakeMetrics::new();
-    let store = Arc::new(CountingStore::default());
+    let store = TestStore::new();
     let lake = table("obs-cache", store.clone(), &metrics).await;
     let ctx = lake.session_context().unwrap();
     let data_reads = |m: &TraceLakeMetrics| {
@@ -517,4 +428,139 @@ async fn a_repeated_query_is_served_from_the_cache() {
         off.metrics.cache_count("hit") + off.metrics.cache_count("miss"),
         0
     );
+}
+
+/// Counts its calls; changes nothing.
+#[derive(Debug, Default)]
+struct CountingRule(std::sync::atomic::AtomicUsize);
+
+impl datafusion::optimizer::AnalyzerRule for CountingRule {
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(plan)
+    }
+    fn name(&self) -> &str {
+        "embedder_analyzer_rule"
+    }
+}
+
+#[derive(Debug, Default)]
+struct CountingOptimizerRule(std::sync::atomic::AtomicUsize);
+
+impl datafusion::optimizer::OptimizerRule for CountingOptimizerRule {
+    fn name(&self) -> &str {
+        "embedder_optimizer_rule"
+    }
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+    fn rewrite(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &dyn datafusion::optimizer::OptimizerConfig,
+    ) -> datafusion::error::Result<
+        datafusion::common::tree_node::Transformed<datafusion::logical_expr::LogicalPlan>,
+    > {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(datafusion::common::tree_node::Transformed::no(plan))
+    }
+}
+
+/// The embedder's own planner: counts its calls and delegates to DataFusion's.
+#[derive(Debug, Default)]
+struct CountingPlanner(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl datafusion::execution::context::QueryPlanner for CountingPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &datafusion::logical_expr::LogicalPlan,
+        session_state: &dyn datafusion::catalog::Session,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::physical_planner::PhysicalPlanner;
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        datafusion::physical_planner::DefaultPhysicalPlanner::default()
+            .create_physical_plan(logical_plan, session_state)
+            .await
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn instrumentation_wraps_the_embedders_rules_and_planner() {
+    use datafusion::execution::session_state::SessionStateBuilder;
+    use std::sync::atomic::Ordering::SeqCst;
+    let capture = Capture::global();
+    let analyzer = Arc::new(CountingRule::default());
+    let optimizer = Arc::new(CountingOptimizerRule::default());
+    let planner = Arc::new(CountingPlanner::default());
+    // The embedder's state: DataFusion's defaults plus its own rule and planner.
+    let mut analyzer_rules = datafusion::optimizer::Analyzer::new().rules;
+    analyzer_rules.push(analyzer.clone());
+    let builder = SessionStateBuilder::new()
+        .with_default_features()
+        .with_analyzer_rules(analyzer_rules)
+        .with_optimizer_rule(optimizer.clone())
+        .with_query_planner(planner.clone());
+    // Instrumenting twice must not stack the hooks.
+    let state = tracelake::observe::instrument_session_state(
+        tracelake::observe::instrument_session_state(builder),
+    )
+    .build();
+    let rule_names: Vec<&str> = state.analyzer().rules.iter().map(|r| r.name()).collect();
+    assert_eq!(
+        rule_names
+            .iter()
+            .filter(|n| **n == "tracelake_logical_build_start")
+            .count(),
+        1,
+        "{rule_names:?}"
+    );
+    assert!(
+        rule_names.contains(&"embedder_analyzer_rule"),
+        "{rule_names:?}"
+    );
+    // DataFusion's own rules are still there (type coercion among them).
+    assert!(rule_names.contains(&"type_coercion"), "{rule_names:?}");
+    let ctx = datafusion::prelude::SessionContext::new_with_state(state);
+    let lake = TraceLake::create("memory:///instrumented-embedder")
+        .await
+        .unwrap();
+    lake.append_spans(&traces(1, TraceShape::Fixed(5), 4, DAY0, 1_000))
+        .await
+        .unwrap();
+    lake.register(&ctx).unwrap();
+    capture.take();
+    let batches = ctx
+        .sql("SELECT count(*) FROM spans WHERE kind = 'SERVER' OR kind <> 'SERVER'")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(batches[0].num_rows(), 1);
+    assert!(
+        analyzer.0.load(SeqCst) >= 1,
+        "the embedder's analyzer rule ran"
+    );
+    assert!(
+        optimizer.0.load(SeqCst) >= 1,
+        "the embedder's optimizer rule ran"
+    );
+    assert_eq!(
+        planner.0.load(SeqCst),
+        1,
+        "the embedder's planner planned the query"
+    );
+    let names: Vec<String> = capture.take().into_iter().map(|s| s.name).collect();
+    for name in [
+        names::DF_LOGICAL_BUILD,
+        names::DF_PHYSICAL_PLAN,
+        names::DF_COLLECT,
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
 }

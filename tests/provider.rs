@@ -10,7 +10,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::SessionContext;
 use tracelake::observe::ScanMetrics;
 use tracelake::synth::{TraceShape, traces};
-use tracelake::{Span, TraceLake};
+use tracelake::{Registration, Span, TraceLake};
 
 const DAY: i64 = 86_400_000_000_000;
 /// 2024-05-01T00:00:00Z
@@ -220,4 +220,97 @@ async fn trace_id_statistics_skip_whole_files() {
     .await;
     assert_eq!(rows(&batches), 5);
     assert_eq!(m.files_opened, 1);
+}
+
+#[tokio::test]
+async fn two_lakes_in_one_context_each_get_their_own_name_and_functions() {
+    let ctx = SessionContext::new();
+    let us = TraceLake::create("memory:///two-lakes-us").await.unwrap();
+    let eu = TraceLake::create("memory:///two-lakes-eu").await.unwrap();
+    let us_spans = day_of_spans(1, 3, 0, Some('1'));
+    let eu_spans = day_of_spans(2, 2, 0, Some('e'));
+    us.append_spans(&us_spans).await.unwrap();
+    eu.append_spans(&eu_spans).await.unwrap();
+    us.register(&ctx).unwrap();
+
+    // Registering the second lake as `spans` too fails, and rebinds nothing.
+    let err = eu.register(&ctx).unwrap_err().to_string();
+    assert!(err.contains("already has a table named \"spans\""), "{err}");
+    let tree = format!(
+        "SELECT count(*) FROM trace_tree('{}')",
+        us_spans[0].trace_id
+    );
+    assert_eq!(
+        count(&ctx, &tree).await,
+        5,
+        "trace_tree still reads the first lake"
+    );
+
+    // Under its own name, with its own table functions.
+    eu.register_with(&ctx, &Registration::default().table_name("eu_spans"))
+        .unwrap();
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 15);
+    assert_eq!(count(&ctx, "SELECT count(*) FROM eu_spans").await, 10);
+    let eu_tree = format!(
+        "SELECT count(*) FROM eu_spans_trace_tree('{}')",
+        eu_spans[0].trace_id
+    );
+    assert_eq!(count(&ctx, &eu_tree).await, 5);
+    let cross = format!(
+        "SELECT count(*) FROM eu_spans_trace_tree('{}')",
+        us_spans[0].trace_id
+    );
+    assert_eq!(count(&ctx, &cross).await, 0, "bound to the eu lake");
+    assert_eq!(
+        count(
+            &ctx,
+            "SELECT count(*) FROM eu_spans_trace_summaries(NULL, NULL)"
+        )
+        .await,
+        2
+    );
+    // A name that is not a plain identifier, or taken, is refused.
+    for (name, expected) in [
+        ("EU", "not a plain SQL identifier"),
+        ("eu spans", "not a plain SQL identifier"),
+        ("", "not a plain SQL identifier"),
+        ("eu_spans", "already has a table named"),
+    ] {
+        let err = eu
+            .register_with(&ctx, &Registration::default().table_name(name))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{name:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_registration_refuses_insert_and_answers_queries() {
+    let lake = TraceLake::create("memory:///read-only").await.unwrap();
+    lake.append_spans(&day_of_spans(1, 2, 0, None))
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    lake.register_with(&ctx, &Registration::default().read_only(true))
+        .unwrap();
+    assert_eq!(count(&ctx, "SELECT count(*) FROM spans").await, 10);
+    let insert = "INSERT INTO spans (trace_id, span_id, name, start_time, end_time) VALUES \
+        ('4bf92f3577b34da6a3ce929d0e0e4736', 'a000000000000001', 'x', \
+         '2024-05-01T12:00:00Z', '2024-05-01T12:00:01Z')";
+    let err = match ctx.sql(insert).await {
+        Ok(df) => df.collect().await.unwrap_err(),
+        Err(e) => e,
+    }
+    .to_string();
+    assert!(err.contains("registered read-only"), "{err}");
+    assert!(err.contains("INSERT is not allowed"), "{err}");
+    assert_eq!(lake.version(), 1);
+    // DataFusion's SQLOptions refuse DML before planning, for any table.
+    let options = datafusion::execution::context::SQLOptions::new().with_allow_dml(false);
+    let err = ctx
+        .sql_with_options(insert, options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("DML not supported"), "{err}");
 }

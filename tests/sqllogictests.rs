@@ -5,7 +5,9 @@
 //! does not change DataFusion's behaviour.
 //!
 //! Each file gets a fresh context with an empty `spans` table in its own temporary directory
-//! and every tracelake function registered.
+//! and every tracelake function registered. Every file runs twice: in that context, and in the
+//! same context instrumented by tracelake's planner hooks
+//! ([`tracelake::observe::instrument_context`]), which must not change any result.
 //!
 //! ```text
 //! cargo test --test sqllogictests                 # every file
@@ -122,7 +124,11 @@ fn collect_files(opts: &Options) -> Result<Vec<SltFile>, String> {
 
 /// The context a file runs in: DataFusion's own for upstream files, a fresh one with the same
 /// settings (`target_partitions` 4) for ours; both with tracelake registered on an empty table.
-async fn context_for(file: &SltFile, table_dir: &Path) -> Result<SessionContext, String> {
+async fn context_for(
+    file: &SltFile,
+    table_dir: &Path,
+    instrumented: bool,
+) -> Result<SessionContext, String> {
     let ctx = if file.upstream {
         let relative = PathBuf::from(file.path.file_name().unwrap_or_default());
         TestContext::try_new_for_test_file(&relative)
@@ -137,12 +143,16 @@ async fn context_for(file: &SltFile, table_dir: &Path) -> Result<SessionContext,
         .await
         .map_err(|e| e.to_string())?;
     lake.register(&ctx).map_err(|e| e.to_string())?;
-    Ok(ctx)
+    Ok(if instrumented {
+        tracelake::observe::instrument_context(&ctx)
+    } else {
+        ctx
+    })
 }
 
-async fn run_file(file: &SltFile, complete: bool) -> Result<(), String> {
+async fn run_file(file: &SltFile, complete: bool, instrumented: bool) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let ctx = context_for(file, dir.path()).await?;
+    let ctx = context_for(file, dir.path(), instrumented).await?;
     let relative = PathBuf::from(&file.display);
     let mut runner = sqllogictest::Runner::new(|| {
         let ctx = ctx.clone();
@@ -186,15 +196,23 @@ async fn main() -> ExitCode {
         }
     };
     let (mut passed, mut failed) = (0usize, 0usize);
+    let modes: &[bool] = if opts.complete {
+        &[false]
+    } else {
+        &[false, true]
+    };
     for file in &files {
-        match run_file(file, opts.complete).await {
-            Ok(()) => {
-                passed += 1;
-                println!("test {} ... ok", file.display);
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test {} ... FAILED\n{e}\n", file.display);
+        for &instrumented in modes {
+            let label = if instrumented { " [instrumented]" } else { "" };
+            match run_file(file, opts.complete, instrumented).await {
+                Ok(()) => {
+                    passed += 1;
+                    println!("test {}{label} ... ok", file.display);
+                }
+                Err(e) => {
+                    failed += 1;
+                    println!("test {}{label} ... FAILED\n{e}\n", file.display);
+                }
             }
         }
     }

@@ -4,7 +4,7 @@
 //! tracelake demo     [--table PATH] [--traces N]
 //! tracelake sql      [--table PATH] [--format table|csv|json] "SQL"
 //! tracelake optimize [--table PATH]
-//! tracelake vacuum   [--table PATH] [--retention-hours N]
+//! tracelake vacuum   [--table PATH] [--retention-hours N] [--dry-run]
 //! tracelake expire   [--table PATH] --older-than-days N
 //! tracelake stats    [--table PATH]
 //! ```
@@ -12,6 +12,7 @@
 //! Every command accepts `--export-spans PATH` (every span as a JSON line) and
 //! `--metrics PATH` (the Prometheus text exposition at the end of the run).
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -49,9 +50,9 @@ enum Command {
         /// The table location.
         #[arg(long, default_value = DEFAULT_TABLE)]
         table: String,
-        /// How many traces to write.
-        #[arg(long, default_value_t = 2_000)]
-        traces: usize,
+        /// How many traces to write (1 to 10,000,000).
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        traces: u64,
     },
     /// Run one SQL statement against a trace table and print the result.
     Sql {
@@ -73,14 +74,18 @@ enum Command {
     Vacuum {
         #[arg(long, default_value = DEFAULT_TABLE)]
         table: String,
-        /// Keep files removed less than this many hours ago (at least 1).
+        /// Keep files removed less than this many hours ago (1 to 876,000).
         #[arg(long, default_value_t = 168)]
         retention_hours: u64,
+        /// List the files that would be deleted without deleting them.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Drop the partitions (days) older than N days.
     Expire {
         #[arg(long, default_value = DEFAULT_TABLE)]
         table: String,
+        /// Drop the days older than this many days (0 to 36,500).
         #[arg(long)]
         older_than_days: u64,
     },
@@ -100,9 +105,13 @@ enum Format {
 
 type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn print_batches(batches: &[RecordBatch], format: Format) -> CliResult<()> {
+fn print_batches(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -> CliResult<()> {
     match format {
-        Format::Table => println!("{}", arrow::util::pretty::pretty_format_batches(batches)?),
+        Format::Table => writeln!(
+            out,
+            "{}",
+            arrow::util::pretty::pretty_format_batches(batches)?
+        )?,
         Format::Csv => {
             if let Some(batch) = batches.first()
                 && let Some(field) = batch
@@ -117,15 +126,19 @@ fn print_batches(batches: &[RecordBatch], format: Format) -> CliResult<()> {
                 )
                 .into());
             }
-            let mut writer = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(std::io::stdout());
-            for batch in batches {
-                writer.write(batch)?;
+            // Each batch is encoded to memory, then written: the CSV writer would turn an I/O
+            // error (a closed pipe) into a string.
+            for (i, batch) in batches.iter().enumerate() {
+                let mut buffer = Vec::new();
+                arrow::csv::WriterBuilder::new()
+                    .with_header(i == 0)
+                    .build(&mut buffer)
+                    .write(batch)?;
+                out.write_all(&buffer)?;
             }
         }
         Format::Json => {
-            let mut writer = arrow::json::LineDelimitedWriter::new(std::io::stdout());
+            let mut writer = arrow::json::LineDelimitedWriter::new(&mut *out);
             for batch in batches {
                 writer.write(batch)?;
             }
@@ -163,13 +176,20 @@ const DEMO_QUERIES: &[(&str, &str)] = &[
     ),
 ];
 
-async fn demo(table: &str, traces: usize, options: &TableOptions) -> CliResult<()> {
+async fn demo(
+    out: &mut dyn Write,
+    table: &str,
+    traces: u64,
+    options: &TableOptions,
+) -> CliResult<()> {
+    let traces = traces as usize;
     let lake = TraceLake::open_or_create_with_options(table, options).await?;
-    println!(
+    writeln!(
+        out,
         "tracelake demo: table {} (version {})",
         lake.table().location().url,
         lake.version()
-    );
+    )?;
     let per_commit = 500usize;
     let bar = ProgressBar::new(traces as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} traces, {msg}")
@@ -194,22 +214,24 @@ async fn demo(table: &str, traces: usize, options: &TableOptions) -> CliResult<(
         bar.set_message(format!("{spans_total} spans, version {}", outcome.version));
     }
     bar.finish();
-    println!(
+    writeln!(
+        out,
         "wrote {traces} traces ({spans_total} spans) in {:.2?}\n",
         started.elapsed()
-    );
+    )?;
 
     let ctx = lake.session_context()?;
     for (title, sql) in DEMO_QUERIES {
-        println!("-- {title}\n{sql}");
+        writeln!(out, "-- {title}\n{sql}")?;
         let batches = observe::sql(&ctx, sql).await?.collect().await?;
-        print_batches(&batches, Format::Table)?;
-        println!();
+        print_batches(out, &batches, Format::Table)?;
+        writeln!(out)?;
     }
     Ok(())
 }
 
 async fn sql(
+    out: &mut dyn Write,
     table: &str,
     statement: &str,
     format: Format,
@@ -218,7 +240,7 @@ async fn sql(
     let lake = TraceLake::open_with_options(table, options).await?;
     let ctx = lake.session_context()?;
     let batches = observe::sql(&ctx, statement).await?.collect().await?;
-    print_batches(&batches, format)
+    print_batches(out, &batches, format)
 }
 
 fn nanos_to_string(ns: Option<i64>) -> String {
@@ -232,70 +254,119 @@ fn nanos_to_string(ns: Option<i64>) -> String {
     .unwrap_or_else(|| "-".into())
 }
 
-async fn run(command: Command, options: &TableOptions) -> CliResult<()> {
+async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> CliResult<()> {
     match command {
-        Command::Demo { table, traces } => demo(&table, traces, options).await?,
+        Command::Demo { table, traces } => demo(out, &table, traces, options).await?,
         Command::Sql {
             table,
             format,
             sql: statement,
-        } => sql(&table, &statement, format, options).await?,
+        } => sql(out, &table, &statement, format, options).await?,
         Command::Optimize { table } => {
             let lake = TraceLake::open_with_options(&table, options).await?;
-            let out = lake.table().optimize().await?;
-            println!(
+            let out_ = lake.table().optimize().await?;
+            writeln!(
+                out,
                 "optimized {} partition(s) {:?}: {} file(s) removed, {} added; version {}",
-                out.partitions.len(),
-                out.partitions,
-                out.files_removed,
-                out.files_added,
-                out.version
-            );
+                out_.partitions.len(),
+                out_.partitions,
+                out_.files_removed,
+                out_.files_added,
+                out_.version
+            )?;
         }
         Command::Vacuum {
             table,
             retention_hours,
+            dry_run,
         } => {
             let lake = TraceLake::open_with_options(&table, options).await?;
-            let out = lake.table().vacuum(retention_hours).await?;
-            println!(
-                "vacuum deleted {} file(s); version {}",
-                out.files_deleted, out.version
-            );
+            let done = lake
+                .table()
+                .vacuum()
+                .retention_hours(retention_hours)
+                .dry_run(dry_run)
+                .await?;
+            if dry_run {
+                writeln!(out, "vacuum would delete {} file(s):", done.files_deleted)?;
+                for file in &done.files {
+                    writeln!(out, "  {file}")?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "vacuum deleted {} file(s); version {}",
+                    done.files_deleted, done.version
+                )?;
+            }
         }
         Command::Expire {
             table,
             older_than_days,
         } => {
             let lake = TraceLake::open_with_options(&table, options).await?;
-            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-            let out = lake.table().expire(older_than_days, now).await?;
-            println!(
+            let done = lake
+                .table()
+                .expire()
+                .older_than_days(older_than_days)
+                .await?;
+            writeln!(
+                out,
                 "expired {} partition(s) {:?}: {} file(s) removed; version {}",
-                out.partitions.len(),
-                out.partitions,
-                out.files_removed,
-                out.version
-            );
+                done.partitions.len(),
+                done.partitions,
+                done.files_removed,
+                done.version
+            )?;
         }
         Command::Stats { table } => {
             let lake = TraceLake::open_with_options(&table, options).await?;
             let s = lake.table().stats()?;
-            println!("table       {}", lake.table().location().url);
-            println!("version     {}", s.version);
-            println!("files       {}", s.files);
-            println!("spans       {}", s.spans);
-            println!("bytes       {}", s.bytes);
-            println!(
+            writeln!(out, "table       {}", lake.table().location().url)?;
+            writeln!(out, "version     {}", s.version)?;
+            writeln!(out, "files       {}", s.files)?;
+            writeln!(out, "spans       {}", s.spans)?;
+            writeln!(out, "bytes       {}", s.bytes)?;
+            writeln!(
+                out,
                 "partitions  {} ({})",
                 s.partitions.len(),
                 s.partitions.join(", ")
-            );
-            println!("oldest span {}", nanos_to_string(s.oldest_start_unix_nano));
-            println!("newest span {}", nanos_to_string(s.newest_start_unix_nano));
+            )?;
+            writeln!(
+                out,
+                "oldest span {}",
+                nanos_to_string(s.oldest_start_unix_nano)
+            )?;
+            writeln!(
+                out,
+                "newest span {}",
+                nanos_to_string(s.newest_start_unix_nano)
+            )?;
         }
     }
+    out.flush()?;
     Ok(())
+}
+
+/// Whether `e` (or one of its sources) is a write to a closed pipe (`tracelake sql ... | head`).
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return true;
+        }
+        if let Some(arrow::error::ArrowError::IoError(_, io)) =
+            e.downcast_ref::<arrow::error::ArrowError>()
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Installs the `--export-spans` layer as the global subscriber.
@@ -329,13 +400,24 @@ async fn main() -> ExitCode {
         }
     };
     let options = TableOptions::default();
-    let mut status = match run(cli.command, &options).await {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut status = match run(&mut out, cli.command, &options).await {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`| head`): not an error of ours.
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             report(e.as_ref());
             ExitCode::FAILURE
         }
     };
+    // Whatever is left in the buffer goes to a reader that may be gone: ignore the error.
+    if let Err(e) = out.flush()
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: writing output: {e}");
+        status = ExitCode::FAILURE;
+    }
     if let Some(exporter) = exporter
         && let Err(e) = exporter.flush()
     {

@@ -13,18 +13,36 @@ use datafusion::prelude::SessionContext;
 
 use crate::table::TraceTable;
 
-/// Registers every tracelake function that reads `table` into `ctx`.
-pub fn register(ctx: &SessionContext, table: &Arc<TraceTable>) {
+/// The table functions that read one trace table: their base names.
+pub const TABLE_FUNCTIONS: [&str; 3] = [
+    trace_tree::NAME,
+    summaries::TRACE_SUMMARIES,
+    summaries::SERVICE_GRAPH,
+];
+
+/// The SQL name of table function `base` for a table registered as `table_name`: the bare
+/// name for `spans`, `<table_name>_<base>` otherwise (`eu_spans_trace_tree`).
+pub fn table_function_name(table_name: &str, base: &str) -> String {
+    if table_name == crate::schema::SPANS_TABLE {
+        base.to_string()
+    } else {
+        format!("{table_name}_{base}")
+    }
+}
+
+/// Registers the table functions that read `table` (named for `table_name`, see
+/// [`table_function_name`]) and every scalar UDF into `ctx`.
+pub fn register(ctx: &SessionContext, table: &Arc<TraceTable>, table_name: &str) {
     ctx.register_udtf(
-        trace_tree::NAME,
+        &table_function_name(table_name, trace_tree::NAME),
         Arc::new(trace_tree::TraceTreeFunction::new(table.clone())),
     );
     ctx.register_udtf(
-        summaries::TRACE_SUMMARIES,
+        &table_function_name(table_name, summaries::TRACE_SUMMARIES),
         Arc::new(summaries::TraceSummariesFunction::new(table.clone())),
     );
     ctx.register_udtf(
-        summaries::SERVICE_GRAPH,
+        &table_function_name(table_name, summaries::SERVICE_GRAPH),
         Arc::new(summaries::ServiceGraphFunction::new(table.clone())),
     );
     for udf in udfs::all() {

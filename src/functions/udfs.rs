@@ -137,17 +137,32 @@ impl ScalarUDFImpl for AttrUdf {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let name = self.kind.name();
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let n = args.number_rows;
-        if arrays[0].data_type() == &DataType::Null || arrays[1].data_type() == &DataType::Null {
+        let [map, keys] = arrays.as_slice() else {
+            return plan_err!(
+                "{name} expects (attributes, key), got {} arguments",
+                arrays.len()
+            );
+        };
+        if map.data_type() == &DataType::Null || keys.data_type() == &DataType::Null {
             return Ok(ColumnarValue::Array(arrow::array::new_null_array(
                 &self.kind.data_type(),
                 n,
             )));
         }
-        let keys = arrow::compute::cast(&arrays[1], &DataType::Utf8)?;
+        // The planner checked the types; checked again here so that a caller bypassing it
+        // gets an error, not a panic.
+        if !is_attribute_map(map.data_type()) {
+            return plan_err!(
+                "{name} expects an attribute map for argument 1, got {}",
+                map.data_type()
+            );
+        }
+        let keys = arrow::compute::cast(keys, &DataType::Utf8)?;
         let keys = keys.as_string::<i32>();
-        let map = arrays[0].as_map();
+        let map = map.as_map();
         let values = map.values().as_struct();
         let found = (0..n).map(|row| find(map, keys, row));
         let result: ArrayRef = match self.kind {
@@ -211,7 +226,9 @@ impl ScalarUDFImpl for AttrUdf {
     }
 }
 
-/// Whether `t` is `map<string, attribute value struct>`.
+/// Whether `t` is `map<string, attribute value struct>`: the value struct starts with
+/// `type` (string), `string_value` (string), `int_value` (int64), `double_value` (float64) and
+/// `bool_value` (boolean), names and types both.
 fn is_attribute_map(t: &DataType) -> bool {
     let DataType::Map(entries, _) = t else {
         return false;
@@ -219,12 +236,19 @@ fn is_attribute_map(t: &DataType) -> bool {
     let DataType::Struct(kv) = entries.data_type() else {
         return false;
     };
+    const VALUE_FIELDS: [(&str, DataType); 5] = [
+        ("type", DataType::Utf8),
+        ("string_value", DataType::Utf8),
+        ("int_value", DataType::Int64),
+        ("double_value", DataType::Float64),
+        ("bool_value", DataType::Boolean),
+    ];
     kv.len() == 2
         && kv[0].data_type() == &DataType::Utf8
-        && matches!(kv[1].data_type(), DataType::Struct(v) if v.len() >= 5
-            && v[0].name() == "type" && v[1].name() == "string_value"
-            && v[2].name() == "int_value" && v[3].name() == "double_value"
-            && v[4].name() == "bool_value")
+        && matches!(kv[1].data_type(), DataType::Struct(v) if v.len() >= VALUE_FIELDS.len()
+        && v.iter().zip(VALUE_FIELDS.iter()).all(|(f, (name, data_type))| {
+            f.name() == name && f.data_type() == data_type
+        }))
 }
 
 /// The entry index of `key` in row `row` of `map`, if present (the first match).

@@ -11,5 +11,5 @@ pub mod scan_metrics;
 
 pub use export::JsonLinesExporter;
 pub use metrics::TraceLakeMetrics;
-pub use planner::{instrument_session_state, instrumented_context, sql};
+pub use planner::{instrument_context, instrument_session_state, instrumented_context, sql};
 pub use scan_metrics::ScanMetrics;

@@ -84,9 +84,12 @@ impl OptimizerRule for LogicalBuildEnd {
     }
 }
 
-/// Wraps DataFusion's planner: `df.physical.plan`, and a `df.collect` root over the plan.
-#[derive(Debug, Default)]
-struct InstrumentedQueryPlanner;
+/// Wraps the session's query planner (DataFusion's, or the embedder's own):
+/// `df.physical.plan`, and a `df.collect` root over the plan.
+#[derive(Debug)]
+struct InstrumentedQueryPlanner {
+    inner: Arc<dyn QueryPlanner + Send + Sync>,
+}
 
 #[async_trait]
 impl QueryPlanner for InstrumentedQueryPlanner {
@@ -101,7 +104,8 @@ impl QueryPlanner for InstrumentedQueryPlanner {
             names::DF_PHYSICAL_PLAN,
             { names::ATTR_ERROR } = field::Empty
         );
-        let result = DefaultPhysicalPlanner::default()
+        let result = self
+            .inner
             .create_physical_plan(logical_plan, session_state)
             .instrument(span.clone())
             .await;
@@ -112,6 +116,24 @@ impl QueryPlanner for InstrumentedQueryPlanner {
                 Err(e)
             }
         }
+    }
+}
+
+/// DataFusion's default query planner (its own type is private): the planner of a state
+/// builder that sets none.
+#[derive(Debug, Default)]
+struct DefaultQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for DefaultQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn datafusion::catalog::Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::default()
+            .create_physical_plan(logical_plan, session_state)
+            .await
     }
 }
 
@@ -146,23 +168,57 @@ fn propagate_spans_into_tasks() {
     });
 }
 
-/// Adds tracelake's planner hooks to a state builder (DataFusion's default analyzer and
-/// optimizer rules, bracketed; DataFusion's query planner, wrapped). Rules added to the
-/// builder afterwards with `with_analyzer_rule` / `with_optimizer_rule` run after the
-/// bracket.
+/// Adds tracelake's planner hooks to a state builder, around what the builder already has:
+/// its analyzer rules (DataFusion's defaults when it has none) are bracketed by the rules that
+/// open and close `df.logical.build`, its optimizer rules likewise, and its query planner
+/// (DataFusion's default when it has none) is wrapped to emit `df.physical.plan` and
+/// `df.collect`. The embedder's own rules and planner keep running, in their order. Rules added
+/// to the builder afterwards with `with_analyzer_rule` / `with_optimizer_rule` run after the
+/// bracket. Instrumenting a builder twice changes nothing the second time.
 ///
 /// It also makes DataFusion's spawned tasks inherit the current span (process-wide, once,
 /// unless another task tracer is installed).
-pub fn instrument_session_state(builder: SessionStateBuilder) -> SessionStateBuilder {
+pub fn instrument_session_state(mut builder: SessionStateBuilder) -> SessionStateBuilder {
     propagate_spans_into_tasks();
+    let mut analyzer_rules = builder
+        .analyzer()
+        .take()
+        .map(|a| a.rules)
+        .unwrap_or_else(|| Analyzer::new().rules);
+    // Rules queued with `with_analyzer_rule` would be appended after ours at `build`.
+    analyzer_rules.extend(builder.analyzer_rules().take().unwrap_or_default());
+    if analyzer_rules
+        .iter()
+        .any(|r| r.name() == LogicalBuildStart.name())
+    {
+        *builder.analyzer() = Some(Analyzer::with_rules(analyzer_rules));
+        return builder;
+    }
     let mut analyzer: Vec<Arc<dyn AnalyzerRule + Send + Sync>> = vec![Arc::new(LogicalBuildStart)];
-    analyzer.extend(Analyzer::new().rules);
-    let mut optimizer = Optimizer::new().rules;
+    analyzer.extend(analyzer_rules);
+    let mut optimizer = builder
+        .optimizer()
+        .take()
+        .map(|o| o.rules)
+        .unwrap_or_else(|| Optimizer::new().rules);
+    optimizer.extend(builder.optimizer_rules().take().unwrap_or_default());
     optimizer.push(Arc::new(LogicalBuildEnd));
+    let inner = builder
+        .query_planner()
+        .take()
+        .unwrap_or_else(|| Arc::new(DefaultQueryPlanner));
     builder
         .with_analyzer_rules(analyzer)
         .with_optimizer_rules(optimizer)
-        .with_query_planner(Arc::new(InstrumentedQueryPlanner))
+        .with_query_planner(Arc::new(InstrumentedQueryPlanner { inner }))
+}
+
+/// Instruments an existing context: a new context with the same state (catalogs, tables,
+/// functions, configuration, rules and planner), instrumented as
+/// [`instrument_session_state`] does.
+pub fn instrument_context(ctx: &SessionContext) -> SessionContext {
+    let builder = SessionStateBuilder::new_from_existing(ctx.state());
+    SessionContext::new_with_state(instrument_session_state(builder).build())
 }
 
 /// A new instrumented `SessionContext` with DataFusion's default features.

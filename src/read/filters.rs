@@ -147,6 +147,69 @@ pub(crate) fn lookup_ids(filters: &[Expr]) -> Option<Vec<String>> {
         .find_map(ids)
 }
 
+/// Bounds on `start_time` (unix ns, inclusive) that every row of a scan satisfies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StartBounds {
+    pub(crate) min: Option<i64>,
+    pub(crate) max: Option<i64>,
+}
+
+impl StartBounds {
+    fn at_least(&mut self, v: i64) {
+        self.min = Some(self.min.map_or(v, |m| m.max(v)));
+    }
+
+    fn at_most(&mut self, v: i64) {
+        self.max = Some(self.max.map_or(v, |m| m.min(v)));
+    }
+}
+
+/// The bounds on `start_time` implied by the conjuncts of `filters` that compare it with a
+/// literal (`>`, `>=`, `<`, `<=`, `=`, `BETWEEN`).
+pub(crate) fn start_bounds(filters: &[Expr]) -> StartBounds {
+    let mut bounds = StartBounds::default();
+    let is_start = |e: &Expr| matches!(e, Expr::Column(c) if c.name == col::START_TIME);
+    for conjunct in filters.iter().flat_map(|f| split_conjunction(f)) {
+        match conjunct {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (op, value) = match (left.as_ref(), right.as_ref()) {
+                    (l, Expr::Literal(v, _)) if is_start(l) => (*op, v),
+                    (Expr::Literal(v, _), r) if is_start(r) => match mirrored(*op) {
+                        Some(op) => (op, v),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
+                let Some(ns) = timestamp_nanos(value) else {
+                    continue;
+                };
+                match op {
+                    Operator::Eq => {
+                        bounds.at_least(ns);
+                        bounds.at_most(ns);
+                    }
+                    Operator::GtEq => bounds.at_least(ns),
+                    Operator::Gt => bounds.at_least(ns.saturating_add(1)),
+                    Operator::LtEq => bounds.at_most(ns),
+                    Operator::Lt => bounds.at_most(ns.saturating_sub(1)),
+                    _ => {}
+                }
+            }
+            Expr::Between(between) if !between.negated && is_start(&between.expr) => {
+                if let (Expr::Literal(lo, _), Expr::Literal(hi, _)) =
+                    (between.low.as_ref(), between.high.as_ref())
+                    && let (Some(lo), Some(hi)) = (timestamp_nanos(lo), timestamp_nanos(hi))
+                {
+                    bounds.at_least(lo);
+                    bounds.at_most(hi);
+                }
+            }
+            _ => {}
+        }
+    }
+    bounds
+}
+
 /// Drops table qualifiers: the storage scan knows its columns by name only.
 fn unqualify(expr: Expr) -> Option<Expr> {
     expr.transform_up(|e| {
@@ -187,6 +250,28 @@ mod tests {
         // literal on the left flips the operator
         let t = translate_filter(&ts(DAY).gt(c("end_time"))).unwrap();
         assert_eq!(t, c("end_time_unix_nano").lt(lit(DAY)));
+    }
+
+    #[test]
+    fn start_bounds_come_from_comparisons_with_literals() {
+        let filters = [
+            c("start_time").gt_eq(ts(DAY)),
+            ts(3 * DAY).gt(c("start_time")),
+            c("end_time").lt(ts(DAY)),
+        ];
+        assert_eq!(
+            start_bounds(&filters),
+            StartBounds {
+                min: Some(DAY),
+                max: Some(3 * DAY - 1)
+            }
+        );
+        assert_eq!(start_bounds(&[]), StartBounds::default());
+        // An OR bounds nothing on its own.
+        let either = c("start_time")
+            .lt(ts(DAY))
+            .or(c("start_time").gt(ts(2 * DAY)));
+        assert_eq!(start_bounds(&[either]), StartBounds::default());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::statistics::Statistics;
 
 use super::file_schema;
+use super::filters::StartBounds;
 use super::reader::StoreReader;
 use crate::error::{Result, TraceLakeError};
 use crate::schema::col;
@@ -167,6 +168,8 @@ pub(crate) struct FileSlot {
     size: u64,
     /// Smallest and largest trace id per the log statistics (`None` when not recorded).
     log_trace_ids: Option<(String, String)>,
+    /// Earliest and latest span start (unix ns) per the log statistics.
+    log_starts: Option<(i64, i64)>,
     footer: ArcSwapOption<IndexedFile>,
     /// One footer read at a time per file.
     reading: tokio::sync::Mutex<()>,
@@ -178,6 +181,7 @@ impl FileSlot {
             location,
             size: view.size().max(0) as u64,
             log_trace_ids: log_trace_id_range(view),
+            log_starts: log_start_range(view),
             footer: ArcSwapOption::empty(),
             reading: tokio::sync::Mutex::new(()),
         }
@@ -189,6 +193,17 @@ impl FileSlot {
             Some((min, max)) => ids
                 .iter()
                 .any(|id| id.as_str() >= min.as_str() && id.as_str() <= max.as_str()),
+            None => true,
+        }
+    }
+
+    /// Whether the file may hold spans starting within `bounds` (inclusive), per the log
+    /// statistics.
+    fn may_start_within(&self, bounds: &StartBounds) -> bool {
+        match self.log_starts {
+            Some((min, max)) => {
+                bounds.min.is_none_or(|lo| max >= lo) && bounds.max.is_none_or(|hi| min <= hi)
+            }
             None => true,
         }
     }
@@ -206,6 +221,27 @@ impl FileSlot {
         self.footer.store(Some(footer.clone()));
         Ok(footer)
     }
+}
+
+/// The field `name` of a statistics struct (`minValues` or `maxValues`).
+fn stat(scalar: Option<Scalar>, name: &str) -> Option<Scalar> {
+    let Scalar::Struct(data) = scalar? else {
+        return None;
+    };
+    let i = data.fields().iter().position(|f| f.name() == name)?;
+    Some(data.values()[i].clone())
+}
+
+/// The earliest and latest span start of a file per its Delta statistics.
+fn log_start_range(view: &LogicalFileView) -> Option<(i64, i64)> {
+    let long = |s: Option<Scalar>| match s? {
+        Scalar::Long(v) => Some(v),
+        _ => None,
+    };
+    Some((
+        long(stat(view.min_values(), col::START_TIME_UNIX_NANO))?,
+        long(stat(view.max_values(), col::START_TIME_UNIX_NANO))?,
+    ))
 }
 
 /// The smallest and largest trace id of a file per its Delta statistics, when both are
@@ -319,17 +355,18 @@ impl TraceIdIndex {
             .await
     }
 
-    /// The row groups that may hold any of `ids`: files the log statistics cannot rule out,
-    /// then row groups by their trace-id range and bloom filter.
+    /// The row groups that may hold any of `ids` with a start within `bounds`: files the log
+    /// statistics cannot rule out, then row groups by their trace-id range and bloom filter.
     pub(crate) async fn plan(
         &self,
         store: &Arc<dyn ObjectStore>,
         ids: &[String],
+        bounds: &StartBounds,
     ) -> Result<ScanPlan> {
         let candidates: Vec<Arc<FileSlot>> = self
             .files
             .iter()
-            .filter(|slot| slot.may_contain_any(ids))
+            .filter(|slot| slot.may_contain_any(ids) && slot.may_start_within(bounds))
             .cloned()
             .collect();
         let footers = Self::footers(store, candidates).await?;
@@ -349,9 +386,20 @@ impl TraceIdIndex {
         Ok(plan)
     }
 
-    /// Every row group of the version (for scans without a trace-id restriction).
-    pub(crate) async fn plan_all(&self, store: &Arc<dyn ObjectStore>) -> Result<ScanPlan> {
-        let footers = Self::footers(store, self.files.clone()).await?;
+    /// Every row group of the files that may hold spans starting within `bounds` (for scans
+    /// without a trace-id restriction).
+    pub(crate) async fn plan_all(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        bounds: &StartBounds,
+    ) -> Result<ScanPlan> {
+        let candidates: Vec<Arc<FileSlot>> = self
+            .files
+            .iter()
+            .filter(|slot| slot.may_start_within(bounds))
+            .cloned()
+            .collect();
+        let footers = Self::footers(store, candidates).await?;
         let mut plan = ScanPlan::default();
         for file in footers {
             let n = file.row_groups.len();

@@ -26,7 +26,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use object_store::ObjectStore;
 
 use super::file_schema;
-use super::filters::{lookup_ids, translate_filter};
+use super::filters::{lookup_ids, start_bounds, translate_filter};
 use super::index::ScanPlan;
 use super::lookup_exec::LookupExec;
 use super::reader::IndexedReaderFactory;
@@ -42,7 +42,7 @@ pub(crate) async fn scan(
     filters: &[Expr],
     limit: Option<usize>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let snapshot = table.snapshot();
+    let snapshot = table.snapshot_for_query().await;
     let sql = sql_schema();
     let wanted: Vec<usize> = match projection {
         Some(p) => p.clone(),
@@ -56,9 +56,10 @@ pub(crate) async fn scan(
             state
                 .runtime_env()
                 .register_object_store(table.store_url().as_ref(), store.clone());
+            let bounds = start_bounds(filters);
             let scan_plan = match &ids {
-                Some(ids) => index.plan(store, ids).await?,
-                None => index.plan_all(store).await?,
+                Some(ids) => index.plan(store, ids, &bounds).await?,
+                None => index.plan_all(store, &bounds).await?,
             };
             let file_schema = file_schema();
             let projection = wanted

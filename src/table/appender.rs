@@ -1,8 +1,13 @@
 //! `SpanAppender`: buffered ingest. Spans are checked when appended (a bad row fails that
-//! call, immediately), buffered, and committed by size or by time as one Delta commit. A
-//! failed commit is retried with exponential backoff; if it still fails, the spans stay
-//! buffered (nothing is dropped), the error is returned by the next `append`/`flush`, and the
-//! next flush tries again. The queue is bounded: when commits cannot keep up, `append` waits
+//! call, immediately), buffered, and committed by size or by time as one Delta commit.
+//!
+//! Every commit carries a Delta application transaction (`txn`: the appender's own id and a
+//! number per commit), so a commit is written at most once: when an attempt fails with a
+//! transient error (which may have landed, for example if the answer of the store was lost),
+//! the retry reads the log first and writes nothing if the attempt did land. Errors that are
+//! not transient are not retried. If a commit still fails, its spans stay buffered (nothing is
+//! dropped), the error is returned by the next `append`/`flush`, and the next flush tries the
+//! same commit again. The queue is bounded: when commits cannot keep up, `append` waits
 //! (backpressure) instead of growing memory. `shutdown` flushes and reports anything it could
 //! not commit.
 
@@ -13,22 +18,24 @@ use arrow::record_batch::RecordBatch;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{AppendOutcome, TraceTable, ingest};
+use super::{AppTransaction, AppendOutcome, TraceTable, ingest};
 use crate::error::{Result, TraceLakeError};
 use crate::span::{Span, spans_to_batch};
 
 /// When and how the appender commits.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AppenderConfig {
-    /// Commit when this many spans are buffered.
+    /// Commit when this many spans are buffered (1 to 100,000,000).
     pub max_rows: usize,
-    /// Commit buffered spans at the latest this long after the first of them arrived.
+    /// Commit buffered spans at the latest this long after the first of them arrived
+    /// (1 ms to 1 day).
     pub max_delay: Duration,
-    /// Batches that may wait in the queue before `append` waits.
+    /// Batches that may wait in the queue before `append` waits (1 to 1,000,000).
     pub queue_batches: usize,
-    /// Attempts of one commit before its error is reported.
+    /// Attempts of one commit before its error is reported (1 to 100).
     pub max_attempts: u32,
-    /// Wait before the first retry; doubled for each next one.
+    /// Wait before the first retry; doubled for each next one (at most 1 minute).
     pub initial_backoff: Duration,
 }
 
@@ -44,41 +51,153 @@ impl Default for AppenderConfig {
     }
 }
 
+impl AppenderConfig {
+    /// Commit when this many spans are buffered.
+    pub fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows;
+        self
+    }
+
+    /// Commit buffered spans at the latest this long after the first of them arrived.
+    pub fn with_max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    /// Batches that may wait in the queue before `append` waits.
+    pub fn with_queue_batches(mut self, queue_batches: usize) -> Self {
+        self.queue_batches = queue_batches;
+        self
+    }
+
+    /// Attempts of one commit before its error is reported.
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Wait before the first retry; doubled for each next one.
+    pub fn with_initial_backoff(mut self, initial_backoff: Duration) -> Self {
+        self.initial_backoff = initial_backoff;
+        self
+    }
+
+    /// Checks every setting against its accepted range.
+    pub fn validate(&self) -> Result<()> {
+        check_range("appender max_rows", self.max_rows as u128, 1, 100_000_000)?;
+        check_duration(
+            "appender max_delay",
+            self.max_delay,
+            Duration::from_millis(1),
+            Duration::from_secs(86_400),
+        )?;
+        check_range(
+            "appender queue_batches",
+            self.queue_batches as u128,
+            1,
+            1_000_000,
+        )?;
+        check_range("appender max_attempts", self.max_attempts as u128, 1, 100)?;
+        check_duration(
+            "appender initial_backoff",
+            self.initial_backoff,
+            Duration::ZERO,
+            Duration::from_secs(60),
+        )
+    }
+}
+
+/// Fails with the accepted range unless `min <= value <= max`.
+pub(crate) fn check_range(what: &str, value: u128, min: u128, max: u128) -> Result<()> {
+    if value < min || value > max {
+        return Err(TraceLakeError::out_of_range(
+            what,
+            format!("between {min} and {max}"),
+            value,
+        ));
+    }
+    Ok(())
+}
+
+/// Fails with the accepted range unless `min <= value <= max`.
+pub(crate) fn check_duration(
+    what: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<()> {
+    if value < min || value > max {
+        return Err(TraceLakeError::out_of_range(
+            what,
+            format!("between {min:?} and {max:?}"),
+            format!("{value:?}"),
+        ));
+    }
+    Ok(())
+}
+
 enum Message {
     Batch(RecordBatch),
     Flush(oneshot::Sender<Result<AppendOutcome>>),
+}
+
+/// The last commit failure, until a commit succeeds.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    transient: bool,
 }
 
 /// Buffered ingest into a [`TraceTable`]. See the module docs.
 pub struct SpanAppender {
     tx: mpsc::Sender<Message>,
     worker: JoinHandle<()>,
-    /// The error of the last commit that failed after every retry, until a commit succeeds.
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<Failure>>>,
 }
 
-fn failed(message: &str) -> TraceLakeError {
-    TraceLakeError::InvalidArgument(format!(
-        "the appender could not commit buffered spans (they are kept and retried): {message}"
-    ))
+impl std::fmt::Debug for SpanAppender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanAppender").finish_non_exhaustive()
+    }
+}
+
+fn failed(failure: &Failure) -> TraceLakeError {
+    TraceLakeError::AppendFailed {
+        message: failure.message.clone(),
+        transient: failure.transient,
+    }
 }
 
 impl SpanAppender {
-    /// Starts an appender (a tokio task) writing into `table`.
-    pub fn new(table: Arc<TraceTable>, config: AppenderConfig) -> Self {
-        let (tx, rx) = mpsc::channel(config.queue_batches.max(1));
+    /// Starts an appender (a tokio task) writing into `table`. Fails if a setting is out of
+    /// range or if called outside a tokio runtime.
+    pub fn new(table: Arc<TraceTable>, config: AppenderConfig) -> Result<Self> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| TraceLakeError::NoRuntime("SpanAppender::new"))?;
+        let (tx, rx) = mpsc::channel(config.queue_batches);
         let failure = Arc::new(Mutex::new(None));
-        let worker = tokio::spawn(run(table, config, rx, failure.clone()));
-        Self {
+        let worker = Worker {
+            table,
+            app_id: format!("tracelake-appender-{}", uuid::Uuid::new_v4()).into(),
+            next_txn: 1,
+            config,
+            failure: failure.clone(),
+            pending: Vec::new(),
+            pending_rows: 0,
+            inflight: None,
+        };
+        let worker = runtime.spawn(worker.run(rx));
+        Ok(Self {
             tx,
             worker,
             failure,
-        }
+        })
     }
 
     fn check(&self) -> Result<()> {
         match self.failure.lock().ok().and_then(|f| f.clone()) {
-            Some(message) => Err(failed(&message)),
+            Some(failure) => Err(failed(&failure)),
             None => Ok(()),
         }
     }
@@ -96,7 +215,7 @@ impl SpanAppender {
         self.tx
             .send(Message::Batch(storage))
             .await
-            .map_err(|_| failed("the appender has stopped"))?;
+            .map_err(|_| TraceLakeError::AppenderStopped)?;
         self.check()
     }
 
@@ -106,10 +225,8 @@ impl SpanAppender {
         self.tx
             .send(Message::Flush(done))
             .await
-            .map_err(|_| failed("the appender has stopped"))?;
-        result
-            .await
-            .map_err(|_| failed("the appender has stopped"))?
+            .map_err(|_| TraceLakeError::AppenderStopped)?;
+        result.await.map_err(|_| TraceLakeError::AppenderStopped)?
     }
 
     /// Flushes, stops the appender, and returns the flush's result: an error means spans
@@ -122,101 +239,170 @@ impl SpanAppender {
     }
 }
 
-async fn commit_with_retry(
-    table: &TraceTable,
-    pending: &[RecordBatch],
-    config: &AppenderConfig,
-) -> Result<AppendOutcome> {
-    let rows: usize = pending.iter().map(|b| b.num_rows()).sum();
-    let mut backoff = config.initial_backoff;
-    let mut attempt = 1;
-    loop {
-        match table.commit(pending.to_vec(), rows as u64).await {
-            Ok(outcome) => return Ok(outcome),
-            Err(e) if attempt >= config.max_attempts => return Err(e),
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "commit failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
-                attempt += 1;
+/// Spans being committed: fixed once numbered, so a retry writes exactly what the first
+/// attempt did (or nothing, if that attempt landed).
+struct Inflight {
+    txn: AppTransaction,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    /// Whether an attempt was made (a next one checks the log first).
+    attempted: bool,
+}
+
+struct Worker {
+    table: Arc<TraceTable>,
+    app_id: Arc<str>,
+    next_txn: i64,
+    config: AppenderConfig,
+    failure: Arc<Mutex<Option<Failure>>>,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    inflight: Option<Inflight>,
+}
+
+impl Worker {
+    fn set_failure(&self, failure: Option<Failure>) {
+        if let Ok(mut f) = self.failure.lock() {
+            *f = failure;
+        }
+    }
+
+    fn buffered_rows(&self) -> usize {
+        self.pending_rows + self.inflight.as_ref().map_or(0, |i| i.rows)
+    }
+
+    /// Commits the in-flight spans (numbering the pending ones first if none are in flight),
+    /// retrying transient errors with backoff.
+    async fn commit(&mut self) -> Result<AppendOutcome> {
+        if self.inflight.is_none() {
+            let txn = AppTransaction {
+                app_id: self.app_id.clone(),
+                version: self.next_txn,
+            };
+            self.next_txn += 1;
+            self.inflight = Some(Inflight {
+                txn,
+                batches: std::mem::take(&mut self.pending),
+                rows: std::mem::take(&mut self.pending_rows),
+                attempted: false,
+            });
+        }
+        let Some(inflight) = self.inflight.as_mut() else {
+            return Err(TraceLakeError::AppenderStopped);
+        };
+        let mut backoff = self.config.initial_backoff;
+        let mut attempt = 1;
+        loop {
+            let result = self
+                .table
+                .commit(
+                    inflight.batches.clone(),
+                    inflight.rows as u64,
+                    Some(&inflight.txn),
+                    inflight.attempted,
+                )
+                .await;
+            inflight.attempted = true;
+            match result {
+                Ok(outcome) => {
+                    self.inflight = None;
+                    return Ok(outcome);
+                }
+                Err(e) if !e.is_transient() || attempt >= self.config.max_attempts => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "commit failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                }
             }
         }
     }
-}
 
-async fn run(
-    table: Arc<TraceTable>,
-    config: AppenderConfig,
-    mut rx: mpsc::Receiver<Message>,
-    failure: Arc<Mutex<Option<String>>>,
-) {
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_rows = 0usize;
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let set_failure = |message: Option<String>| {
-        if let Ok(mut f) = failure.lock() {
-            *f = message;
-        }
-    };
-    loop {
-        // Stop taking batches while a full buffer cannot be committed: the queue fills and
-        // `append` waits.
-        let accepting = pending_rows < config.max_rows.saturating_mul(2).max(1);
-        let timer = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut flush_reply = None;
-        tokio::select! {
-            message = rx.recv(), if accepting => match message {
-                Some(Message::Batch(batch)) => {
-                    pending_rows += batch.num_rows();
-                    pending.push(batch);
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.max_delay);
-                    if pending_rows < config.max_rows {
-                        continue;
-                    }
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            // Stop taking batches while a full buffer cannot be committed: the queue fills and
+            // `append` waits.
+            let accepting = self.buffered_rows() < self.config.max_rows.saturating_mul(2);
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
                 }
-                Some(Message::Flush(reply)) => flush_reply = Some(reply),
-                None => {
-                    // Every sender is gone: commit what is left.
-                    if !pending.is_empty() && let Err(e) = commit_with_retry(&table, &pending, &config).await {
-                        tracing::error!(error = %e, spans = pending_rows, "spans not committed at shutdown");
+            };
+            let mut flush_reply = None;
+            tokio::select! {
+                message = rx.recv(), if accepting => match message {
+                    Some(Message::Batch(batch)) => {
+                        self.pending_rows += batch.num_rows();
+                        self.pending.push(batch);
+                        deadline.get_or_insert_with(|| {
+                            tokio::time::Instant::now() + self.config.max_delay
+                        });
+                        if self.buffered_rows() < self.config.max_rows {
+                            continue;
+                        }
                     }
-                    return;
-                }
-            },
-            _ = timer => {}
-            _ = tokio::time::sleep(config.initial_backoff), if !accepting => {}
-        }
-        if pending.is_empty() {
-            if let Some(reply) = flush_reply {
-                let _ = reply.send(Ok(AppendOutcome {
-                    version: table.version(),
-                    rows: 0,
-                }));
+                    Some(Message::Flush(reply)) => flush_reply = Some(reply),
+                    None => {
+                        // Every sender is gone: commit what is left.
+                        while self.buffered_rows() > 0 {
+                            if let Err(e) = self.commit().await {
+                                tracing::error!(error = %e, spans = self.buffered_rows(), "spans not committed at shutdown");
+                                break;
+                            }
+                        }
+                        return;
+                    }
+                },
+                _ = timer => {}
+                _ = tokio::time::sleep(self.config.initial_backoff.max(Duration::from_millis(1))), if !accepting => {}
             }
-            deadline = None;
-            continue;
-        }
-        match commit_with_retry(&table, &pending, &config).await {
-            Ok(outcome) => {
-                pending.clear();
-                pending_rows = 0;
+            if self.buffered_rows() == 0 {
+                if let Some(reply) = flush_reply {
+                    let _ = reply.send(Ok(AppendOutcome {
+                        version: self.table.version(),
+                        rows: 0,
+                    }));
+                }
                 deadline = None;
-                set_failure(None);
-                if let Some(reply) = flush_reply {
-                    let _ = reply.send(Ok(outcome));
-                }
+                continue;
             }
-            Err(e) => {
-                let message = e.to_string();
-                set_failure(Some(message.clone()));
-                deadline = Some(tokio::time::Instant::now() + config.max_delay);
-                if let Some(reply) = flush_reply {
-                    let _ = reply.send(Err(failed(&message)));
+            // A commit left in flight by an earlier failure goes first; a flush then commits
+            // what arrived since, too.
+            let mut result = self.commit().await;
+            if flush_reply.is_some()
+                && let Ok(first) = &result
+                && self.pending_rows > 0
+            {
+                let first = *first;
+                result = self.commit().await.map(|second| AppendOutcome {
+                    version: second.version,
+                    rows: first.rows + second.rows,
+                });
+            }
+            match result {
+                Ok(outcome) => {
+                    deadline = (self.buffered_rows() > 0)
+                        .then(|| tokio::time::Instant::now() + self.config.max_delay);
+                    self.set_failure(None);
+                    if let Some(reply) = flush_reply {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let failure = Failure {
+                        message: e.to_string(),
+                        transient: e.is_transient(),
+                    };
+                    self.set_failure(Some(failure.clone()));
+                    deadline = Some(tokio::time::Instant::now() + self.config.max_delay);
+                    if let Some(reply) = flush_reply {
+                        let _ = reply.send(Err(failed(&failure)));
+                    }
                 }
             }
         }

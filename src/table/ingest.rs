@@ -34,17 +34,36 @@ pub fn normalize_trace_id(s: &str) -> Option<String> {
 }
 
 /// The column `name` of `batch`, cast to its input-schema type, or all nulls when absent.
-fn column(batch: &RecordBatch, name: &str) -> Result<ArrayRef> {
+/// `offset` is the number of rows before this batch in the same append, for error messages.
+fn column(batch: &RecordBatch, name: &str, offset: usize) -> Result<ArrayRef> {
     let target = input_schema().field_with_name(name)?.data_type().clone();
     match batch.column_by_name(name) {
         None => Ok(new_null_array(&target, batch.num_rows())),
         Some(array) if array.data_type() == &target => Ok(array.clone()),
-        Some(array) => cast(array, &target).map_err(|e| {
-            TraceLakeError::SchemaMismatch(format!(
-                "column {name} has type {} but {target} was expected: {e}",
-                array.data_type()
-            ))
-        }),
+        Some(array) => {
+            let converted = cast(array, &target).map_err(|e| {
+                TraceLakeError::SchemaMismatch(format!(
+                    "column {name} has type {} but {target} was expected: {e}",
+                    array.data_type()
+                ))
+            })?;
+            // A value the target type cannot hold (a timestamp outside the years 1677 to
+            // 2262 in nanoseconds, say) becomes NULL in a cast: name it instead.
+            if converted.null_count() > array.null_count()
+                && let Some(i) =
+                    (0..array.len()).find(|&i| array.is_valid(i) && converted.is_null(i))
+            {
+                return Err(invalid(
+                    offset + i,
+                    format!(
+                        "{name} value {} does not fit {target}",
+                        arrow::util::display::array_value_to_string(array, i)
+                            .unwrap_or_else(|_| "?".into())
+                    ),
+                ));
+            }
+            Ok(converted)
+        }
     }
 }
 
@@ -60,7 +79,7 @@ fn id_column(
     required: bool,
     offset: usize,
 ) -> Result<ArrayRef> {
-    let array = column(batch, name)?;
+    let array = column(batch, name, offset)?;
     let values = strings(&array);
     let mut clean = true;
     for (i, v) in values.iter().enumerate() {
@@ -97,7 +116,7 @@ fn enum_column(
     otlp_prefix: &str,
     offset: usize,
 ) -> Result<ArrayRef> {
-    let array = column(batch, name)?;
+    let array = column(batch, name, offset)?;
     let values = strings(&array);
     let mut out = Vec::with_capacity(values.len());
     for (i, v) in values.iter().enumerate() {
@@ -126,7 +145,7 @@ fn enum_column(
 }
 
 fn time_column(batch: &RecordBatch, name: &str, offset: usize) -> Result<Int64Array> {
-    let array = column(batch, name)?;
+    let array = column(batch, name, offset)?;
     let times = array.as_primitive::<TimestampNanosecondType>();
     if let Some(i) = (0..times.len()).find(|&i| times.is_null(i)) {
         return Err(invalid(offset + i, format!("{name} is required")));
@@ -135,7 +154,7 @@ fn time_column(batch: &RecordBatch, name: &str, offset: usize) -> Result<Int64Ar
 }
 
 fn count_column(batch: &RecordBatch, name: &str, offset: usize) -> Result<ArrayRef> {
-    let array = column(batch, name)?;
+    let array = column(batch, name, offset)?;
     let counts = array.as_primitive::<Int64Type>();
     let mut out = Vec::with_capacity(counts.len());
     for (i, v) in counts.iter().enumerate() {
@@ -174,7 +193,7 @@ pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
 
     let start = time_column(batch, col::START_TIME, offset)?;
     let end = time_column(batch, col::END_TIME, offset)?;
-    let duration = column(batch, col::DURATION_NS)?;
+    let duration = column(batch, col::DURATION_NS, offset)?;
     let duration = duration.as_primitive::<Int64Type>();
     let mut durations = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
@@ -185,7 +204,15 @@ pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
                 format!("end_time ({e} ns) is before start_time ({s} ns)"),
             ));
         }
-        let computed = e - s;
+        let Some(computed) = e.checked_sub(s) else {
+            return Err(invalid(
+                offset + i,
+                format!(
+                    "end_time - start_time ({e} - {s} ns) does not fit duration_ns (a 64-bit \
+                     number of nanoseconds, about 292 years)"
+                ),
+            ));
+        };
         if duration.is_valid(i) && duration.value(i) != computed {
             return Err(invalid(
                 offset + i,
@@ -198,11 +225,11 @@ pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
         durations.push(computed);
     }
 
-    let name = column(batch, col::NAME)?;
+    let name = column(batch, col::NAME, offset)?;
     if let Some(i) = (0..name.len()).find(|&i| name.is_null(i)) {
         return Err(invalid(offset + i, "name is required"));
     }
-    let service = column(batch, col::SERVICE_NAME)?;
+    let service = column(batch, col::SERVICE_NAME, offset)?;
     let service: ArrayRef = if service.null_count() == 0 {
         service
     } else {
@@ -253,7 +280,7 @@ pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
             | col::DROPPED_EVENTS_COUNT
             | col::DROPPED_LINKS_COUNT => count_column(batch, field.name(), offset)?,
             col::SPAN_DATE => Arc::new(span_dates.clone()),
-            other => column(batch, other)?,
+            other => column(batch, other, offset)?,
         };
         debug_assert_eq!(array.data_type(), field.data_type(), "{}", field.name());
         columns.push(array);
@@ -374,6 +401,43 @@ mod tests {
             assert!(err.contains("row 6"), "{err}");
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn durations_that_overflow_are_refused_not_wrapped() {
+        // 1677-09-22 to 2262-04-10: the difference does not fit an i64 of nanoseconds.
+        let wide = Span {
+            start_time_unix_nano: -9_223_285_636_854_775_808,
+            end_time_unix_nano: 9_223_286_400_000_000_000 - 1,
+            ..span(T, "b7ad6b7169203331")
+        };
+        let batch = spans_to_batch(&[span(T, "b7ad6b7169203331"), wide]).unwrap();
+        let err = to_storage(&batch, 0).unwrap_err().to_string();
+        assert!(err.contains("row 1"), "{err}");
+        assert!(err.contains("does not fit duration_ns"), "{err}");
+    }
+
+    #[test]
+    fn times_of_other_units_that_do_not_fit_nanoseconds_are_named() {
+        use arrow::array::TimestampMicrosecondArray;
+        let batch = spans_to_batch(&[span(T, "b7ad6b7169203331")]).unwrap();
+        let mut columns = batch.columns().to_vec();
+        let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+        let idx = batch.schema().index_of(col::START_TIME).unwrap();
+        // Year 3000 in microseconds: representable in µs, not in ns.
+        columns[idx] = Arc::new(
+            TimestampMicrosecondArray::from(vec![32_503_680_000_000_000]).with_timezone("UTC"),
+        );
+        fields[idx] = Arc::new(arrow::datatypes::Field::new(
+            col::START_TIME,
+            columns[idx].data_type().clone(),
+            true,
+        ));
+        let batch =
+            RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).unwrap();
+        let err = to_storage(&batch, 3).unwrap_err().to_string();
+        assert!(err.contains("row 3"), "{err}");
+        assert!(err.contains("start_time value 3000-01-01"), "{err}");
     }
 
     #[test]

@@ -8,18 +8,23 @@
 //! rewriting: appends go on, Delta's optimistic concurrency orders the commits.
 
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::{FilterOp, FilterValue};
 use tracing::{Instrument, field};
 
 use super::{TraceTable, writer_properties};
-use crate::error::Result;
+use crate::error::{Result, TraceLakeError};
 use crate::observe::names;
 use crate::schema::col;
 
 /// What an optimize run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OptimizeOutcome {
     /// Partitions (`span_date` values) rewritten.
     pub partitions: Vec<String>,
@@ -64,8 +69,13 @@ impl TraceTable {
     }
 
     /// Compacts the partitions that need it (see [`TraceTable::partitions_to_optimize`]) into
-    /// files sorted by trace id, as one commit, and installs the new version.
-    pub async fn optimize(&self) -> Result<OptimizeOutcome> {
+    /// files sorted by trace id, as one commit, and installs the new version:
+    /// `table.optimize().await`.
+    pub fn optimize(&self) -> OptimizeBuilder<'_> {
+        OptimizeBuilder { table: self }
+    }
+
+    async fn run_optimize(&self) -> Result<OptimizeOutcome> {
         let partitions = self.partitions_to_optimize()?;
         let before = self.version();
         let span = tracing::info_span!(
@@ -116,16 +126,30 @@ impl TraceTable {
 /// ago may still be read by a running query.
 pub const MIN_VACUUM_RETENTION_HOURS: u64 = 1;
 
+/// The longest vacuum retention accepted (100 years).
+pub const MAX_VACUUM_RETENTION_HOURS: u64 = 876_000;
+
+/// The vacuum retention used when none is given: 7 days, Delta's default.
+pub const DEFAULT_VACUUM_RETENTION_HOURS: u64 = 168;
+
+/// The largest `older_than_days` expiry accepts (100 years).
+pub const MAX_EXPIRE_DAYS: u64 = 36_500;
+
 /// What a vacuum run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct VacuumOutcome {
-    /// Data files deleted from storage.
+    /// Data files deleted from storage (with `dry_run`: that would be deleted).
     pub files_deleted: usize,
+    /// Their paths, relative to the table.
+    pub files: Vec<String>,
+    pub dry_run: bool,
     pub version: i64,
 }
 
 /// What an expiry run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExpireOutcome {
     /// Partitions (`span_date`) dropped.
     pub partitions: Vec<String>,
@@ -133,8 +157,143 @@ pub struct ExpireOutcome {
     pub version: i64,
 }
 
+/// `table.optimize()`: see [`TraceTable::optimize`].
+#[derive(Debug)]
+#[must_use = "an optimize does nothing until awaited"]
+pub struct OptimizeBuilder<'a> {
+    table: &'a TraceTable,
+}
+
+impl<'a> IntoFuture for OptimizeBuilder<'a> {
+    type Output = Result<OptimizeOutcome>;
+    type IntoFuture = BoxFuture<'a, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.table.run_optimize())
+    }
+}
+
+/// `table.vacuum().retention(..).dry_run(..)`: see [`TraceTable::vacuum`].
+#[derive(Debug)]
+#[must_use = "a vacuum does nothing until awaited"]
+pub struct VacuumBuilder<'a> {
+    table: &'a TraceTable,
+    retention: Duration,
+    dry_run: bool,
+}
+
+impl VacuumBuilder<'_> {
+    /// Keep files removed from the table less than `retention` ago (1 hour to 100 years;
+    /// default 7 days): a query that started before they were removed may still read them.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Like [`VacuumBuilder::retention`], in hours.
+    pub fn retention_hours(mut self, hours: u64) -> Self {
+        self.retention = Duration::from_secs(hours.saturating_mul(3_600));
+        if hours > MAX_VACUUM_RETENTION_HOURS {
+            // Kept out of range (and so refused) even where the product saturates.
+            self.retention = Duration::MAX;
+        }
+        self
+    }
+
+    /// List what would be deleted without deleting it.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+}
+
+impl<'a> IntoFuture for VacuumBuilder<'a> {
+    type Output = Result<VacuumOutcome>;
+    type IntoFuture = BoxFuture<'a, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.table.run_vacuum(self.retention, self.dry_run))
+    }
+}
+
+/// `table.expire().older_than_days(n)`: see [`TraceTable::expire`].
+#[derive(Debug)]
+#[must_use = "an expiry does nothing until awaited"]
+pub struct ExpireBuilder<'a> {
+    table: &'a TraceTable,
+    older_than_days: Option<u64>,
+    now_unix_nano: Option<i64>,
+}
+
+impl ExpireBuilder<'_> {
+    /// Drop the days (UTC) entirely older than this many days before now (0 to 36,500;
+    /// required).
+    pub fn older_than_days(mut self, days: u64) -> Self {
+        self.older_than_days = Some(days);
+        self
+    }
+
+    /// The time expiry counts from, in unix nanoseconds (default: the clock).
+    pub fn now_unix_nano(mut self, now: i64) -> Self {
+        self.now_unix_nano = Some(now);
+        self
+    }
+}
+
+impl<'a> IntoFuture for ExpireBuilder<'a> {
+    type Output = Result<ExpireOutcome>;
+    type IntoFuture = BoxFuture<'a, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let days = self.older_than_days.ok_or_else(|| {
+                TraceLakeError::InvalidArgument(
+                    "expire needs older_than_days: table.expire().older_than_days(N)".into(),
+                )
+            })?;
+            let now = match self.now_unix_nano {
+                Some(now) => now,
+                None => now_unix_nano()?,
+            };
+            self.table.run_expire(days, now).await
+        })
+    }
+}
+
+/// The clock in unix nanoseconds.
+pub(crate) fn now_unix_nano() -> Result<i64> {
+    chrono::Utc::now().timestamp_nanos_opt().ok_or_else(|| {
+        TraceLakeError::InvalidArgument("the clock is outside the years 1677 to 2262".into())
+    })
+}
+
+/// The `span_date` before which expiry drops partitions: the day of `now` minus `days`.
+pub(crate) fn expiry_cutoff(days: u64, now_unix_nano: i64) -> Result<String> {
+    if days > MAX_EXPIRE_DAYS {
+        return Err(TraceLakeError::out_of_range(
+            "expire older_than_days",
+            format!("between 0 and {MAX_EXPIRE_DAYS}"),
+            days,
+        ));
+    }
+    let cutoff = (days as i64)
+        .checked_mul(DAY_NS)
+        .and_then(|age| now_unix_nano.checked_sub(age))
+        .ok_or_else(|| {
+            TraceLakeError::out_of_range(
+                "expire older_than_days",
+                "a number of days that, counted back from now, is after the year 1677",
+                days,
+            )
+        })?;
+    Ok(crate::schema::span_date(cutoff))
+}
+
+const DAY_NS: i64 = 86_400_000_000_000;
+
 /// A summary of the current version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TableStats {
     pub version: i64,
     pub files: usize,
@@ -148,17 +307,38 @@ pub struct TableStats {
 }
 
 impl TraceTable {
-    /// Deletes data files that left the table more than `retention_hours` ago (and are no
-    /// longer needed by any version within the window). Fails for less than
-    /// [`MIN_VACUUM_RETENTION_HOURS`]: a query that started before the files were removed
-    /// may still be reading them.
-    pub async fn vacuum(&self, retention_hours: u64) -> Result<VacuumOutcome> {
-        if retention_hours < MIN_VACUUM_RETENTION_HOURS {
-            return Err(crate::error::TraceLakeError::InvalidArgument(format!(
-                "vacuum retention of {retention_hours} hours is shorter than the minimum of \
-                 {MIN_VACUUM_RETENTION_HOURS} hour: running queries could lose files they read"
-            )));
+    /// Deletes data files that left the table more than a retention ago (7 days unless
+    /// set; at least [`MIN_VACUUM_RETENTION_HOURS`], since a query that started before the
+    /// files were removed may still be reading them):
+    /// `table.vacuum().retention(Duration::from_secs(24 * 3600)).dry_run(false).await`.
+    pub fn vacuum(&self) -> VacuumBuilder<'_> {
+        VacuumBuilder {
+            table: self,
+            retention: Duration::from_secs(DEFAULT_VACUUM_RETENTION_HOURS * 3_600),
+            dry_run: false,
         }
+    }
+
+    async fn run_vacuum(&self, retention: Duration, dry_run: bool) -> Result<VacuumOutcome> {
+        let min = Duration::from_secs(MIN_VACUUM_RETENTION_HOURS * 3_600);
+        let max = Duration::from_secs(MAX_VACUUM_RETENTION_HOURS * 3_600);
+        if retention < min || retention > max {
+            let shown = if retention == Duration::MAX {
+                format!("more than {MAX_VACUUM_RETENTION_HOURS} hours")
+            } else {
+                format!("{:.3} hours", retention.as_secs_f64() / 3_600.0)
+            };
+            return Err(TraceLakeError::out_of_range(
+                "vacuum retention",
+                format!(
+                    "between {MIN_VACUUM_RETENTION_HOURS} and {MAX_VACUUM_RETENTION_HOURS} hours \
+                     (shorter retentions could delete files running queries read)"
+                ),
+                shown,
+            ));
+        }
+        let retention = chrono::Duration::from_std(retention)
+            .map_err(|e| TraceLakeError::InvalidArgument(format!("vacuum retention: {e}")))?;
         let before = self.version();
         let span = tracing::info_span!(
             names::DELTA_VACUUM,
@@ -171,12 +351,15 @@ impl TraceTable {
             let table = self.snapshot().delta_table().clone();
             let (vacuumed, metrics) = table
                 .vacuum()
-                .with_retention_period(chrono::Duration::hours(retention_hours as i64))
+                .with_retention_period(retention)
                 .with_enforce_retention_duration(false)
+                .with_dry_run(dry_run)
                 .await?;
             let version = self.install_locked(vacuumed).await?;
             Ok(VacuumOutcome {
                 files_deleted: metrics.files_deleted.len(),
+                files: metrics.files_deleted,
+                dry_run,
                 version,
             })
         }
@@ -189,11 +372,19 @@ impl TraceTable {
     }
 
     /// Drops every partition whose day (`span_date`, UTC) is entirely older than
-    /// `older_than_days` days before `now_unix_nano`: whole files are removed from the table,
-    /// nothing is rewritten. The files stay in storage until vacuum.
-    pub async fn expire(&self, older_than_days: u64, now_unix_nano: i64) -> Result<ExpireOutcome> {
-        let cutoff_ns = now_unix_nano - older_than_days as i64 * 86_400_000_000_000;
-        let cutoff = crate::schema::span_date(cutoff_ns);
+    /// `older_than_days` days before now: whole files are removed from the table, nothing is
+    /// rewritten. The files stay in storage until vacuum.
+    /// `table.expire().older_than_days(14).await`.
+    pub fn expire(&self) -> ExpireBuilder<'_> {
+        ExpireBuilder {
+            table: self,
+            older_than_days: None,
+            now_unix_nano: None,
+        }
+    }
+
+    async fn run_expire(&self, older_than_days: u64, now_unix_nano: i64) -> Result<ExpireOutcome> {
+        let cutoff = expiry_cutoff(older_than_days, now_unix_nano)?;
         let partitions: Vec<String> = self
             .stats()?
             .partitions
@@ -326,6 +517,23 @@ mod tests {
 
     fn r(a: &str, b: &str) -> Option<(String, String)> {
         Some((a.into(), b.into()))
+    }
+
+    #[test]
+    fn expiry_cutoffs_never_wrap() {
+        let now = 1_714_564_800_000_000_000; // 2024-05-01T12:00Z
+        assert_eq!(expiry_cutoff(1, now).unwrap(), "2024-04-30");
+        assert_eq!(expiry_cutoff(0, now).unwrap(), "2024-05-01");
+        // 100 years back is still a date in the past.
+        assert_eq!(expiry_cutoff(MAX_EXPIRE_DAYS, now).unwrap(), "1924-05-26");
+        // Once days * 86,400e9 overflowed and wrapped to a cutoff of a few minutes ago.
+        let err = expiry_cutoff(213_504, now).unwrap_err().to_string();
+        assert!(err.contains("between 0 and 36500"), "{err}");
+        assert!(err.contains("213504"), "{err}");
+        let err = expiry_cutoff(u64::MAX, now).unwrap_err().to_string();
+        assert!(err.contains("between 0 and 36500"), "{err}");
+        // A clock near the start of the representable range.
+        assert!(expiry_cutoff(36_000, -9_000_000_000_000_000_000).is_err());
     }
 
     #[test]

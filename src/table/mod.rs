@@ -18,7 +18,9 @@ use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use deltalake::kernel::StructType;
+use deltalake::kernel::Transaction;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::SaveMode;
@@ -33,7 +35,10 @@ use crate::span::{Span, spans_to_batch};
 use crate::store::TableLocation;
 pub use appender::{AppenderConfig, SpanAppender};
 pub use background::{BackgroundTask, MaintenanceSchedule};
-pub use maintenance::{ExpireOutcome, OptimizeOutcome, TableStats, VacuumOutcome};
+pub use maintenance::{
+    ExpireBuilder, ExpireOutcome, OptimizeBuilder, OptimizeOutcome, TableStats, VacuumBuilder,
+    VacuumOutcome,
+};
 
 /// Rows per parquet row group. Rows are sorted by trace id inside a file, so a row group
 /// covers a narrow id range and a lookup by id reads one or two of them.
@@ -174,6 +179,8 @@ pub struct TraceTable {
     current: ArcSwap<TableSnapshot>,
     /// Serializes this process's commits and snapshot installs.
     commit_lock: tokio::sync::Mutex<()>,
+    /// A committed version whose install failed, installed by the next query or commit.
+    pending_install: std::sync::Mutex<Option<DeltaTable>>,
 }
 
 impl std::fmt::Debug for TraceTable {
@@ -382,6 +389,7 @@ impl TraceTable {
             store_url,
             current: ArcSwap::from_pointee(snapshot),
             commit_lock: tokio::sync::Mutex::new(()),
+            pending_install: std::sync::Mutex::new(None),
         })
     }
 
@@ -423,6 +431,13 @@ impl TraceTable {
             .instrument(span)
             .await?;
         self.current.store(Arc::new(snapshot));
+        if let Ok(mut pending) = self.pending_install.lock()
+            && pending
+                .as_ref()
+                .is_some_and(|p| p.version().map(|v| v as i64).unwrap_or(-1) <= after)
+        {
+            *pending = None;
+        }
         Ok(after)
     }
 
@@ -475,14 +490,23 @@ impl TraceTable {
             storage.push(ingest::to_storage(batch, rows)?);
             rows += batch.num_rows();
         }
-        self.commit(storage, rows as u64).await
+        self.commit(storage, rows as u64, None, false).await
     }
 
-    /// Commits storage batches (already checked by [`ingest::to_storage`]).
+    /// Commits storage batches (already checked by [`ingest::to_storage`]) as one Delta
+    /// commit, with `txn` as its application transaction when given. With `retry`, the log is
+    /// read first and nothing is written if `txn` is already committed (an earlier attempt
+    /// landed although it was reported as failed).
+    ///
+    /// The outcome is the commit's: once the commit has landed this returns `Ok`, even if
+    /// installing the new version fails (it is then installed by the next query, append or
+    /// refresh), so that a caller never retries a commit that landed.
     pub(crate) async fn commit(
         &self,
         storage: Vec<RecordBatch>,
         rows: u64,
+        txn: Option<&AppTransaction>,
+        retry: bool,
     ) -> Result<AppendOutcome> {
         if rows == 0 {
             return Ok(AppendOutcome {
@@ -501,9 +525,30 @@ impl TraceTable {
             // Sorted before taking the lock: other commits of this process need not wait.
             let storage = ingest::sort_for_storage(&storage)?;
             let _guard = self.commit_lock.lock().await;
-            let table = self.snapshot().table.clone();
+            let mut table = self.snapshot().table.clone();
             tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
-            let written = match write::direct_append(&table, &storage).await? {
+            if retry && let Some(txn) = txn {
+                table.update_incremental(None).await?;
+                let committed = table
+                    .snapshot()?
+                    .transaction_version(table.log_store().as_ref(), txn.app_id.as_ref())
+                    .await?;
+                if committed.is_some_and(|v| v >= txn.version) {
+                    tracing::info!(
+                        app_id = %txn.app_id,
+                        txn_version = txn.version,
+                        "an earlier attempt of this append was committed; not writing it again"
+                    );
+                    return Ok(self.install_committed(table).await);
+                }
+            }
+            let properties = match txn {
+                Some(txn) => CommitProperties::default().with_application_transaction(
+                    Transaction::new(txn.app_id.as_ref(), txn.version),
+                ),
+                None => CommitProperties::default(),
+            };
+            let written = match write::direct_append(&table, &storage, properties.clone()).await? {
                 Some(written) => written,
                 None => {
                     table
@@ -511,10 +556,11 @@ impl TraceTable {
                         .with_save_mode(SaveMode::Append)
                         .with_partition_columns([col::SPAN_DATE])
                         .with_writer_properties(writer_properties())
+                        .with_commit_properties(properties)
                         .await?
                 }
             };
-            self.install(written).await
+            Ok(self.install_committed(written).await)
         }
         .instrument(span.clone())
         .await;
@@ -522,6 +568,57 @@ impl TraceTable {
         span.record(names::ATTR_VERSION_AFTER, version);
         Ok(AppendOutcome { version, rows })
     }
+
+    /// Installs a version that is committed, returning its version whether or not the install
+    /// succeeds: if it fails (the error is logged), the version is kept and installed by the
+    /// next query, append or refresh. Called with the commit lock held.
+    async fn install_committed(&self, table: DeltaTable) -> i64 {
+        let version = table.version().map(|v| v as i64).unwrap_or(-1);
+        if let Err(e) = self.install(table.clone()).await {
+            tracing::warn!(
+                error = %e,
+                version,
+                "committed, but installing the new version failed; the next query installs it"
+            );
+            if let Ok(mut pending) = self.pending_install.lock() {
+                *pending = Some(table);
+            }
+        }
+        version
+    }
+
+    /// The snapshot a query starts from: the current one, after installing a committed
+    /// version whose install failed before (unless a commit of this process is running, which
+    /// installs it).
+    pub(crate) async fn snapshot_for_query(&self) -> Arc<TableSnapshot> {
+        let pending = self
+            .pending_install
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|t| t.version()));
+        if pending.is_some()
+            && let Ok(_guard) = self.commit_lock.try_lock()
+        {
+            let table = self.pending_install.lock().ok().and_then(|mut p| p.take());
+            if let Some(table) = table
+                && let Err(e) = self.install(table.clone()).await
+            {
+                tracing::warn!(error = %e, "installing a committed version failed again");
+                if let Ok(mut pending) = self.pending_install.lock() {
+                    pending.get_or_insert(table);
+                }
+            }
+        }
+        self.snapshot()
+    }
+}
+
+/// A Delta application transaction (`txn` action): the appender numbers its commits so that a
+/// retried commit is written at most once.
+#[derive(Debug, Clone)]
+pub(crate) struct AppTransaction {
+    pub(crate) app_id: Arc<str>,
+    pub(crate) version: i64,
 }
 
 /// Records an error on `span` and passes the result on.

@@ -35,6 +35,7 @@ const ENFORCED_FIELD_METADATA: [&str; 2] = ["delta.generationExpression", "delta
 pub(super) async fn direct_append(
     table: &DeltaTable,
     batches: &[RecordBatch],
+    commit_properties: CommitProperties,
 ) -> Result<Option<DeltaTable>> {
     let state = table.snapshot()?;
     let properties = state.table_config();
@@ -94,7 +95,7 @@ pub(super) async fn direct_append(
     };
     // With the post-commit hook of the write operation's default properties: checkpoints
     // every `delta.checkpointInterval` commits, and log cleanup per the table's settings.
-    let commit = CommitBuilder::from(CommitProperties::default())
+    let commit = CommitBuilder::from(commit_properties)
         .with_actions(actions)
         .build(Some(state), log_store.clone(), operation)
         .await?;

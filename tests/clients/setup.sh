@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs the real clients the integration tests drive, once per checkout (idempotent):
+#   - Python packages into a virtualenv at target/clients/venv: the OpenTelemetry Python
+#     SDK with its OTLP/HTTP and OTLP/gRPC exporters, and Python `deltalake` (another Delta
+#     reader, to check that tracelake's tables stay standard);
+#   - npm packages under target/clients/node: the OpenTelemetry JavaScript SDK with its
+#     OTLP/HTTP (JSON) exporter.
+# Needs python3 (with venv) and npm, and the package registries. The tests run it themselves
+# the first time they need a client; .ci/run runs it up front.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=target/clients
+mkdir -p "$root"
+
+python_packages=(
+  "opentelemetry-api==1.45.2"
+  "opentelemetry-sdk==1.45.2"
+  "opentelemetry-exporter-otlp-proto-http==1.45.2"
+  "opentelemetry-exporter-otlp-proto-grpc==1.45.2"
+  "deltalake==1.6.6"
+)
+node_packages=(
+  "@opentelemetry/api@1.10.0"
+  "@opentelemetry/sdk-trace@3.1.0"
+  "@opentelemetry/resources@3.1.1"
+  "@opentelemetry/exporter-trace-otlp-http@0.301.0"
+)
+
+# One installer at a time (test binaries run in parallel).
+exec 9>"$root/.lock"
+flock 9
+
+stamp="$root/.installed"
+want="$(printf '%s\n' "${python_packages[@]}" "${node_packages[@]}" | sha256sum | cut -d' ' -f1)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  exit 0
+fi
+
+echo "tests/clients/setup.sh: installing the Python and npm clients under $root" >&2
+rm -rf "$root/venv" "$root/node"
+python3 -m venv "$root/venv"
+"$root/venv/bin/pip" install --quiet --disable-pip-version-check "${python_packages[@]}"
+
+mkdir -p "$root/node"
+(
+  cd "$root/node"
+  printf '{"name":"tracelake-test-clients","private":true}\n' > package.json
+  npm install --silent --no-audit --no-fund "${node_packages[@]}"
+)
+echo "$want" > "$stamp"
