@@ -72,6 +72,15 @@ pub enum TraceLakeError {
     #[error("the appender has stopped")]
     AppenderStopped,
 
+    /// The appender's queue is full: commits cannot keep up. Try again later.
+    #[error("the appender's queue is full ({0} batches waiting); retry later")]
+    Busy(usize),
+
+    /// A commit holding these spans failed and they were not written; sending them again is
+    /// safe.
+    #[error("the spans were not committed (sending them again is safe): {0}")]
+    NotCommitted(String),
+
     /// An error of the Delta layer.
     #[error("delta table error: {0}")]
     Delta(#[from] deltalake::DeltaTableError),
@@ -134,6 +143,7 @@ impl TraceLakeError {
             | Self::OutOfRange { .. }
             | Self::NoRuntime(_)
             | Self::AppenderStopped => false,
+            Self::Busy(_) | Self::NotCommitted(_) => true,
             Self::AppendFailed { transient, .. } => *transient,
             Self::Delta(e) => delta_is_transient(e),
             Self::ObjectStore(e) => object_store_is_transient(e),

@@ -15,6 +15,7 @@
 pub mod error;
 pub mod functions;
 pub mod observe;
+pub mod otlp;
 pub mod provider;
 mod read;
 pub mod schema;

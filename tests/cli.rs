@@ -303,3 +303,186 @@ fn numbers_out_of_range_are_refused_with_the_accepted_range() {
     assert!(ok);
     assert_eq!(out.lines().nth(1), Some("20"));
 }
+
+#[test]
+fn sql_runs_several_statements_from_an_argument_a_file_or_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let table = table.to_str().unwrap();
+    let (ok, _, err) = tracelake(&["demo", "--table", table, "--traces", "10"]);
+    assert!(ok, "{err}");
+    let statements = "INSERT INTO spans (trace_id, span_id, name, start_time, end_time) VALUES \
+        ('4bf92f3577b34da6a3ce929d0e0e4736', 'a000000000000001', 'x;y', '2024-05-01T12:00:00Z', '2024-05-01T12:00:01Z'); \
+        SELECT name FROM spans WHERE trace_id = '4bf92f3577b34da6a3ce929d0e0e4736';";
+    let (ok, out, err) = tracelake(&["sql", "--table", table, "--format", "csv", statements]);
+    assert!(ok, "{err}");
+    assert!(out.contains("count\n1\n"), "{out}");
+    assert!(out.contains("name\nx;y\n"), "{out}");
+
+    let file = dir.path().join("queries.sql");
+    std::fs::write(
+        &file,
+        "-- a comment; with a semicolon\nSELECT count(DISTINCT trace_id) AS traces FROM spans;\n\
+         SELECT 'done' AS status;\n",
+    )
+    .unwrap();
+    let (ok, out, err) = tracelake(&[
+        "sql",
+        "--table",
+        table,
+        "--format",
+        "csv",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("traces\n11\n"), "{out}");
+    assert!(out.contains("status\ndone\n"), "{out}");
+
+    let mut child = Command::new(common::tracelake_bin())
+        .args(["sql", "--table", table, "--format", "csv"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT 1 AS one; SELECT 2 AS two;")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("one\n1\n") && out.contains("two\n2\n"),
+        "{out}"
+    );
+
+    // A statement that fails stops the run with its error.
+    let (ok, _, err) = tracelake(&["sql", "--table", table, "SELECT 1; SELECT nope FROM spans"]);
+    assert!(!ok);
+    assert!(err.contains("nope"), "{err}");
+}
+
+#[test]
+fn the_interactive_shell_reads_statements_across_lines() {
+    // `script` gives the shell a terminal, as a user's.
+    if Command::new("script").arg("--version").output().is_err() {
+        panic!("the `script` command (util-linux) is needed to give the shell a terminal");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let table = table.to_str().unwrap();
+    let (ok, _, err) = tracelake(&["demo", "--table", table, "--traces", "5"]);
+    assert!(ok, "{err}");
+    let command = format!(
+        "{} sql --table {table} --format csv",
+        common::tracelake_bin().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("HOME", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the shell's output as it comes; type each line once the shell prompts for it (a
+    // line typed ahead would be flushed when the line editor takes the terminal).
+    let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let output = output.clone();
+        let mut stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                output
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let prompts = || {
+        let text = output.lock().unwrap();
+        text.matches("tracelake> ").count() + text.matches("...> ").count()
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    for (i, line) in [
+        "SELECT count(DISTINCT trace_id)",
+        "  AS traces FROM spans;",
+        "SELECT nope;",
+        "SELECT 'still here' AS s;",
+        "\\q",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let started = std::time::Instant::now();
+        while prompts() <= i {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "no prompt: {}",
+                output.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        use std::io::Write;
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    drop(stdin);
+    child.wait().unwrap();
+    reader.join().unwrap();
+    let out = output.lock().unwrap().replace('\r', "");
+    assert!(out.contains("tracelake SQL shell"), "{out}");
+    assert!(out.contains("traces\n5\n"), "{out}");
+    assert!(
+        out.contains("error:"),
+        "an error is shown and the shell goes on: {out}"
+    );
+    assert!(out.contains("still here"), "{out}");
+    // The history is kept for the next session.
+    let history = std::fs::read_to_string(dir.path().join(".tracelake_history")).unwrap();
+    assert!(history.contains("AS traces FROM spans;"), "{history}");
+}
+
+#[test]
+fn the_demo_shows_a_trace_tree_and_what_to_try_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t");
+    let (ok, out, err) = tracelake(&["demo", "--table", table.to_str().unwrap(), "--traces", "50"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("One trace as a tree: trace_tree('"), "{out}");
+    // Children are indented under their parents.
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("  ") && l.contains(" ms")),
+        "{out}"
+    );
+    assert!(out.contains("appending"), "{out}");
+    assert!(out.contains("tracelake serve --table"), "{out}");
+    // Options of object stores are accepted on every command (and checked).
+    let (ok, _, err) = tracelake(&[
+        "stats",
+        "--table",
+        table.to_str().unwrap(),
+        "--storage-option",
+        "no-equals-sign",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("expected KEY=VALUE"), "{err}");
+    let (ok, out, err) = tracelake(&[
+        "stats",
+        "--table",
+        table.to_str().unwrap(),
+        "--storage-option",
+        "aws_region=eu-west-1",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("version"), "{out}");
+}

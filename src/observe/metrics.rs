@@ -13,6 +13,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -35,6 +36,34 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// Labels of a result (`ok`/`error`, `accepted`/`rejected`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// The `protocol` label values of OTLP requests.
+pub const OTLP_PROTOCOLS: [&str; 2] = ["http", "grpc"];
+/// The `outcome` label values of OTLP requests.
+pub const OTLP_OUTCOMES: [&str; 7] = [
+    "ok",
+    "partial",
+    "malformed",
+    "too_large",
+    "unsupported",
+    "busy",
+    "unavailable",
+];
+
+/// Labels of an OTLP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OtlpLabels {
+    /// `http` or `grpc`.
+    pub protocol: &'static str,
+    /// `ok`, `partial`, `malformed`, `too_large`, `unsupported`, `busy`, `unavailable`.
+    pub outcome: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     // 50 µs .. ~100 s.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -50,6 +79,12 @@ pub struct TraceLakeMetrics {
     pub(crate) bytes: Family<RequestLabels, Counter>,
     pub(crate) list_entries: Family<RequestLabels, Counter>,
     pub(crate) cache: Family<CacheLabels, Counter>,
+    pub(crate) commits: Family<ResultLabels, Counter>,
+    pub(crate) commit_duration: Histogram,
+    pub(crate) committed_spans: Counter,
+    pub(crate) buffered_spans: Gauge,
+    pub(crate) otlp_requests: Family<OtlpLabels, Counter>,
+    pub(crate) otlp_spans: Family<ResultLabels, Counter>,
 }
 
 impl Default for TraceLakeMetrics {
@@ -67,6 +102,12 @@ impl TraceLakeMetrics {
             bytes: Family::default(),
             list_entries: Family::default(),
             cache: Family::default(),
+            commits: Family::default(),
+            commit_duration: duration_histogram(),
+            committed_spans: Counter::default(),
+            buffered_spans: Gauge::default(),
+            otlp_requests: Family::default(),
+            otlp_spans: Family::default(),
         }
     }
 
@@ -97,6 +138,105 @@ impl TraceLakeMetrics {
             "Lookups in the object cache by path kind and result (hit or miss)",
             self.cache.clone(),
         );
+        registry.register(
+            names::METRIC_COMMITS,
+            "Delta commits of appends by result (ok or error)",
+            self.commits.clone(),
+        );
+        registry.register(
+            names::METRIC_COMMIT_DURATION,
+            "Duration of an append's commit in seconds",
+            self.commit_duration.clone(),
+        );
+        registry.register(
+            names::METRIC_COMMITTED_SPANS,
+            "Spans committed by appends",
+            self.committed_spans.clone(),
+        );
+        registry.register(
+            names::METRIC_APPENDER_BUFFERED_SPANS,
+            "Spans buffered in appenders, not committed yet",
+            self.buffered_spans.clone(),
+        );
+        registry.register(
+            names::METRIC_OTLP_REQUESTS,
+            "OTLP export requests by protocol and outcome",
+            self.otlp_requests.clone(),
+        );
+        registry.register(
+            names::METRIC_OTLP_SPANS,
+            "Spans received over OTLP by result (accepted or rejected)",
+            self.otlp_spans.clone(),
+        );
+    }
+
+    /// Counts a commit of an append of `rows` spans that took `seconds`.
+    pub(crate) fn record_commit(&self, ok: bool, rows: u64, seconds: f64) {
+        self.commits
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+        if ok {
+            self.committed_spans.inc_by(rows);
+            self.commit_duration.observe(seconds);
+        }
+    }
+
+    /// Counts an OTLP request of `protocol` (`http`, `grpc`) with `outcome`.
+    pub(crate) fn otlp_request(&self, protocol: &'static str, outcome: &'static str) {
+        self.otlp_requests
+            .get_or_create(&OtlpLabels { protocol, outcome })
+            .inc();
+    }
+
+    /// Counts spans received over OTLP.
+    pub(crate) fn otlp_spans(&self, accepted: u64, rejected: u64) {
+        self.otlp_spans
+            .get_or_create(&ResultLabels { result: "accepted" })
+            .inc_by(accepted);
+        self.otlp_spans
+            .get_or_create(&ResultLabels { result: "rejected" })
+            .inc_by(rejected);
+    }
+
+    /// OTLP requests counted so far with `protocol` and `outcome`.
+    pub fn otlp_request_count(&self, protocol: &str, outcome: &str) -> u64 {
+        let find =
+            |options: &[&'static str], value: &str| options.iter().copied().find(|o| *o == value);
+        let (Some(protocol), Some(outcome)) = (
+            find(&OTLP_PROTOCOLS, protocol),
+            find(&OTLP_OUTCOMES, outcome),
+        ) else {
+            return 0;
+        };
+        self.otlp_requests
+            .get(&OtlpLabels { protocol, outcome })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+
+    /// Spans received over OTLP so far with `result` (`accepted` or `rejected`).
+    pub fn otlp_span_count(&self, result: &str) -> u64 {
+        let result = if result == "accepted" {
+            "accepted"
+        } else {
+            "rejected"
+        };
+        self.otlp_spans
+            .get(&ResultLabels { result })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
+
+    /// Spans buffered in appenders now.
+    pub fn buffered_span_count(&self) -> i64 {
+        self.buffered_spans.get()
+    }
+
+    /// Spans committed by appends so far.
+    pub fn committed_span_count(&self) -> u64 {
+        self.committed_spans.get()
     }
 
     /// The Prometheus text exposition of these metrics alone.

@@ -34,6 +34,8 @@ pub const DF_PHYSICAL_PLAN: &str = "df.physical.plan";
 pub const DF_COLLECT: &str = "df.collect";
 /// One object-store request (any operation).
 pub const OBJECT_STORE_REQUEST: &str = "object_store.request";
+/// One OTLP export request (HTTP or gRPC), from decoding to the answer.
+pub const OTLP_EXPORT: &str = "otlp.export";
 
 // Attribute keys.
 /// `list`, `get`, `get_range`, `head`, `put`, `delete`, `copy`, `rename`.
@@ -76,6 +78,12 @@ pub const ATTR_BATCHES: &str = "query.batches";
 pub const ATTR_BYTES: &str = "query.bytes";
 /// The error, if the operation failed.
 pub const ATTR_ERROR: &str = "error";
+/// `http` or `grpc`: how an OTLP request arrived.
+pub const ATTR_OTLP_PROTOCOL: &str = "otlp.protocol";
+/// `protobuf` or `json`: the encoding of an OTLP/HTTP request.
+pub const ATTR_OTLP_ENCODING: &str = "otlp.encoding";
+/// Spans of an OTLP request rejected as invalid (counted in `partial_success`).
+pub const ATTR_OTLP_REJECTED: &str = "otlp.rejected_spans";
 
 /// Every span name, for the contract test.
 pub const SPAN_NAMES: &[&str] = &[
@@ -95,6 +103,7 @@ pub const SPAN_NAMES: &[&str] = &[
     DF_LOGICAL_BUILD,
     DF_PHYSICAL_PLAN,
     DF_COLLECT,
+    OTLP_EXPORT,
 ];
 
 /// Every attribute key, for the contract test.
@@ -119,6 +128,9 @@ pub const ATTRIBUTE_KEYS: &[&str] = &[
     ATTR_PARTITION,
     ATTR_BATCHES,
     ATTR_BYTES,
+    ATTR_OTLP_PROTOCOL,
+    ATTR_OTLP_ENCODING,
+    ATTR_OTLP_REJECTED,
 ];
 
 // Metric names (Prometheus; counters get `_total` in the exposition).
@@ -133,6 +145,18 @@ pub const METRIC_OBJECT_STORE_BYTES: &str = "tracelake_object_store_bytes";
 pub const METRIC_OBJECT_STORE_LIST_ENTRIES: &str = "tracelake_object_store_list_entries";
 /// Counter: object cache lookups (`result` = `hit` or `miss`).
 pub const METRIC_CACHE_LOOKUPS: &str = "tracelake_cache_lookups";
+/// Counter: Delta commits of appends (`result` = `ok` or `error`).
+pub const METRIC_COMMITS: &str = "tracelake_commits";
+/// Histogram: duration of an append's commit in seconds (writing files, the log, installing).
+pub const METRIC_COMMIT_DURATION: &str = "tracelake_commit_duration_seconds";
+/// Counter: spans committed by appends.
+pub const METRIC_COMMITTED_SPANS: &str = "tracelake_committed_spans";
+/// Gauge: spans buffered in appenders, not committed yet.
+pub const METRIC_APPENDER_BUFFERED_SPANS: &str = "tracelake_appender_buffered_spans";
+/// Counter: OTLP export requests (`protocol`, `outcome`).
+pub const METRIC_OTLP_REQUESTS: &str = "tracelake_otlp_requests";
+/// Counter: spans received over OTLP (`result` = `accepted` or `rejected`).
+pub const METRIC_OTLP_SPANS: &str = "tracelake_otlp_spans";
 
 /// Every metric name, for the contract test.
 pub const METRIC_NAMES: &[&str] = &[
@@ -141,6 +165,12 @@ pub const METRIC_NAMES: &[&str] = &[
     METRIC_OBJECT_STORE_BYTES,
     METRIC_OBJECT_STORE_LIST_ENTRIES,
     METRIC_CACHE_LOOKUPS,
+    METRIC_COMMITS,
+    METRIC_COMMIT_DURATION,
+    METRIC_COMMITTED_SPANS,
+    METRIC_APPENDER_BUFFERED_SPANS,
+    METRIC_OTLP_REQUESTS,
+    METRIC_OTLP_SPANS,
 ];
 
 #[cfg(test)]

@@ -181,6 +181,7 @@ pub struct TraceTable {
     commit_lock: tokio::sync::Mutex<()>,
     /// A committed version whose install failed, installed by the next query or commit.
     pending_install: std::sync::Mutex<Option<DeltaTable>>,
+    metrics: TraceLakeMetrics,
 }
 
 impl std::fmt::Debug for TraceTable {
@@ -338,7 +339,7 @@ impl TraceTable {
             names::ATTR_VERSION_AFTER,
             table.version().unwrap_or(0) as i64,
         );
-        Self::with_table(location, table).await
+        Self::with_table(location, table, options.metrics.clone()).await
     }
 
     /// Creates an empty trace table at `location`. Fails if a Delta table is already there.
@@ -365,7 +366,7 @@ impl TraceTable {
                 Some(schema::STATS_COLUMNS.join(",")),
             )
             .await?;
-        Self::with_table(location, table).await
+        Self::with_table(location, table, options.metrics.clone()).await
     }
 
     /// Opens the trace table at `location`, creating it if no Delta table is there.
@@ -379,7 +380,11 @@ impl TraceTable {
         }
     }
 
-    async fn with_table(location: TableLocation, table: DeltaTable) -> Result<Self> {
+    async fn with_table(
+        location: TableLocation,
+        table: DeltaTable,
+        metrics: TraceLakeMetrics,
+    ) -> Result<Self> {
         let snapshot = TableSnapshot::new(table, &location, None).await?;
         static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -390,7 +395,13 @@ impl TraceTable {
             current: ArcSwap::from_pointee(snapshot),
             commit_lock: tokio::sync::Mutex::new(()),
             pending_install: std::sync::Mutex::new(None),
+            metrics,
         })
+    }
+
+    /// The metrics this table reports into.
+    pub fn metrics(&self) -> &TraceLakeMetrics {
+        &self.metrics
     }
 
     /// The table's location.
@@ -521,6 +532,7 @@ impl TraceTable {
             { names::ATTR_VERSION_AFTER } = field::Empty,
             { names::ATTR_ERROR } = field::Empty,
         );
+        let started = std::time::Instant::now();
         let result = async {
             // Sorted before taking the lock: other commits of this process need not wait.
             let storage = ingest::sort_for_storage(&storage)?;
@@ -564,9 +576,25 @@ impl TraceTable {
         }
         .instrument(span.clone())
         .await;
+        self.metrics
+            .record_commit(result.is_ok(), rows, started.elapsed().as_secs_f64());
         let version = record_result(&span, result)?;
         span.record(names::ATTR_VERSION_AFTER, version);
         Ok(AppendOutcome { version, rows })
+    }
+
+    /// Whether the commit numbered `txn` is in the table (reading the log), installing what
+    /// was read.
+    pub(crate) async fn transaction_committed(&self, txn: &AppTransaction) -> Result<bool> {
+        let _guard = self.commit_lock.lock().await;
+        let mut table = self.snapshot().table.clone();
+        table.update_incremental(None).await?;
+        let committed = table
+            .snapshot()?
+            .transaction_version(table.log_store().as_ref(), txn.app_id.as_ref())
+            .await?;
+        self.install_committed(table).await;
+        Ok(committed.is_some_and(|v| v >= txn.version))
     }
 
     /// Installs a version that is committed, returning its version whether or not the install

@@ -113,9 +113,11 @@ pub enum Fault {
 
 /// An in-memory store that counts every call by (operation, path kind) and fails requests on
 /// demand (a transient `Generic` error, as a network error would be).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TestStore {
     inner: InMemory,
+    /// Commit files are written only while this is open.
+    commits_open: tokio::sync::watch::Sender<bool>,
     calls: Mutex<HashMap<(String, String), u64>>,
     faults: Mutex<HashMap<FaultKey, usize>>,
     written: Mutex<HashSet<Path>>,
@@ -128,9 +130,36 @@ fn key(fault: Fault) -> FaultKey {
     fault as u8
 }
 
+impl Default for TestStore {
+    fn default() -> Self {
+        Self {
+            inner: InMemory::new(),
+            commits_open: tokio::sync::watch::Sender::new(true),
+            calls: Default::default(),
+            faults: Default::default(),
+            written: Default::default(),
+            failed_once: Default::default(),
+        }
+    }
+}
+
 impl TestStore {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// Holds every commit-file write until [`TestStore::resume_commits`].
+    pub fn pause_commits(&self) {
+        self.commits_open.send_replace(false);
+    }
+
+    pub fn resume_commits(&self) {
+        self.commits_open.send_replace(true);
+    }
+
+    /// Commit writes waiting at the gate.
+    pub fn commits_waiting(&self) -> usize {
+        self.commits_open.receiver_count()
     }
 
     /// Fails the next `times` requests matching `fault` (`usize::MAX`: until cleared).
@@ -245,6 +274,10 @@ impl fmt::Display for TestStore {
 impl ObjectStore for TestStore {
     async fn put_opts(&self, l: &Path, p: PutPayload, o: PutOptions) -> Result<PutResult> {
         self.record("put", Some(l));
+        if Self::is_commit(l) {
+            let mut gate = self.commits_open.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+        }
         self.on_write(l)?;
         let result = self.inner.put_opts(l, p, o).await?;
         if Self::is_commit(l) && self.take(Fault::LogWritesAppliedButFailed) {
@@ -370,4 +403,140 @@ pub fn scratch(name: &str) -> PathBuf {
 /// Whether `path` exists and is a directory.
 pub fn is_dir(path: &FsPath) -> bool {
     path.is_dir()
+}
+
+/// A minimal HTTP/1.1 request (one per connection) for the receivers' tests: returns the
+/// status, the headers (lowercase names) and the body.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, HashMap<String, String>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write body");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let mut found = HashMap::new();
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            found.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut payload = response[split + 4..].to_vec();
+    if found
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        payload = dechunk(&payload);
+    }
+    (status, found, payload)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+}
+
+/// A `tracelake serve` process on loopback ports chosen by the system, killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub http: std::net::SocketAddr,
+    pub grpc: std::net::SocketAddr,
+    pub output: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    pub fn start(table: &FsPath, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(tracelake_bin())
+            .args(["serve", "--table", table.to_str().unwrap()])
+            .args(["--otlp-http", "127.0.0.1:0", "--otlp-grpc", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tracelake serve");
+        let stdout = child.stdout.take().unwrap();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(|l| l.ok())
+                {
+                    output.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let (mut http, mut grpc) = (None, None);
+        while http.is_none() || grpc.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("tracelake serve printed its addresses");
+            if let Some(rest) = line.strip_prefix("listening otlp-http http://") {
+                http = rest.split('/').next().and_then(|a| a.parse().ok());
+            }
+            if let Some(rest) = line.strip_prefix("listening otlp-grpc ") {
+                grpc = rest.trim().parse().ok();
+            }
+        }
+        Self {
+            child,
+            http: http.unwrap(),
+            grpc: grpc.unwrap(),
+            output,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

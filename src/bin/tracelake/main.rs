@@ -1,30 +1,34 @@
-//! The `tracelake` binary: a demo on a local table, and SQL against any trace table.
+//! The `tracelake` binary: a demo on a local table, SQL against any trace table (one
+//! statement, a file, stdin, or an interactive shell), an OTLP server, and maintenance.
 //!
 //! ```text
 //! tracelake demo     [--table PATH] [--traces N]
-//! tracelake sql      [--table PATH] [--format table|csv|json] "SQL"
+//! tracelake sql      [--table PATH] [--format table|csv|json] ["SQL" | -f FILE]
+//! tracelake serve    [--table PATH] [--otlp-http ADDR] [--otlp-grpc ADDR] ...
 //! tracelake optimize [--table PATH]
 //! tracelake vacuum   [--table PATH] [--retention-hours N] [--dry-run]
 //! tracelake expire   [--table PATH] --older-than-days N
 //! tracelake stats    [--table PATH]
 //! ```
 //!
-//! Every command accepts `--export-spans PATH` (every span as a JSON line) and
-//! `--metrics PATH` (the Prometheus text exposition at the end of the run).
+//! Every command accepts `--export-spans PATH` (every span as a JSON line), `--metrics PATH`
+//! (the Prometheus text exposition at the end of the run) and `--storage-option KEY=VALUE`
+//! (object-store settings such as `aws_region`; object_store's environment variables work too).
+
+mod demo;
+mod serve;
+mod shell;
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use clap::{Parser, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
-use tracelake::observe::{self, JsonLinesExporter};
-use tracelake::synth::{TraceGenerator, TraceShape};
+use tracelake::observe::JsonLinesExporter;
 use tracelake::{TableOptions, TraceLake, TraceLakeError};
 use tracing_subscriber::layer::SubscriberExt;
 
-const DEFAULT_TABLE: &str = "./tracelake-data";
+pub(crate) const DEFAULT_TABLE: &str = "./tracelake-data";
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +45,20 @@ struct Cli {
     /// Write the Prometheus text exposition to PATH at the end of the run.
     #[arg(long, global = true, value_name = "PATH")]
     metrics: Option<std::path::PathBuf>,
+    /// An object-store setting (repeatable), for example `aws_region=eu-west-1` or
+    /// `aws_endpoint=http://localhost:9000`; the AWS_*, GOOGLE_* and AZURE_* environment
+    /// variables are read too.
+    #[arg(long = "storage-option", global = true, value_name = "KEY=VALUE", value_parser = parse_storage_option)]
+    storage_options: Vec<(String, String)>,
+}
+
+fn parse_storage_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -54,7 +72,9 @@ enum Command {
         #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         traces: u64,
     },
-    /// Run one SQL statement against a trace table and print the result.
+    /// Run SQL against a trace table and print the results: the statement given, the
+    /// statements of a file (`-f`), those read from stdin, or an interactive shell when
+    /// stdin is a terminal.
     Sql {
         /// The table location.
         #[arg(long, default_value = DEFAULT_TABLE)]
@@ -62,9 +82,19 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
-        /// The statement.
-        sql: String,
+        /// Run the statements of FILE, one after another (`-` for stdin).
+        #[arg(
+            short = 'f',
+            long = "file",
+            value_name = "FILE",
+            conflicts_with = "sql"
+        )]
+        file: Option<std::path::PathBuf>,
+        /// The statement(s), separated by `;`.
+        sql: Option<String>,
     },
+    /// Receive spans over OTLP (HTTP and gRPC) into a table; answer after each commit.
+    Serve(serve::ServeArgs),
     /// Compact the partitions whose files overlap in trace id (incremental).
     Optimize {
         #[arg(long, default_value = DEFAULT_TABLE)]
@@ -97,15 +127,19 @@ enum Command {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Table,
     Csv,
     Json,
 }
 
-type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
+pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn print_batches(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -> CliResult<()> {
+pub(crate) fn print_batches(
+    out: &mut dyn Write,
+    batches: &[RecordBatch],
+    format: Format,
+) -> CliResult<()> {
     match format {
         Format::Table => writeln!(
             out,
@@ -148,101 +182,6 @@ fn print_batches(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -
     Ok(())
 }
 
-const DEMO_QUERIES: &[(&str, &str)] = &[
-    (
-        "Spans and errors per service",
-        "SELECT service_name, count(*) AS spans, \
-                sum(CASE WHEN status_code = 'ERROR' THEN 1 ELSE 0 END) AS errors, \
-                round(avg(duration_ns) / 1e6, 2) AS avg_ms \
-         FROM spans GROUP BY service_name ORDER BY spans DESC",
-    ),
-    (
-        "The five slowest requests (root spans)",
-        "SELECT trace_id, name, round(duration_ns / 1e6, 1) AS ms, start_time \
-         FROM spans WHERE parent_span_id IS NULL ORDER BY duration_ns DESC LIMIT 5",
-    ),
-    (
-        "HTTP routes by p95 latency (typed attribute access)",
-        "SELECT attributes['http.route']['string_value'] AS route, count(*) AS requests, \
-                round(approx_percentile_cont(duration_ns, 0.95) / 1e6, 1) AS p95_ms \
-         FROM spans WHERE service_name = 'frontend' AND kind = 'SERVER' \
-         GROUP BY 1 ORDER BY p95_ms DESC",
-    ),
-    (
-        "Exceptions recorded as span events",
-        "SELECT service_name, count(*) AS exceptions FROM \
-           (SELECT service_name, unnest(events) AS e FROM spans) \
-         WHERE e['name'] = 'exception' GROUP BY 1 ORDER BY 2 DESC",
-    ),
-];
-
-async fn demo(
-    out: &mut dyn Write,
-    table: &str,
-    traces: u64,
-    options: &TableOptions,
-) -> CliResult<()> {
-    let traces = traces as usize;
-    let lake = TraceLake::open_or_create_with_options(table, options).await?;
-    writeln!(
-        out,
-        "tracelake demo: table {} (version {})",
-        lake.table().location().url,
-        lake.version()
-    )?;
-    let per_commit = 500usize;
-    let bar = ProgressBar::new(traces as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} traces, {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let started = Instant::now();
-    let seed = lake.version().max(0) as u64 + 1;
-    let mut generator = TraceGenerator::new(seed, TraceShape::Realistic);
-    let base = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) - 3_600_000_000_000;
-    let step = 3_600_000_000_000 / traces.max(1) as i64;
-    let mut written = 0usize;
-    let mut spans_total = 0u64;
-    while written < traces {
-        let n = per_commit.min(traces - written);
-        let spans: Vec<_> = (written..written + n)
-            .flat_map(|i| generator.trace(base + step * i as i64))
-            .collect();
-        let outcome = lake.append_spans(&spans).await?;
-        spans_total += outcome.rows;
-        written += n;
-        bar.set_position(written as u64);
-        bar.set_message(format!("{spans_total} spans, version {}", outcome.version));
-    }
-    bar.finish();
-    writeln!(
-        out,
-        "wrote {traces} traces ({spans_total} spans) in {:.2?}\n",
-        started.elapsed()
-    )?;
-
-    let ctx = lake.session_context()?;
-    for (title, sql) in DEMO_QUERIES {
-        writeln!(out, "-- {title}\n{sql}")?;
-        let batches = observe::sql(&ctx, sql).await?.collect().await?;
-        print_batches(out, &batches, Format::Table)?;
-        writeln!(out)?;
-    }
-    Ok(())
-}
-
-async fn sql(
-    out: &mut dyn Write,
-    table: &str,
-    statement: &str,
-    format: Format,
-    options: &TableOptions,
-) -> CliResult<()> {
-    let lake = TraceLake::open_with_options(table, options).await?;
-    let ctx = lake.session_context()?;
-    let batches = observe::sql(&ctx, statement).await?.collect().await?;
-    print_batches(out, &batches, format)
-}
-
 fn nanos_to_string(ns: Option<i64>) -> String {
     ns.and_then(|ns| {
         chrono::DateTime::from_timestamp(
@@ -256,12 +195,14 @@ fn nanos_to_string(ns: Option<i64>) -> String {
 
 async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> CliResult<()> {
     match command {
-        Command::Demo { table, traces } => demo(out, &table, traces, options).await?,
+        Command::Demo { table, traces } => demo::run(out, &table, traces, options).await?,
         Command::Sql {
             table,
             format,
-            sql: statement,
-        } => sql(out, &table, &statement, format, options).await?,
+            file,
+            sql,
+        } => shell::run(out, &table, sql, file, format, options).await?,
+        Command::Serve(args) => serve::run(out, args, options).await?,
         Command::Optimize { table } => {
             let lake = TraceLake::open_with_options(&table, options).await?;
             let out_ = lake.table().optimize().await?;
@@ -399,7 +340,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = TableOptions::default();
+    let options = TableOptions {
+        storage_options: cli.storage_options.iter().cloned().collect(),
+        ..Default::default()
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut status = match run(&mut out, cli.command, &options).await {

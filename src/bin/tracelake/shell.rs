@@ -1,0 +1,153 @@
+//! `tracelake sql`: statements given on the command line, in a file, on stdin, or typed into
+//! an interactive shell (line editing and history by rustyline; a statement ends with `;`).
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::DFParser;
+use rustyline::error::ReadlineError;
+use tracelake::observe;
+use tracelake::{TableOptions, TraceLake};
+
+use super::{CliResult, Format, print_batches};
+
+/// Splits `text` into statements (DataFusion's parser: `;`, quotes and comments understood).
+fn statements(text: &str) -> CliResult<Vec<String>> {
+    Ok(DFParser::parse_sql(text)?
+        .into_iter()
+        .map(|statement| statement.to_string())
+        .collect())
+}
+
+async fn execute(
+    out: &mut dyn Write,
+    ctx: &SessionContext,
+    statement: &str,
+    format: Format,
+) -> CliResult<()> {
+    let batches = observe::sql(ctx, statement).await?.collect().await?;
+    print_batches(out, &batches, format)
+}
+
+pub(crate) async fn run(
+    out: &mut dyn Write,
+    table: &str,
+    sql: Option<String>,
+    file: Option<PathBuf>,
+    format: Format,
+    options: &TableOptions,
+) -> CliResult<()> {
+    let lake = TraceLake::open_with_options(table, options).await?;
+    let ctx = lake.session_context()?;
+    let text = match (sql, file) {
+        (Some(sql), _) => sql,
+        (None, Some(path)) if path.as_os_str() == "-" => read_stdin()?,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        (None, None) if std::io::stdin().is_terminal() => {
+            return interactive(out, &ctx, format).await;
+        }
+        (None, None) => read_stdin()?,
+    };
+    for statement in statements(&text)? {
+        execute(out, &ctx, &statement, format).await?;
+    }
+    Ok(())
+}
+
+fn read_stdin() -> CliResult<String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read stdin: {e}"))?;
+    Ok(text)
+}
+
+/// The history file of the interactive shell: `$HOME/.tracelake_history`.
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".tracelake_history"))
+}
+
+async fn interactive(out: &mut dyn Write, ctx: &SessionContext, format: Format) -> CliResult<()> {
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = history_file();
+    if let Some(path) = &history {
+        let _ = editor.load_history(path);
+    }
+    writeln!(
+        out,
+        "tracelake SQL shell: statements end with `;`, \\q or Ctrl-D quits. Tables: spans; \
+         functions: trace_tree, trace_summaries, service_graph, attr_*."
+    )?;
+    out.flush()?;
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() {
+            "tracelake> "
+        } else {
+            "      ...> "
+        };
+        match editor.readline(prompt) {
+            Ok(line) => {
+                let trimmed = line.trim();
+                if buffer.is_empty() && (trimmed == "\\q" || trimmed == "quit" || trimmed == "exit")
+                {
+                    break;
+                }
+                if trimmed.is_empty() && buffer.is_empty() {
+                    continue;
+                }
+                buffer.push_str(&line);
+                buffer.push('\n');
+                if !trimmed.ends_with(';') {
+                    continue;
+                }
+                let _ = editor.add_history_entry(buffer.trim_end());
+                let text = std::mem::take(&mut buffer);
+                // An error is shown and the shell goes on.
+                let result = match statements(&text) {
+                    Ok(list) => {
+                        let mut result = Ok(());
+                        for statement in list {
+                            result = execute(out, ctx, &statement, format).await;
+                            if result.is_err() {
+                                break;
+                            }
+                        }
+                        result
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    writeln!(out, "error: {e}")?;
+                }
+                out.flush()?;
+            }
+            Err(ReadlineError::Interrupted) => {
+                buffer.clear();
+            }
+            Err(ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(path) = &history {
+        let _ = editor.save_history(path);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_split_where_sql_ends_them() {
+        let list = statements(
+            "SELECT 'a;b' AS x; -- a comment; with a semicolon\nSELECT count(*) FROM spans;",
+        )
+        .unwrap();
+        assert_eq!(list.len(), 2, "{list:?}");
+        assert!(list[0].contains("'a;b'"), "{list:?}");
+    }
+}
