@@ -81,17 +81,7 @@ fn measure_lookup(
             .0;
     });
     let (_, metrics) = rt.block_on(run(&opened.ctx, &tree_sql(&ids[1])));
-    let snapshot = opened.lake.table().snapshot();
-    let files = snapshot
-        .delta_table()
-        .snapshot()
-        .map(|s| {
-            s.snapshot()
-                .try_log_data()
-                .map(|d| d.num_files())
-                .unwrap_or(0)
-        })
-        .unwrap_or(0);
+    let files = opened.lake.table().snapshot().num_files();
     let mut artifact = Artifact::new(name, tier, "SELECT * FROM trace_tree('<fresh id>')");
     artifact.timings = timings;
     artifact.rows = rows as u64;

@@ -2,9 +2,14 @@
 //! on its own keep-alive connection, send 100-span protobuf requests (realistic spans) to the
 //! receiver serving a local table, each waiting for the answer (which comes after the Delta
 //! commit holding its spans) before sending the next. Reports spans/s and the answer latency
-//! (p50, p99) in `otlp_http_ingest.json`.
+//! (p50, p99) in `otlp_http_ingest.json`. The process uses the allocator of `tracelake serve`
+//! (mimalloc).
 
 mod support;
+
+/// The allocator of `tracelake serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +32,9 @@ use tracelake::table::AppenderConfig;
 
 const EXPORTERS: usize = 8;
 const SPANS_PER_REQUEST: usize = 100;
-const REQUESTS_PER_EXPORTER: usize = 250;
+const REQUESTS_PER_EXPORTER: usize = 500;
+/// The appender's linger (`tracelake serve --commit-linger-ms`, default 0).
+const LINGER_MS: u64 = 0;
 
 fn any(value: &AttributeValue) -> AnyValue {
     let value = match value {
@@ -137,7 +144,14 @@ fn otlp_ingest(_c: &mut Criterion) {
     let path = dir.path().join("spans");
     let (lake, addr) = rt.block_on(async {
         let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
-        let appender = Arc::new(lake.appender(AppenderConfig::default()).unwrap());
+        let linger = std::env::var("TRACELAKE_BENCH_LINGER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(LINGER_MS);
+        let appender = Arc::new(
+            lake.appender(AppenderConfig::default().with_linger(Duration::from_millis(linger)))
+                .unwrap(),
+        );
         let receiver = Arc::new(OtlpReceiver::new(
             appender,
             lake.metrics().clone(),

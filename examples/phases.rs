@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --profile bench --example phases -- lookup [SPANS]   # default 1,000,000
 //! cargo run --profile bench --example phases -- ingest
+//! cargo run --profile bench --example phases -- commits [N] [SPANS]   # default 300 x 800
 //! ```
 //!
 //! `lookup` opens the bench fixture of SPANS spans in 24 commits (built under
@@ -128,17 +129,129 @@ fn ingest_phases() {
     println!("  append_batches (all of it)       {:.0}", p50_ms(append));
 }
 
+/// Wall time of each named span (summed by name), from creation to close.
+#[derive(Clone, Default)]
+struct SpanTimes(
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (Duration, u64)>>>,
+);
+
+struct Started(Instant);
+
+impl<S> tracing_subscriber::Layer<S> for SpanTimes
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        _attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(Started(Instant::now()));
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id)
+            && let Some(started) = span.extensions().get::<Started>()
+        {
+            let mut times = self.0.lock().expect("span times");
+            let entry = times.entry(span.name().to_string()).or_default();
+            entry.0 += started.0.elapsed();
+            entry.1 += 1;
+        }
+    }
+}
+
+/// `n` commits of `spans` realistic spans each, one after another, on a local table: the mean
+/// time of a commit and of each span inside it.
+fn commit_phases(n: usize, spans: usize) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let times = SpanTimes::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(times.clone()))
+        .expect("subscriber");
+    let rt = support::runtime();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut generator =
+        tracelake::synth::TraceGenerator::new(7, tracelake::synth::TraceShape::Realistic);
+    let mut t = support::DAY0;
+    let batches: Vec<_> = (0..n)
+        .map(|_| {
+            let mut chunk = Vec::new();
+            while chunk.len() < spans {
+                chunk.extend(generator.trace(t));
+                t += 1_000_000;
+            }
+            chunk.truncate(spans);
+            tracelake::span::spans_to_batch(&chunk).expect("batch")
+        })
+        .collect();
+    let lake = rt
+        .block_on(TraceLake::create(
+            dir.path().join("t").to_str().expect("utf-8"),
+        ))
+        .expect("create");
+    times.0.lock().expect("times").clear();
+    let started = Instant::now();
+    let mut each = Vec::new();
+    for batch in &batches {
+        let t0 = Instant::now();
+        rt.block_on(lake.append_batches(std::slice::from_ref(batch)))
+            .expect("append");
+        each.push(t0.elapsed());
+    }
+    let total = started.elapsed();
+    rt.block_on(lake.wait_for_background_work());
+    let mut sorted = each.clone();
+    sorted.sort();
+    println!(
+        "{n} commits of {spans} spans: {:.0} spans/s; per commit p50 {:.2} ms, first 10 {:.2} ms, last 10 {:.2} ms",
+        (n * spans) as f64 / total.as_secs_f64(),
+        sorted[n / 2].as_secs_f64() * 1e3,
+        each[..10.min(n)].iter().sum::<Duration>().as_secs_f64() * 1e3 / 10f64.min(n as f64),
+        each[n.saturating_sub(10)..]
+            .iter()
+            .sum::<Duration>()
+            .as_secs_f64()
+            * 1e3
+            / 10f64.min(n as f64),
+    );
+    println!("mean wall time per span, over the commits (ms):");
+    for (name, (time, count)) in times.0.lock().expect("times").iter() {
+        if name.starts_with("delta.") || name == "update_incremental" {
+            println!(
+                "  {name:28} {:8.3}  ({count} spans)",
+                time.as_secs_f64() * 1e3 / n as f64
+            );
+        }
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("ingest") => ingest_phases(),
+        Some("commits") => {
+            let n = args
+                .next()
+                .map(|s| s.parse().expect("N is a number"))
+                .unwrap_or(300);
+            let spans = args
+                .next()
+                .map(|s| s.parse().expect("SPANS is a number"))
+                .unwrap_or(800);
+            commit_phases(n, spans)
+        }
         Some("lookup") | None => lookup(
             args.next()
                 .map(|s| s.parse().expect("SPANS is a number"))
                 .unwrap_or(1_000_000),
         ),
         Some(other) => {
-            eprintln!("unknown mode {other:?}: use `lookup [SPANS]` or `ingest`");
+            eprintln!(
+                "unknown mode {other:?}: use `lookup [SPANS]`, `ingest` or `commits [N] [SPANS]`"
+            );
             std::process::exit(2);
         }
     }

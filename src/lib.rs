@@ -282,6 +282,12 @@ impl TraceLake {
         self.table.expire()
     }
 
+    /// Waits for background work of this lake's table (a checkpoint being written): call it
+    /// before a short-lived process exits.
+    pub async fn wait_for_background_work(&self) {
+        self.table.wait_for_background_work().await
+    }
+
     /// Writes a checkpoint of the current version and cleans up old log files.
     pub async fn checkpoint(&self) -> Result<i64> {
         self.table.checkpoint().await

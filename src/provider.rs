@@ -85,7 +85,28 @@ impl TableProvider for TraceTableProvider {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        crate::read::scan::scan(&self.table, state, projection, filters, limit).await
+        let snapshot = self.table.snapshot();
+        match snapshot.index() {
+            Some(index) => {
+                let table = &self.table;
+                crate::read::scan::scan_index(
+                    index,
+                    &table.location().root_store,
+                    table.store_url(),
+                    state,
+                    projection,
+                    filters,
+                )
+                .await
+            }
+            None => {
+                let delta = snapshot
+                    .delta_scan(self.table.log_store())
+                    .await
+                    .map_err(DataFusionError::from)?;
+                crate::read::scan::scan_delta(delta, state, projection, filters, limit).await
+            }
+        }
     }
 
     async fn insert_into(

@@ -270,6 +270,11 @@ pub const STATS_COLUMNS: [&str; 9] = [
     col::STATUS_CODE,
 ];
 
+/// Whether `s` is `len` hexadecimal characters (either case).
+pub fn is_hex_id(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The partition value (`span_date`) of a start time in unix nanoseconds.
 pub fn span_date(start_unix_nano: i64) -> String {
     let secs = start_unix_nano.div_euclid(1_000_000_000);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, ListArray, MapArray,
-    RecordBatch, StringArray, StringBuilder, StructArray, TimestampNanosecondArray,
+    RecordBatch, StringBuilder, StructArray, TimestampNanosecondArray,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Fields};
@@ -141,6 +141,30 @@ pub struct Span {
     pub dropped_links_count: i64,
 }
 
+/// A scalar attribute value, borrowed (from a [`Span`] or straight from an OTLP request).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ScalarRef<'a> {
+    String(&'a str),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> ScalarRef<'a> {
+    /// The scalar of `value`; `None` for an array.
+    fn of(value: &'a AttributeValue) -> Option<Self> {
+        Some(match value {
+            AttributeValue::String(s) => ScalarRef::String(s),
+            AttributeValue::Int(i) => ScalarRef::Int(*i),
+            AttributeValue::Double(d) => ScalarRef::Double(*d),
+            AttributeValue::Bool(b) => ScalarRef::Bool(*b),
+            AttributeValue::Bytes(b) => ScalarRef::Bytes(b),
+            AttributeValue::Array(_) => return None,
+        })
+    }
+}
+
 /// Builds the scalar-value children shared by attribute values and array elements.
 #[derive(Default)]
 struct ScalarColumns {
@@ -153,40 +177,48 @@ struct ScalarColumns {
 }
 
 impl ScalarColumns {
-    /// Appends a scalar; an array is reported as `Err(())` for the caller to handle.
-    fn append(&mut self, value: &AttributeValue) -> std::result::Result<(), ()> {
-        let kind = match value {
-            AttributeValue::String(_) => "string",
-            AttributeValue::Int(_) => "int",
-            AttributeValue::Double(_) => "double",
-            AttributeValue::Bool(_) => "bool",
-            AttributeValue::Bytes(_) => "bytes",
-            AttributeValue::Array(_) => "array",
-        };
-        self.kind.append_value(kind);
+    /// Appends a scalar value.
+    fn append(&mut self, value: ScalarRef<'_>) {
+        self.kind.append_value(match value {
+            ScalarRef::String(_) => "string",
+            ScalarRef::Int(_) => "int",
+            ScalarRef::Double(_) => "double",
+            ScalarRef::Bool(_) => "bool",
+            ScalarRef::Bytes(_) => "bytes",
+        });
+        self.append_payload(value);
+    }
+
+    /// Appends an array value's row: type `array`, every scalar field null.
+    fn append_array(&mut self) {
+        self.kind.append_value("array");
+        self.string.append_null();
+        self.int.append_null();
+        self.double.append_null();
+        self.boolean.append_null();
+        self.bytes.append_null();
+    }
+
+    fn append_payload(&mut self, value: ScalarRef<'_>) {
         match value {
-            AttributeValue::String(s) => self.string.append_value(s),
+            ScalarRef::String(s) => self.string.append_value(s),
             _ => self.string.append_null(),
         }
         match value {
-            AttributeValue::Int(i) => self.int.append_value(*i),
+            ScalarRef::Int(i) => self.int.append_value(i),
             _ => self.int.append_null(),
         }
         match value {
-            AttributeValue::Double(d) => self.double.append_value(*d),
+            ScalarRef::Double(d) => self.double.append_value(d),
             _ => self.double.append_null(),
         }
         match value {
-            AttributeValue::Bool(b) => self.boolean.append_value(*b),
+            ScalarRef::Bool(b) => self.boolean.append_value(b),
             _ => self.boolean.append_null(),
         }
         match value {
-            AttributeValue::Bytes(b) => self.bytes.append_value(b),
+            ScalarRef::Bytes(b) => self.bytes.append_value(b),
             _ => self.bytes.append_null(),
-        }
-        match value {
-            AttributeValue::Array(_) => Err(()),
-            _ => Ok(()),
         }
     }
 
@@ -216,11 +248,17 @@ fn list_item(data_type: &DataType) -> Arc<arrow::datatypes::Field> {
     }
 }
 
-/// Builds a `map<string, attribute value>` column.
+/// Builds a `map<string, attribute value>` column, entry by entry: [`push_scalar`] and
+/// [`push_array`] add entries to the current row, [`end_row`] closes it.
+///
+/// [`push_scalar`]: AttributeMapColumn::push_scalar
+/// [`push_array`]: AttributeMapColumn::push_array
+/// [`end_row`]: AttributeMapColumn::end_row
 #[derive(Default)]
 pub(crate) struct AttributeMapColumn {
     offsets: Vec<i32>,
     validity: Vec<bool>,
+    entries: i32,
     keys: StringBuilder,
     values: ScalarColumns,
     array_offsets: Vec<i32>,
@@ -237,32 +275,62 @@ impl AttributeMapColumn {
         }
     }
 
+    /// Adds `key = value` to the current row.
+    pub(crate) fn push_scalar(&mut self, key: &str, value: ScalarRef<'_>) {
+        self.keys.append_value(key);
+        self.values.append(value);
+        let last = *self.array_offsets.last().unwrap_or(&0);
+        self.array_offsets.push(last);
+        self.array_validity.push(false);
+        self.entries += 1;
+    }
+
+    /// Adds `key = [items]` to the current row.
+    pub(crate) fn push_array<'a>(&mut self, key: &str, items: impl Iterator<Item = ScalarRef<'a>>) {
+        self.keys.append_value(key);
+        self.values.append_array();
+        let mut n = 0;
+        for item in items {
+            self.elements.append(item);
+            n += 1;
+        }
+        let last = *self.array_offsets.last().unwrap_or(&0);
+        self.array_offsets.push(last + n);
+        self.array_validity.push(true);
+        self.entries += 1;
+    }
+
+    /// Closes the current row (`valid`: false for a NULL map).
+    pub(crate) fn end_row(&mut self, valid: bool) {
+        let last = *self.offsets.last().unwrap_or(&0);
+        self.offsets.push(last + self.entries);
+        self.entries = 0;
+        self.validity.push(valid);
+    }
+
+    /// Appends a row of `attributes` (`None`: a NULL map). Fails for an array inside an array.
     pub(crate) fn append(&mut self, attributes: Option<&Attributes>) -> Result<()> {
-        let entries = attributes.map(|a| a.as_slice()).unwrap_or_default();
-        for (key, value) in entries {
-            self.keys.append_value(key);
-            let last = *self.array_offsets.last().unwrap_or(&0);
-            if let AttributeValue::Array(items) = value {
-                let _ = self.values.append(value);
-                for item in items {
-                    if self.elements.append(item).is_err() {
+        for (key, value) in attributes.map(|a| a.as_slice()).unwrap_or_default() {
+            match value {
+                AttributeValue::Array(items) => {
+                    let scalars: Option<Vec<ScalarRef<'_>>> =
+                        items.iter().map(ScalarRef::of).collect();
+                    let Some(scalars) = scalars else {
                         return Err(TraceLakeError::InvalidArgument(format!(
                             "attribute {key:?}: an array inside an array is not supported; \
                              attribute arrays hold strings, ints, doubles, bools or bytes"
                         )));
+                    };
+                    self.push_array(key, scalars.into_iter());
+                }
+                scalar => {
+                    if let Some(value) = ScalarRef::of(scalar) {
+                        self.push_scalar(key, value);
                     }
                 }
-                self.array_offsets.push(last + items.len() as i32);
-                self.array_validity.push(true);
-            } else {
-                let _ = self.values.append(value);
-                self.array_offsets.push(last);
-                self.array_validity.push(false);
             }
         }
-        let last = *self.offsets.last().unwrap_or(&0);
-        self.offsets.push(last + entries.len() as i32);
-        self.validity.push(attributes.is_some());
+        self.end_row(attributes.is_some());
         Ok(())
     }
 
@@ -303,155 +371,285 @@ impl AttributeMapColumn {
     }
 }
 
-/// Builds a list-of-struct column (events or links) from per-item column builders.
-struct ListColumn<T> {
-    offsets: Vec<i32>,
-    items: T,
+/// The scalar fields of one span row, borrowed.
+pub(crate) struct SpanRow<'a> {
+    pub(crate) trace_id: &'a str,
+    pub(crate) span_id: &'a str,
+    pub(crate) parent_span_id: Option<&'a str>,
+    pub(crate) trace_state: Option<&'a str>,
+    pub(crate) flags: Option<i64>,
+    pub(crate) name: &'a str,
+    pub(crate) kind: SpanKind,
+    pub(crate) service_name: &'a str,
+    pub(crate) start_time_unix_nano: i64,
+    pub(crate) end_time_unix_nano: i64,
+    pub(crate) status_code: StatusCode,
+    pub(crate) status_message: Option<&'a str>,
+    pub(crate) scope_name: Option<&'a str>,
+    pub(crate) scope_version: Option<&'a str>,
+    pub(crate) dropped_attributes_count: i64,
+    pub(crate) dropped_events_count: i64,
+    pub(crate) dropped_links_count: i64,
 }
 
-impl<T> ListColumn<T> {
-    fn new(items: T) -> Self {
+/// Builds a batch of the input schema span by span: the scalar fields with
+/// [`SpanBatchBuilder::push_row`], the attribute maps, events and links through the builders
+/// it exposes, each closed per row.
+pub(crate) struct SpanBatchBuilder {
+    trace_id: StringBuilder,
+    span_id: StringBuilder,
+    parent_span_id: StringBuilder,
+    start: Vec<i64>,
+    end: Vec<i64>,
+    duration: Int64Builder,
+    service_name: StringBuilder,
+    name: StringBuilder,
+    kind: StringBuilder,
+    status_code: StringBuilder,
+    status_message: StringBuilder,
+    trace_state: StringBuilder,
+    flags: Int64Builder,
+    scope_name: StringBuilder,
+    scope_version: StringBuilder,
+    dropped_attributes: Int64Builder,
+    dropped_events: Int64Builder,
+    dropped_links: Int64Builder,
+    /// The span's attributes.
+    pub(crate) attributes: AttributeMapColumn,
+    /// The resource's attributes.
+    pub(crate) resource: AttributeMapColumn,
+    event_offsets: Vec<i32>,
+    event_time: Int64Builder,
+    event_name: StringBuilder,
+    event_dropped: Int64Builder,
+    /// The attributes of the events.
+    pub(crate) event_attributes: AttributeMapColumn,
+    link_offsets: Vec<i32>,
+    link_trace_id: StringBuilder,
+    link_span_id: StringBuilder,
+    link_trace_state: StringBuilder,
+    link_flags: Int64Builder,
+    link_dropped: Int64Builder,
+    /// The attributes of the links.
+    pub(crate) link_attributes: AttributeMapColumn,
+    rows: usize,
+}
+
+impl SpanBatchBuilder {
+    pub(crate) fn with_capacity(rows: usize) -> Self {
+        let strings = || StringBuilder::with_capacity(rows, rows * 16);
         Self {
-            offsets: vec![0],
-            items,
+            trace_id: StringBuilder::with_capacity(rows, rows * 32),
+            span_id: StringBuilder::with_capacity(rows, rows * 16),
+            parent_span_id: StringBuilder::with_capacity(rows, rows * 16),
+            start: Vec::with_capacity(rows),
+            end: Vec::with_capacity(rows),
+            duration: Int64Builder::with_capacity(rows),
+            service_name: strings(),
+            name: strings(),
+            kind: strings(),
+            status_code: strings(),
+            status_message: strings(),
+            trace_state: strings(),
+            flags: Int64Builder::with_capacity(rows),
+            scope_name: strings(),
+            scope_version: strings(),
+            dropped_attributes: Int64Builder::with_capacity(rows),
+            dropped_events: Int64Builder::with_capacity(rows),
+            dropped_links: Int64Builder::with_capacity(rows),
+            attributes: AttributeMapColumn::new(),
+            resource: AttributeMapColumn::new(),
+            event_offsets: vec![0],
+            event_time: Int64Builder::new(),
+            event_name: StringBuilder::new(),
+            event_dropped: Int64Builder::new(),
+            event_attributes: AttributeMapColumn::new(),
+            link_offsets: vec![0],
+            link_trace_id: StringBuilder::new(),
+            link_span_id: StringBuilder::new(),
+            link_trace_state: StringBuilder::new(),
+            link_flags: Int64Builder::new(),
+            link_dropped: Int64Builder::new(),
+            link_attributes: AttributeMapColumn::new(),
+            rows: 0,
         }
     }
 
-    fn close_row(&mut self, len: usize) {
-        let last = *self.offsets.last().unwrap_or(&0);
-        self.offsets.push(last + len as i32);
+    /// Adds the scalar fields of a span. Its attribute maps (through `attributes`,
+    /// `resource`), events ([`SpanBatchBuilder::push_event`], then `event_attributes`) and
+    /// links likewise are added before [`SpanBatchBuilder::end_span`].
+    pub(crate) fn push_row(&mut self, row: &SpanRow<'_>) {
+        self.trace_id.append_value(row.trace_id);
+        self.span_id.append_value(row.span_id);
+        self.parent_span_id.append_option(row.parent_span_id);
+        self.start.push(row.start_time_unix_nano);
+        self.end.push(row.end_time_unix_nano);
+        // NULL when the difference does not fit: the append then names the row.
+        self.duration
+            .append_option(row.end_time_unix_nano.checked_sub(row.start_time_unix_nano));
+        self.service_name.append_value(row.service_name);
+        self.name.append_value(row.name);
+        self.kind.append_value(row.kind.as_str());
+        self.status_code.append_value(row.status_code.as_str());
+        self.status_message.append_option(row.status_message);
+        self.trace_state.append_option(row.trace_state);
+        self.flags.append_option(row.flags);
+        self.scope_name.append_option(row.scope_name);
+        self.scope_version.append_option(row.scope_version);
+        self.dropped_attributes
+            .append_value(row.dropped_attributes_count);
+        self.dropped_events.append_value(row.dropped_events_count);
+        self.dropped_links.append_value(row.dropped_links_count);
     }
 
-    fn finish(self, list_type: &DataType, children: Vec<ArrayRef>) -> Result<ListArray> {
-        let item = list_item(list_type);
-        let values = StructArray::try_new(struct_fields(item.data_type()), children, None)?;
-        Ok(ListArray::try_new(
-            item,
-            OffsetBuffer::new(self.offsets.into()),
-            Arc::new(values),
-            None,
-        )?)
+    /// Adds an event to the current span (its attributes go to `event_attributes`, one row
+    /// per event).
+    pub(crate) fn push_event(&mut self, time_unix_nano: i64, name: &str, dropped: i64) {
+        self.event_time.append_value(time_unix_nano);
+        self.event_name.append_value(name);
+        self.event_dropped.append_value(dropped);
     }
-}
 
-#[derive(Default)]
-struct EventColumns {
-    time: Int64Builder,
-    name: StringBuilder,
-    dropped: Int64Builder,
-}
+    /// Adds a link to the current span (its attributes go to `link_attributes`, one row per
+    /// link).
+    pub(crate) fn push_link(
+        &mut self,
+        trace_id: &str,
+        span_id: &str,
+        trace_state: Option<&str>,
+        flags: Option<i64>,
+        dropped: i64,
+    ) {
+        self.link_trace_id.append_value(trace_id);
+        self.link_span_id.append_value(span_id);
+        self.link_trace_state.append_option(trace_state);
+        self.link_flags.append_option(flags);
+        self.link_dropped.append_value(dropped);
+    }
 
-#[derive(Default)]
-struct LinkColumns {
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
-    trace_state: StringBuilder,
-    flags: Int64Builder,
-    dropped: Int64Builder,
+    /// Closes the current span, with `events` events and `links` links.
+    pub(crate) fn end_span(&mut self, events: usize, links: usize) {
+        let last = *self.event_offsets.last().unwrap_or(&0);
+        self.event_offsets.push(last + events as i32);
+        let last = *self.link_offsets.last().unwrap_or(&0);
+        self.link_offsets.push(last + links as i32);
+        self.rows += 1;
+    }
+
+    pub(crate) fn finish(mut self) -> Result<RecordBatch> {
+        let schema = input_schema();
+        let list = |name: &str, offsets: Vec<i32>, children: Vec<ArrayRef>| -> Result<ListArray> {
+            let item = list_item(schema.field_with_name(name)?.data_type());
+            let values = StructArray::try_new(struct_fields(item.data_type()), children, None)?;
+            Ok(ListArray::try_new(
+                item,
+                OffsetBuffer::new(offsets.into()),
+                Arc::new(values),
+                None,
+            )?)
+        };
+        let events = list(
+            schema::col::EVENTS,
+            std::mem::take(&mut self.event_offsets),
+            vec![
+                Arc::new(self.event_time.finish()),
+                Arc::new(self.event_name.finish()),
+                Arc::new(self.event_attributes.finish()?),
+                Arc::new(self.event_dropped.finish()),
+            ],
+        )?;
+        let links = list(
+            schema::col::LINKS,
+            std::mem::take(&mut self.link_offsets),
+            vec![
+                Arc::new(self.link_trace_id.finish()),
+                Arc::new(self.link_span_id.finish()),
+                Arc::new(self.link_trace_state.finish()),
+                Arc::new(self.link_flags.finish()),
+                Arc::new(self.link_attributes.finish()?),
+                Arc::new(self.link_dropped.finish()),
+            ],
+        )?;
+        let times = |values: Vec<i64>| -> ArrayRef {
+            Arc::new(TimestampNanosecondArray::from(values).with_timezone(schema::TIME_ZONE))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.trace_id.finish()),
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent_span_id.finish()),
+            times(std::mem::take(&mut self.start)),
+            times(std::mem::take(&mut self.end)),
+            Arc::new(self.duration.finish()),
+            Arc::new(self.service_name.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.status_code.finish()),
+            Arc::new(self.status_message.finish()),
+            Arc::new(self.trace_state.finish()),
+            Arc::new(self.flags.finish()),
+            Arc::new(self.scope_name.finish()),
+            Arc::new(self.scope_version.finish()),
+            Arc::new(self.attributes.finish()?),
+            Arc::new(self.resource.finish()?),
+            Arc::new(events),
+            Arc::new(links),
+            Arc::new(self.dropped_attributes.finish()),
+            Arc::new(self.dropped_events.finish()),
+            Arc::new(self.dropped_links.finish()),
+        ];
+        debug_assert_eq!(columns.len(), schema.fields().len());
+        let batch = RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(self.rows)),
+        )?;
+        Ok(batch)
+    }
 }
 
 /// Converts spans to one batch of the input schema (SQL-facing types, every column set as
 /// given). The batch still has to pass [`crate::table::ingest::to_storage`] to be stored.
 pub fn spans_to_batch(spans: &[Span]) -> Result<RecordBatch> {
-    let n = spans.len();
-    let strings = |f: &dyn Fn(&Span) -> Option<&str>| -> ArrayRef {
-        Arc::new(spans.iter().map(f).collect::<StringArray>())
-    };
-    let ints = |f: &dyn Fn(&Span) -> Option<i64>| -> ArrayRef {
-        Arc::new(spans.iter().map(f).collect::<arrow::array::Int64Array>())
-    };
-    let times = |f: &dyn Fn(&Span) -> i64| -> ArrayRef {
-        Arc::new(
-            spans
-                .iter()
-                .map(|s| Some(f(s)))
-                .collect::<TimestampNanosecondArray>()
-                .with_timezone(schema::TIME_ZONE),
-        )
-    };
-
-    let mut attributes = AttributeMapColumn::new();
-    let mut resource = AttributeMapColumn::new();
-    let mut events = ListColumn::new(EventColumns::default());
-    let mut event_attributes = AttributeMapColumn::new();
-    let mut links = ListColumn::new(LinkColumns::default());
-    let mut link_attributes = AttributeMapColumn::new();
+    let mut builder = SpanBatchBuilder::with_capacity(spans.len());
     for span in spans {
-        attributes.append(Some(&span.attributes))?;
-        resource.append(Some(&span.resource_attributes))?;
+        builder.push_row(&SpanRow {
+            trace_id: &span.trace_id,
+            span_id: &span.span_id,
+            parent_span_id: span.parent_span_id.as_deref(),
+            trace_state: span.trace_state.as_deref(),
+            flags: span.flags,
+            name: &span.name,
+            kind: span.kind,
+            service_name: &span.service_name,
+            start_time_unix_nano: span.start_time_unix_nano,
+            end_time_unix_nano: span.end_time_unix_nano,
+            status_code: span.status_code,
+            status_message: span.status_message.as_deref(),
+            scope_name: span.scope_name.as_deref(),
+            scope_version: span.scope_version.as_deref(),
+            dropped_attributes_count: span.dropped_attributes_count,
+            dropped_events_count: span.dropped_events_count,
+            dropped_links_count: span.dropped_links_count,
+        });
+        builder.attributes.append(Some(&span.attributes))?;
+        builder.resource.append(Some(&span.resource_attributes))?;
         for e in &span.events {
-            events.items.time.append_value(e.time_unix_nano);
-            events.items.name.append_value(&e.name);
-            events
-                .items
-                .dropped
-                .append_value(e.dropped_attributes_count);
-            event_attributes.append(Some(&e.attributes))?;
+            builder.push_event(e.time_unix_nano, &e.name, e.dropped_attributes_count);
+            builder.event_attributes.append(Some(&e.attributes))?;
         }
-        events.close_row(span.events.len());
         for l in &span.links {
-            links.items.trace_id.append_value(&l.trace_id);
-            links.items.span_id.append_value(&l.span_id);
-            links
-                .items
-                .trace_state
-                .append_option(l.trace_state.as_deref());
-            links.items.flags.append_option(l.flags);
-            links.items.dropped.append_value(l.dropped_attributes_count);
-            link_attributes.append(Some(&l.attributes))?;
+            builder.push_link(
+                &l.trace_id,
+                &l.span_id,
+                l.trace_state.as_deref(),
+                l.flags,
+                l.dropped_attributes_count,
+            );
+            builder.link_attributes.append(Some(&l.attributes))?;
         }
-        links.close_row(span.links.len());
+        builder.end_span(span.events.len(), span.links.len());
     }
-
-    let schema = input_schema();
-    let event_children: Vec<ArrayRef> = vec![
-        Arc::new(events.items.time.finish()),
-        Arc::new(events.items.name.finish()),
-        Arc::new(event_attributes.finish()?),
-        Arc::new(events.items.dropped.finish()),
-    ];
-    let events_type = schema.field_with_name(schema::col::EVENTS)?.data_type();
-    let events = events.finish(events_type, event_children)?;
-    let link_children: Vec<ArrayRef> = vec![
-        Arc::new(links.items.trace_id.finish()),
-        Arc::new(links.items.span_id.finish()),
-        Arc::new(links.items.trace_state.finish()),
-        Arc::new(links.items.flags.finish()),
-        Arc::new(link_attributes.finish()?),
-        Arc::new(links.items.dropped.finish()),
-    ];
-    let links_type = schema.field_with_name(schema::col::LINKS)?.data_type();
-    let links = links.finish(links_type, link_children)?;
-
-    let columns: Vec<ArrayRef> = vec![
-        strings(&|s| Some(&s.trace_id)),
-        strings(&|s| Some(&s.span_id)),
-        strings(&|s| s.parent_span_id.as_deref()),
-        times(&|s| s.start_time_unix_nano),
-        times(&|s| s.end_time_unix_nano),
-        // NULL when the difference does not fit: the append then names the row.
-        ints(&|s| s.end_time_unix_nano.checked_sub(s.start_time_unix_nano)),
-        strings(&|s| Some(&s.service_name)),
-        strings(&|s| Some(&s.name)),
-        strings(&|s| Some(s.kind.as_str())),
-        strings(&|s| Some(s.status_code.as_str())),
-        strings(&|s| s.status_message.as_deref()),
-        strings(&|s| s.trace_state.as_deref()),
-        ints(&|s| s.flags),
-        strings(&|s| s.scope_name.as_deref()),
-        strings(&|s| s.scope_version.as_deref()),
-        Arc::new(attributes.finish()?),
-        Arc::new(resource.finish()?),
-        Arc::new(events),
-        Arc::new(links),
-        ints(&|s| Some(s.dropped_attributes_count)),
-        ints(&|s| Some(s.dropped_events_count)),
-        ints(&|s| Some(s.dropped_links_count)),
-    ];
-    debug_assert_eq!(columns.len(), schema.fields().len());
-    let batch = RecordBatch::try_new(schema, columns)?;
-    debug_assert_eq!(batch.num_rows(), n);
-    Ok(batch)
+    builder.finish()
 }
 
 #[cfg(test)]

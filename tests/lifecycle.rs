@@ -178,6 +178,8 @@ async fn appends_write_checkpoints_at_the_table_checkpoint_interval() {
         lake.append_spans(&day(1_000 + i, 0, 1)).await.unwrap();
     }
     assert_eq!(lake.version(), 100);
+    // Checkpoints are written in the background: wait for it.
+    lake.table().wait_for_background_work().await;
     let log: Vec<String> = std::fs::read_dir(path.join("_delta_log"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -232,7 +234,7 @@ async fn vacuum_deletes_files_removed_before_the_retention_and_keeps_recent_ones
         .clone();
 
     // Another writer removed `old` two hours ago: a remove action with that timestamp.
-    let table = lake.table().snapshot().delta_table().clone();
+    let table = lake.table().delta_table().await.unwrap();
     let state = table.snapshot().unwrap();
     let view = state
         .snapshot()

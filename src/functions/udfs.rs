@@ -21,8 +21,8 @@ use datafusion::logical_expr::{
     Signature, Volatility,
 };
 
+use crate::schema::is_hex_id;
 use crate::span::{AttributeMapColumn, AttributeValue, Attributes};
-use crate::table::ingest::is_hex_id;
 
 const DOC_SECTION: DocSection = DocSection {
     include: true,

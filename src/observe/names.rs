@@ -20,6 +20,11 @@ pub const DELTA_EXPIRE: &str = "delta.expire";
 pub const DELTA_CHECKPOINT: &str = "delta.checkpoint";
 /// One append committed as a Delta version.
 pub const DELTA_APPEND: &str = "delta.append";
+/// Inside `delta.append`: writing the data files.
+pub const DELTA_APPEND_WRITE: &str = "delta.append.write";
+/// Inside `delta.append`: writing the commit to the log (with conflict checks and the
+/// post-commit hook).
+pub const DELTA_APPEND_COMMIT: &str = "delta.append.commit";
 /// Building one trace's tree in `trace_tree`.
 pub const TRACE_TREE_BUILD: &str = "trace.tree.build";
 /// Converting rows to Arrow columns (the tree's output batch).
@@ -92,6 +97,8 @@ pub const SPAN_NAMES: &[&str] = &[
     UPDATE_INCREMENTAL,
     DELTA_CATALOG_SWAP,
     DELTA_APPEND,
+    DELTA_APPEND_WRITE,
+    DELTA_APPEND_COMMIT,
     DELTA_OPTIMIZE,
     DELTA_VACUUM,
     DELTA_EXPIRE,

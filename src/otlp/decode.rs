@@ -10,8 +10,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use prost::Message;
 
+use opentelemetry_proto::tonic::trace::v1::Span;
+
 use crate::error::Result;
-use crate::span::{AttributeValue, Attributes, Event, Link, Span, SpanKind, StatusCode};
+use crate::span::{AttributeMapColumn, ScalarRef, SpanBatchBuilder, SpanKind, SpanRow, StatusCode};
 
 /// The resource attribute that names the service.
 const SERVICE_NAME: &str = "service.name";
@@ -54,8 +56,18 @@ pub fn decode_protobuf(body: &[u8]) -> std::result::Result<ExportTraceServiceReq
         .map_err(|e| format!("the body is not OTLP protobuf: {e}"))
 }
 
-fn hex_id(bytes: &[u8], len: usize) -> Option<String> {
-    (bytes.len() == len && bytes.iter().any(|b| *b != 0)).then(|| hex::encode(bytes))
+/// Whether `bytes` is a valid id of `len` bytes (not all zero).
+fn valid_id(bytes: &[u8], len: usize) -> bool {
+    bytes.len() == len && bytes.iter().any(|b| *b != 0)
+}
+
+/// Lowercase hex of `bytes` (at most 32), in `buf`.
+fn hex_in<'a>(bytes: &[u8], buf: &'a mut [u8; 64]) -> &'a str {
+    let n = bytes.len().min(32);
+    let out = &mut buf[..n * 2];
+    // Cannot fail: the output is exactly twice the input.
+    let _ = hex::encode_to_slice(&bytes[..n], out);
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 fn kind(kind: i32) -> SpanKind {
@@ -78,60 +90,65 @@ fn status(code: i32) -> StatusCode {
 }
 
 /// A scalar `AnyValue`; `None` for arrays, key-value lists and empty values.
-fn scalar(value: &any_value::Value) -> Option<AttributeValue> {
+fn scalar(value: &any_value::Value) -> Option<ScalarRef<'_>> {
     Some(match value {
-        any_value::Value::StringValue(s) => AttributeValue::String(s.clone()),
-        any_value::Value::BoolValue(b) => AttributeValue::Bool(*b),
-        any_value::Value::IntValue(i) => AttributeValue::Int(*i),
-        any_value::Value::DoubleValue(d) => AttributeValue::Double(*d),
-        any_value::Value::BytesValue(b) => AttributeValue::Bytes(b.clone()),
+        any_value::Value::StringValue(s) => ScalarRef::String(s),
+        any_value::Value::BoolValue(b) => ScalarRef::Bool(*b),
+        any_value::Value::IntValue(i) => ScalarRef::Int(*i),
+        any_value::Value::DoubleValue(d) => ScalarRef::Double(*d),
+        any_value::Value::BytesValue(b) => ScalarRef::Bytes(b),
         _ => return None,
     })
 }
 
-/// Appends `key = value` to `out`, keeping the value's type. Arrays of scalars stay arrays;
-/// key-value lists, and arrays holding lists or arrays, are flattened into dotted keys
-/// (`key.member`, `key.0`), each member keeping its type. An empty value is no value.
-fn flatten(key: &str, value: Option<&AnyValue>, out: &mut Attributes) {
+/// Adds `key = value` to the current row of `map`, keeping the value's type. Arrays of scalars
+/// stay arrays; key-value lists, and arrays holding lists or arrays, are flattened into dotted
+/// keys (`key.member`, `key.0`), each member keeping its type. An empty value is no value.
+fn push(map: &mut AttributeMapColumn, key: &str, value: Option<&AnyValue>) {
     let Some(value) = value.and_then(|v| v.value.as_ref()) else {
         return;
     };
     if let Some(s) = scalar(value) {
-        out.push((key.to_string(), s));
+        map.push_scalar(key, s);
         return;
     }
     match value {
         any_value::Value::ArrayValue(array) => {
-            let items: Option<Vec<AttributeValue>> = array
+            let all_scalars = array
                 .values
                 .iter()
                 .filter_map(|v| v.value.as_ref())
-                .map(scalar)
-                .collect();
-            match items {
-                Some(items) => out.push((key.to_string(), AttributeValue::Array(items))),
-                None => {
-                    for (i, item) in array.values.iter().enumerate() {
-                        flatten(&format!("{key}.{i}"), Some(item), out);
-                    }
+                .all(|v| scalar(v).is_some());
+            if all_scalars {
+                map.push_array(
+                    key,
+                    array
+                        .values
+                        .iter()
+                        .filter_map(|v| v.value.as_ref())
+                        .filter_map(scalar),
+                );
+            } else {
+                for (i, item) in array.values.iter().enumerate() {
+                    push(map, &format!("{key}.{i}"), Some(item));
                 }
             }
         }
         any_value::Value::KvlistValue(list) => {
             for kv in &list.values {
-                flatten(&format!("{key}.{}", kv.key), kv.value.as_ref(), out);
+                push(map, &format!("{key}.{}", kv.key), kv.value.as_ref());
             }
         }
         _ => {}
     }
 }
 
-fn attributes(key_values: &[KeyValue]) -> Attributes {
-    let mut out = Vec::with_capacity(key_values.len());
+/// Adds a row of `key_values` to `map`.
+fn push_row(map: &mut AttributeMapColumn, key_values: &[KeyValue]) {
     for kv in key_values {
-        flatten(&kv.key, kv.value.as_ref(), &mut out);
+        push(map, &kv.key, kv.value.as_ref());
     }
-    out
+    map.end_row(true);
 }
 
 /// A time in unix nanoseconds, if it fits the table's signed 64-bit nanoseconds.
@@ -139,167 +156,154 @@ fn time(value: u64) -> Option<i64> {
     i64::try_from(value).ok()
 }
 
+/// Why a span is rejected, if it is.
+fn invalid(span: &Span) -> Option<String> {
+    let mut buf = [0u8; 64];
+    if !valid_id(&span.trace_id, 16) {
+        return Some(format!(
+            "span {:?}: trace id is not 16 bytes, or all zero ({} bytes)",
+            span.name,
+            span.trace_id.len()
+        ));
+    }
+    let trace = hex_in(&span.trace_id, &mut buf).to_string();
+    if !valid_id(&span.span_id, 8) {
+        return Some(format!(
+            "span {:?} of trace {trace}: span id is not 8 bytes, or all zero ({} bytes)",
+            span.name,
+            span.span_id.len()
+        ));
+    }
+    let id = hex_in(&span.span_id, &mut buf).to_string();
+    let n = span.parent_span_id.len();
+    if n != 0 && n != 8 {
+        return Some(format!(
+            "span {id} of trace {trace}: parent span id is {n} bytes, not 8"
+        ));
+    }
+    let (Some(start), Some(end)) = (
+        time(span.start_time_unix_nano),
+        time(span.end_time_unix_nano),
+    ) else {
+        return Some(format!(
+            "span {id} of trace {trace}: a time is after the year 2262"
+        ));
+    };
+    if start == 0 {
+        return Some(format!(
+            "span {id} of trace {trace}: start_time_unix_nano is required"
+        ));
+    }
+    if end < start {
+        return Some(format!(
+            "span {id} of trace {trace}: end time {end} is before start time {start}"
+        ));
+    }
+    if span.events.iter().any(|e| time(e.time_unix_nano).is_none()) {
+        return Some(format!(
+            "span {id} of trace {trace}: an event time is after the year 2262"
+        ));
+    }
+    None
+}
+
 /// Checks and converts every span of `request`.
 pub fn spans(request: &ExportTraceServiceRequest) -> Result<DecodedSpans> {
-    let mut out: Vec<Span> = Vec::new();
+    let total: usize = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    let mut out = SpanBatchBuilder::with_capacity(total);
+    let mut accepted = 0usize;
     let mut rejected = 0usize;
     let mut notes: Vec<String> = Vec::new();
-    let mut reject = |notes: &mut Vec<String>, reason: String| {
-        rejected += 1;
-        if notes.len() < MAX_REASONS {
-            notes.push(reason);
-        }
-    };
+    let (mut trace_buf, mut span_buf, mut parent_buf) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+    let (mut link_trace_buf, mut link_span_buf) = ([0u8; 64], [0u8; 64]);
     for resource_spans in &request.resource_spans {
-        let resource = resource_spans
+        let resource: &[KeyValue] = resource_spans
             .resource
             .as_ref()
-            .map(|r| attributes(&r.attributes))
+            .map(|r| r.attributes.as_slice())
             .unwrap_or_default();
         let service = resource
             .iter()
-            .find_map(|(k, v)| match (k.as_str(), v) {
-                (SERVICE_NAME, AttributeValue::String(s)) => Some(s.clone()),
-                _ => None,
-            })
-            .unwrap_or_else(|| UNKNOWN_SERVICE.to_string());
+            .find_map(
+                |kv| match (kv.key.as_str(), kv.value.as_ref()?.value.as_ref()?) {
+                    (SERVICE_NAME, any_value::Value::StringValue(s)) => Some(s.as_str()),
+                    _ => None,
+                },
+            )
+            .unwrap_or(UNKNOWN_SERVICE);
         for scope_spans in &resource_spans.scope_spans {
             let (scope_name, scope_version) = match &scope_spans.scope {
                 Some(scope) => (
-                    (!scope.name.is_empty()).then(|| scope.name.clone()),
-                    (!scope.version.is_empty()).then(|| scope.version.clone()),
+                    (!scope.name.is_empty()).then_some(scope.name.as_str()),
+                    (!scope.version.is_empty()).then_some(scope.version.as_str()),
                 ),
                 None => (None, None),
             };
             for span in &scope_spans.spans {
-                let Some(trace_id) = hex_id(&span.trace_id, 16) else {
-                    reject(
-                        &mut notes,
-                        format!(
-                            "span {:?}: trace id is not 16 bytes, or all zero ({} bytes)",
-                            span.name,
-                            span.trace_id.len()
-                        ),
-                    );
-                    continue;
-                };
-                let Some(span_id) = hex_id(&span.span_id, 8) else {
-                    reject(
-                        &mut notes,
-                        format!(
-                            "span {:?} of trace {trace_id}: span id is not 8 bytes, or all zero ({} bytes)",
-                            span.name,
-                            span.span_id.len()
-                        ),
-                    );
-                    continue;
-                };
-                let parent_span_id = match span.parent_span_id.len() {
-                    0 => None,
-                    8 => hex_id(&span.parent_span_id, 8),
-                    n => {
-                        reject(
-                            &mut notes,
-                            format!(
-                                "span {span_id} of trace {trace_id}: parent span id is {n} bytes, not 8"
-                            ),
-                        );
-                        continue;
+                if let Some(reason) = invalid(span) {
+                    rejected += 1;
+                    if notes.len() < MAX_REASONS {
+                        notes.push(reason);
                     }
-                };
-                let (Some(start), Some(end)) = (
-                    time(span.start_time_unix_nano),
-                    time(span.end_time_unix_nano),
-                ) else {
-                    reject(
-                        &mut notes,
-                        format!(
-                            "span {span_id} of trace {trace_id}: a time is after the year 2262"
-                        ),
-                    );
-                    continue;
-                };
-                if start == 0 {
-                    reject(
-                        &mut notes,
-                        format!(
-                            "span {span_id} of trace {trace_id}: start_time_unix_nano is required"
-                        ),
-                    );
                     continue;
                 }
-                if end < start {
-                    reject(
-                        &mut notes,
-                        format!(
-                            "span {span_id} of trace {trace_id}: end time {end} is before start time {start}"
-                        ),
-                    );
-                    continue;
-                }
-                let events: Option<Vec<Event>> = span
-                    .events
-                    .iter()
-                    .map(|e| {
-                        Some(Event {
-                            time_unix_nano: time(e.time_unix_nano)?,
-                            name: e.name.clone(),
-                            attributes: attributes(&e.attributes),
-                            dropped_attributes_count: e.dropped_attributes_count as i64,
-                        })
-                    })
-                    .collect();
-                let Some(events) = events else {
-                    reject(
-                        &mut notes,
-                        format!(
-                            "span {span_id} of trace {trace_id}: an event time is after the year 2262"
-                        ),
-                    );
-                    continue;
-                };
-                let links = span
-                    .links
-                    .iter()
-                    .map(|l| Link {
-                        trace_id: hex::encode(&l.trace_id),
-                        span_id: hex::encode(&l.span_id),
-                        trace_state: (!l.trace_state.is_empty()).then(|| l.trace_state.clone()),
-                        flags: (l.flags != 0).then_some(l.flags as i64),
-                        attributes: attributes(&l.attributes),
-                        dropped_attributes_count: l.dropped_attributes_count as i64,
-                    })
-                    .collect();
+                let parent = valid_id(&span.parent_span_id, 8)
+                    .then(|| hex_in(&span.parent_span_id, &mut parent_buf) as &str);
                 let (status_code, status_message) = match &span.status {
                     Some(s) => (
                         status(s.code),
-                        (!s.message.is_empty()).then(|| s.message.clone()),
+                        (!s.message.is_empty()).then_some(s.message.as_str()),
                     ),
                     None => (StatusCode::Unset, None),
                 };
-                out.push(Span {
-                    trace_id,
-                    span_id,
-                    parent_span_id,
-                    trace_state: (!span.trace_state.is_empty()).then(|| span.trace_state.clone()),
+                out.push_row(&SpanRow {
+                    trace_id: hex_in(&span.trace_id, &mut trace_buf),
+                    span_id: hex_in(&span.span_id, &mut span_buf),
+                    parent_span_id: parent,
+                    trace_state: (!span.trace_state.is_empty())
+                        .then_some(span.trace_state.as_str()),
                     flags: Some(span.flags as i64),
-                    name: span.name.clone(),
+                    name: &span.name,
                     kind: kind(span.kind),
-                    service_name: service.clone(),
-                    start_time_unix_nano: start,
-                    end_time_unix_nano: end,
+                    service_name: service,
+                    // Checked by `invalid`.
+                    start_time_unix_nano: time(span.start_time_unix_nano).unwrap_or_default(),
+                    end_time_unix_nano: time(span.end_time_unix_nano).unwrap_or_default(),
                     status_code,
                     status_message,
-                    scope_name: scope_name.clone(),
-                    scope_version: scope_version.clone(),
-                    attributes: attributes(&span.attributes),
-                    resource_attributes: resource.clone(),
-                    events,
-                    links,
+                    scope_name,
+                    scope_version,
                     dropped_attributes_count: span.dropped_attributes_count as i64,
                     dropped_events_count: span.dropped_events_count as i64,
                     dropped_links_count: span.dropped_links_count as i64,
                 });
+                push_row(&mut out.attributes, &span.attributes);
+                push_row(&mut out.resource, resource);
+                for e in &span.events {
+                    out.push_event(
+                        time(e.time_unix_nano).unwrap_or_default(),
+                        &e.name,
+                        e.dropped_attributes_count as i64,
+                    );
+                    push_row(&mut out.event_attributes, &e.attributes);
+                }
+                for l in &span.links {
+                    out.push_link(
+                        hex_in(&l.trace_id, &mut link_trace_buf),
+                        hex_in(&l.span_id, &mut link_span_buf),
+                        (!l.trace_state.is_empty()).then_some(l.trace_state.as_str()),
+                        (l.flags != 0).then_some(l.flags as i64),
+                        l.dropped_attributes_count as i64,
+                    );
+                    push_row(&mut out.link_attributes, &l.attributes);
+                }
+                out.end_span(span.events.len(), span.links.len());
+                accepted += 1;
             }
         }
     }
@@ -307,8 +311,8 @@ pub fn spans(request: &ExportTraceServiceRequest) -> Result<DecodedSpans> {
         notes.push(format!("{} more spans rejected", rejected - notes.len()));
     }
     Ok(DecodedSpans {
-        accepted: out.len(),
-        batch: crate::span::spans_to_batch(&out)?,
+        accepted,
+        batch: out.finish()?,
         rejected,
         notes,
     })
@@ -350,8 +354,8 @@ mod tests {
         }
     }
 
-    fn span(trace: &[u8], id: &[u8]) -> opentelemetry_proto::tonic::trace::v1::Span {
-        opentelemetry_proto::tonic::trace::v1::Span {
+    fn span(trace: &[u8], id: &[u8]) -> Span {
+        Span {
             trace_id: trace.to_vec(),
             span_id: id.to_vec(),
             name: "op".into(),
@@ -422,29 +426,43 @@ mod tests {
                 }),
             ),
         ];
-        let mut out = Vec::new();
-        for kv in &s.attributes {
-            flatten(&kv.key, kv.value.as_ref(), &mut out);
-        }
-        assert_eq!(
-            out,
-            vec![
-                ("s".to_string(), AttributeValue::String("x".into())),
-                ("i".to_string(), AttributeValue::Int(-3)),
-                ("d".to_string(), AttributeValue::Double(1.5)),
-                ("b".to_string(), AttributeValue::Bool(true)),
-                ("y".to_string(), AttributeValue::Bytes(vec![0, 255])),
-                (
-                    "a".to_string(),
-                    AttributeValue::Array(vec![AttributeValue::Int(7)])
-                ),
-                ("m.k".to_string(), AttributeValue::Bool(false)),
-                ("m.n.deep".to_string(), AttributeValue::Double(2.0)),
-            ]
-        );
         let decoded = spans(&request(vec![s])).unwrap();
         assert_eq!(decoded.accepted, 1);
         assert!(decoded.partial_success().is_none());
+        // Read back through the same conversion the table uses.
+        let map = decoded
+            .batch
+            .column_by_name("attributes")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::MapArray>()
+            .unwrap()
+            .clone();
+        let keys: Vec<String> = {
+            use arrow::array::AsArray;
+            map.keys()
+                .as_string::<i32>()
+                .iter()
+                .map(|k| k.unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(keys, ["s", "i", "d", "b", "y", "a", "m.k", "m.n.deep"]);
+        let types: Vec<String> = {
+            use arrow::array::AsArray;
+            map.values()
+                .as_struct()
+                .column(0)
+                .as_string::<i32>()
+                .iter()
+                .map(|k| k.unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(
+            types,
+            [
+                "string", "int", "double", "bool", "bytes", "array", "bool", "double"
+            ]
+        );
     }
 
     #[test]

@@ -1,21 +1,19 @@
 //! The trace-id index of one table version: a slot per data file, with what the Delta log says
-//! about the file (size, trace-id and start-time ranges from its statistics) and, once read,
-//! what its parquet footer says (row-group trace-id ranges, the bloom filter of `trace_id`,
-//! the footer with its page index, for reading the file without decoding the footer again).
+//! about the file (size, partition, row count, trace-id and start-time ranges from its
+//! statistics) and, once read, what its parquet footer says (row-group trace-id ranges, the
+//! bloom filter of `trace_id`, the footer with its page index, for reading the file without
+//! decoding the footer again).
 //!
-//! Slots outlive versions: a new version reuses the slots of the files it keeps, so installing
-//! a version reads nothing about files already known. A file whose footer cannot be read does
-//! not fail the version: its slot stays empty, and only a query that needs the file (one the
-//! log statistics cannot rule out) tries to read it again, failing with an error that names
-//! the file if it still cannot. The query path never lists; it reads only footers, bloom
-//! filters and pages of files the version names.
+//! Slots outlive versions: the table's state is a persistent map of slots, so a new version
+//! shares the slots of the files it keeps, and installing it reads nothing about them. A file
+//! whose footer cannot be read does not fail the version: its slot stays empty, and only a
+//! query that needs the file (one the log statistics cannot rule out) tries to read it again,
+//! failing with an error that names the file if it still cannot. The query path never lists;
+//! it reads only footers, bloom filters and pages of files the version names.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use delta_kernel::expressions::Scalar;
-use deltalake::kernel::{EagerSnapshot, LogicalFileView};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -34,6 +32,9 @@ use crate::schema::col;
 /// Footers read at the same time (when a version is installed, or by a query that needs
 /// several files not read yet).
 const CONCURRENT_FOOTER_READS: usize = 8;
+
+/// Retries of a footer read that failed with a transient error.
+const FOOTER_RETRIES: u32 = 2;
 
 /// One row group of a read file.
 #[derive(Debug)]
@@ -161,27 +162,89 @@ async fn read_footer(
     })
 }
 
+/// What the Delta log says about one data file.
+#[derive(Debug, Clone)]
+pub(crate) struct LogFile {
+    /// The path as the log names it (relative to the table, percent-decoded).
+    pub(crate) path: String,
+    pub(crate) size: u64,
+    /// The `span_date` partition value.
+    pub(crate) span_date: Option<String>,
+    pub(crate) num_records: Option<u64>,
+    /// Smallest and largest trace id per the statistics (`None` when not recorded).
+    pub(crate) trace_ids: Option<(String, String)>,
+    /// Earliest and latest span start (unix ns) per the statistics.
+    pub(crate) starts: Option<(i64, i64)>,
+    /// Whether the file has a deletion vector (some of its rows are deleted).
+    pub(crate) deletion_vector: bool,
+}
+
+impl LogFile {
+    /// A file from its log entry: path, size, partition value and the statistics JSON.
+    pub(crate) fn new(
+        path: String,
+        size: i64,
+        span_date: Option<String>,
+        stats: Option<&str>,
+        deletion_vector: bool,
+    ) -> Self {
+        let parsed: Option<serde_json::Value> = stats.and_then(|s| serde_json::from_str(s).ok());
+        let stat = |kind: &str, column: &str| parsed.as_ref()?.get(kind)?.get(column).cloned();
+        // A truncated string statistic could not rule anything out: only complete ids count.
+        let id = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) if crate::schema::is_hex_id(&s, 32) => {
+                Some(s.to_ascii_lowercase())
+            }
+            _ => None,
+        };
+        let long = |v: Option<serde_json::Value>| v.and_then(|v| v.as_i64());
+        let trace_ids = match (
+            id(stat("minValues", col::TRACE_ID)),
+            id(stat("maxValues", col::TRACE_ID)),
+        ) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        };
+        let starts = match (
+            long(stat("minValues", col::START_TIME_UNIX_NANO)),
+            long(stat("maxValues", col::START_TIME_UNIX_NANO)),
+        ) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        };
+        Self {
+            path,
+            size: size.max(0) as u64,
+            span_date,
+            num_records: parsed
+                .as_ref()
+                .and_then(|p| p.get("numRecords"))
+                .and_then(|n| n.as_u64()),
+            trace_ids,
+            starts,
+            deletion_vector,
+        }
+    }
+}
+
 /// One data file of the table: what the log says about it, and its footer once read.
 #[derive(Debug)]
 pub(crate) struct FileSlot {
-    location: Path,
-    size: u64,
-    /// Smallest and largest trace id per the log statistics (`None` when not recorded).
-    log_trace_ids: Option<(String, String)>,
-    /// Earliest and latest span start (unix ns) per the log statistics.
-    log_starts: Option<(i64, i64)>,
+    /// Path in the root object store.
+    pub(crate) location: Path,
+    pub(crate) log: LogFile,
     footer: ArcSwapOption<IndexedFile>,
     /// One footer read at a time per file.
     reading: tokio::sync::Mutex<()>,
 }
 
 impl FileSlot {
-    fn new(location: Path, view: &LogicalFileView) -> Self {
+    /// The slot of `log`, a file of the table under `prefix` in the root store.
+    pub(crate) fn new(prefix: &Path, log: LogFile) -> Self {
+        let relative = Path::parse(&log.path).unwrap_or_else(|_| Path::from(log.path.as_str()));
         Self {
-            location,
-            size: view.size().max(0) as u64,
-            log_trace_ids: log_trace_id_range(view),
-            log_starts: log_start_range(view),
+            location: Path::from_iter(prefix.parts().chain(relative.parts())),
+            log,
             footer: ArcSwapOption::empty(),
             reading: tokio::sync::Mutex::new(()),
         }
@@ -189,7 +252,7 @@ impl FileSlot {
 
     /// Whether the file may hold one of `ids`, per the log statistics.
     fn may_contain_any(&self, ids: &[String]) -> bool {
-        match &self.log_trace_ids {
+        match &self.log.trace_ids {
             Some((min, max)) => ids
                 .iter()
                 .any(|id| id.as_str() >= min.as_str() && id.as_str() <= max.as_str()),
@@ -200,7 +263,7 @@ impl FileSlot {
     /// Whether the file may hold spans starting within `bounds` (inclusive), per the log
     /// statistics.
     fn may_start_within(&self, bounds: &StartBounds) -> bool {
-        match self.log_starts {
+        match self.log.starts {
             Some((min, max)) => {
                 bounds.min.is_none_or(|lo| max >= lo) && bounds.max.is_none_or(|hi| min <= hi)
             }
@@ -209,7 +272,7 @@ impl FileSlot {
     }
 
     /// The footer entry, reading it if it was not read yet (or failed before).
-    async fn footer(&self, store: &Arc<dyn ObjectStore>) -> Result<Arc<IndexedFile>> {
+    pub(crate) async fn footer(&self, store: &Arc<dyn ObjectStore>) -> Result<Arc<IndexedFile>> {
         if let Some(footer) = self.footer.load_full() {
             return Ok(footer);
         }
@@ -217,53 +280,35 @@ impl FileSlot {
         if let Some(footer) = self.footer.load_full() {
             return Ok(footer);
         }
-        let footer = Arc::new(read_footer(store.clone(), self.location.clone(), self.size).await?);
+        // A transient error (a network error, a throttled request) is tried again twice.
+        let mut attempt = 0;
+        let footer = loop {
+            match read_footer(store.clone(), self.location.clone(), self.log.size).await {
+                Ok(footer) => break Arc::new(footer),
+                Err(e) if e.is_transient() && attempt < FOOTER_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "reading a footer failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         self.footer.store(Some(footer.clone()));
         Ok(footer)
     }
-}
 
-/// The field `name` of a statistics struct (`minValues` or `maxValues`).
-fn stat(scalar: Option<Scalar>, name: &str) -> Option<Scalar> {
-    let Scalar::Struct(data) = scalar? else {
-        return None;
-    };
-    let i = data.fields().iter().position(|f| f.name() == name)?;
-    Some(data.values()[i].clone())
-}
-
-/// The earliest and latest span start of a file per its Delta statistics.
-fn log_start_range(view: &LogicalFileView) -> Option<(i64, i64)> {
-    let long = |s: Option<Scalar>| match s? {
-        Scalar::Long(v) => Some(v),
-        _ => None,
-    };
-    Some((
-        long(stat(view.min_values(), col::START_TIME_UNIX_NANO))?,
-        long(stat(view.max_values(), col::START_TIME_UNIX_NANO))?,
-    ))
-}
-
-/// The smallest and largest trace id of a file per its Delta statistics, when both are
-/// complete trace ids (a truncated string statistic could not rule anything out).
-fn log_trace_id_range(view: &LogicalFileView) -> Option<(String, String)> {
-    fn trace_id(scalar: Option<Scalar>) -> Option<String> {
-        let Scalar::Struct(data) = scalar? else {
-            return None;
-        };
-        let i = data
-            .fields()
-            .iter()
-            .position(|f| f.name() == col::TRACE_ID)?;
-        match &data.values()[i] {
-            Scalar::String(s) if crate::table::ingest::is_hex_id(s, 32) => {
-                Some(s.to_ascii_lowercase())
-            }
-            _ => None,
+    /// The smallest and largest trace id of the file: from its footer if read, else from the
+    /// log statistics.
+    pub(crate) fn trace_id_range(&self) -> Option<(String, String)> {
+        match self.footer.load_full() {
+            Some(footer) => footer.trace_id_range(),
+            None => self.log.trace_ids.clone(),
         }
     }
-    Some((trace_id(view.min_values())?, trace_id(view.max_values())?))
 }
+
+/// The data files of a version, by location (table order).
+pub(crate) type FileMap = imbl::OrdMap<Arc<str>, Arc<FileSlot>>;
 
 /// The row groups to read for a scan, with the footer entries of their files.
 #[derive(Debug, Default, Clone)]
@@ -272,12 +317,10 @@ pub(crate) struct ScanPlan {
     pub(crate) files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
 }
 
-/// The index of one table version. See the module docs.
-#[derive(Debug, Default)]
+/// The index of one table version: its data files, by location. See the module docs.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct TraceIdIndex {
-    /// In table order (sorted by path).
-    files: Vec<Arc<FileSlot>>,
-    by_path: HashMap<Path, usize>,
+    files: FileMap,
 }
 
 /// The prefix of a table's files in its root store.
@@ -286,57 +329,9 @@ pub(crate) fn table_prefix(url: &url::Url) -> Path {
 }
 
 impl TraceIdIndex {
-    /// The index of `snapshot`, reusing the slots of `previous` for the files it had, and
-    /// reading the footers of the other files. A footer that cannot be read is logged and left
-    /// for the queries that need it. `None` when the version has files with deletion vectors
-    /// (scans then use deltalake's own).
-    pub(crate) async fn build(
-        store: &Arc<dyn ObjectStore>,
-        prefix: &Path,
-        snapshot: &EagerSnapshot,
-        previous: Option<&TraceIdIndex>,
-    ) -> Result<Option<Self>> {
-        let log_data = snapshot.try_log_data()?;
-        let mut files: Vec<Arc<FileSlot>> = Vec::with_capacity(log_data.num_files());
-        let mut new = Vec::new();
-        for view in log_data.iter() {
-            if view.deletion_vector_descriptor().is_some() {
-                return Ok(None);
-            }
-            let relative = view.object_store_path();
-            let location = Path::from_iter(prefix.parts().chain(relative.parts()));
-            match previous.and_then(|p| p.slot(&location)) {
-                Some(slot) => files.push(slot.clone()),
-                None => {
-                    let slot = Arc::new(FileSlot::new(location, &view));
-                    new.push(slot.clone());
-                    files.push(slot);
-                }
-            }
-        }
-        files.sort_by(|a, b| a.location.cmp(&b.location));
-        let by_path = files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.location.clone(), i))
-            .collect();
-        futures::stream::iter(new)
-            .map(|slot| {
-                let store = store.clone();
-                async move {
-                    if let Err(e) = slot.footer(&store).await {
-                        tracing::warn!(error = %e, "a data file's footer could not be read; queries that need it will try again");
-                    }
-                }
-            })
-            .buffer_unordered(CONCURRENT_FOOTER_READS)
-            .collect::<()>()
-            .await;
-        Ok(Some(Self { files, by_path }))
-    }
-
-    fn slot(&self, location: &Path) -> Option<&Arc<FileSlot>> {
-        self.by_path.get(location).map(|&i| &self.files[i])
+    /// The index over `files`.
+    pub(crate) fn new(files: FileMap) -> Self {
+        Self { files }
     }
 
     /// The footer entries of `slots`, reading those not read yet; fails naming the first file
@@ -365,7 +360,7 @@ impl TraceIdIndex {
     ) -> Result<ScanPlan> {
         let candidates: Vec<Arc<FileSlot>> = self
             .files
-            .iter()
+            .values()
             .filter(|slot| slot.may_contain_any(ids) && slot.may_start_within(bounds))
             .cloned()
             .collect();
@@ -395,7 +390,7 @@ impl TraceIdIndex {
     ) -> Result<ScanPlan> {
         let candidates: Vec<Arc<FileSlot>> = self
             .files
-            .iter()
+            .values()
             .filter(|slot| slot.may_start_within(bounds))
             .cloned()
             .collect();
@@ -406,15 +401,5 @@ impl TraceIdIndex {
             plan.files.push((file, (0..n).collect()));
         }
         Ok(plan)
-    }
-
-    /// The smallest and largest trace id of a data file: from its footer if read, else from
-    /// the log statistics.
-    pub(crate) fn trace_id_range(&self, location: &Path) -> Option<(String, String)> {
-        let slot = self.slot(location)?;
-        match slot.footer.load_full() {
-            Some(footer) => footer.trace_id_range(),
-            None => slot.log_trace_ids.clone(),
-        }
     }
 }

@@ -1,5 +1,4 @@
-//! The scan behind `spans`: from the current snapshot to an `ExecutionPlan` producing the SQL
-//! columns.
+//! The scan behind `spans`: from one version to an `ExecutionPlan` producing the SQL columns.
 //!
 //! With the trace-id index (every version without deletion vectors) the scan is tracelake's
 //! own: a lookup by trace id reads only the row groups the index points at (through
@@ -10,7 +9,7 @@
 
 use std::sync::Arc;
 
-use datafusion::catalog::Session;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, Result as DfResult};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::ParquetAccessPlan;
@@ -27,88 +26,104 @@ use object_store::ObjectStore;
 
 use super::file_schema;
 use super::filters::{lookup_ids, start_bounds, translate_filter};
-use super::index::ScanPlan;
+use super::index::{ScanPlan, TraceIdIndex};
 use super::lookup_exec::LookupExec;
 use super::reader::IndexedReaderFactory;
 use crate::schema::{col as c, sql_schema, storage_name};
-use crate::table::TraceTable;
 
-/// Plans a scan of `table`'s current snapshot with the SQL `projection` and `filters` (which
+/// The SQL columns a scan produces: indices into the SQL schema.
+fn wanted(projection: Option<&Vec<usize>>) -> Vec<usize> {
+    match projection {
+        Some(p) => p.clone(),
+        None => (0..sql_schema().fields().len()).collect(),
+    }
+}
+
+/// Plans a scan of one version through its trace-id `index`, the table's files read through
+/// `store` (registered under `store_url`), with the SQL `projection` and `filters` (which
 /// DataFusion re-applies above: they only prune here).
-pub(crate) async fn scan(
-    table: &Arc<TraceTable>,
+pub(crate) async fn scan_index(
+    index: &TraceIdIndex,
+    store: &Arc<dyn ObjectStore>,
+    store_url: &ObjectStoreUrl,
+    state: &dyn Session,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let sql = sql_schema();
+    let wanted = wanted(projection);
+    let ids = lookup_ids(filters);
+    let storage_filters: Vec<Expr> = filters.iter().filter_map(translate_filter).collect();
+    state
+        .runtime_env()
+        .register_object_store(store_url.as_ref(), store.clone());
+    let bounds = start_bounds(filters);
+    let scan_plan = match &ids {
+        Some(ids) => index.plan(store, ids, &bounds).await?,
+        None => index.plan_all(store, &bounds).await?,
+    };
+    let file_schema = file_schema();
+    let projection = wanted
+        .iter()
+        .map(|&i| file_schema.index_of(storage_name(sql.field(i).name())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(ids) = &ids
+        && scan_plan.files.iter().all(|(file, _)| file.native)
+    {
+        // Already in the SQL names and types.
+        return Ok(Arc::new(LookupExec::new(
+            store.clone(),
+            scan_plan.files,
+            ids.clone(),
+            projection,
+            Arc::new(sql.project(&wanted)?),
+        )));
+    }
+    let plan = if scan_plan.files.is_empty() {
+        Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?))) as _
+    } else {
+        parquet_scan(
+            state,
+            store,
+            store_url,
+            &scan_plan,
+            ids.as_deref(),
+            &storage_filters,
+            projection,
+        )?
+    };
+    to_sql(plan, &wanted)
+}
+
+/// Plans a scan through deltalake's provider `delta` (storage schema), for versions the index
+/// cannot serve (files with deletion vectors).
+pub(crate) async fn scan_delta(
+    delta: &Arc<dyn TableProvider>,
     state: &dyn Session,
     projection: Option<&Vec<usize>>,
     filters: &[Expr],
     limit: Option<usize>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let snapshot = table.snapshot_for_query().await;
     let sql = sql_schema();
-    let wanted: Vec<usize> = match projection {
-        Some(p) => p.clone(),
-        None => (0..sql.fields().len()).collect(),
-    };
-    let ids = lookup_ids(filters);
+    let wanted = wanted(projection);
     let storage_filters: Vec<Expr> = filters.iter().filter_map(translate_filter).collect();
-    let plan = match snapshot.index() {
-        Some(index) => {
-            let store = &table.location().root_store;
-            state
-                .runtime_env()
-                .register_object_store(table.store_url().as_ref(), store.clone());
-            let bounds = start_bounds(filters);
-            let scan_plan = match &ids {
-                Some(ids) => index.plan(store, ids, &bounds).await?,
-                None => index.plan_all(store, &bounds).await?,
-            };
-            let file_schema = file_schema();
-            let projection = wanted
-                .iter()
-                .map(|&i| file_schema.index_of(storage_name(sql.field(i).name())))
-                .collect::<Result<Vec<_>, _>>()?;
-            if let Some(ids) = &ids
-                && scan_plan.files.iter().all(|(file, _)| file.native)
-            {
-                // Already in the SQL names and types.
-                return Ok(Arc::new(LookupExec::new(
-                    store.clone(),
-                    scan_plan.files,
-                    ids.clone(),
-                    projection,
-                    Arc::new(sql.project(&wanted)?),
-                )));
-            }
-            if scan_plan.files.is_empty() {
-                Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)))
-            } else {
-                parquet_scan(
-                    state,
-                    store,
-                    table.store_url(),
-                    &scan_plan,
-                    ids.as_deref(),
-                    &storage_filters,
-                    projection,
-                )?
-            }
-        }
-        None => {
-            let delta = snapshot.delta_scan();
-            let delta_schema = delta.schema();
-            let storage_projection = wanted
-                .iter()
-                .map(|&i| delta_schema.index_of(storage_name(sql.field(i).name())))
-                .collect::<Result<Vec<_>, _>>()?;
-            delta
-                .scan(state, Some(&storage_projection), &storage_filters, limit)
-                .await?
-        }
-    };
+    let delta_schema = delta.schema();
+    let storage_projection = wanted
+        .iter()
+        .map(|&i| delta_schema.index_of(storage_name(sql.field(i).name())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let plan = delta
+        .scan(state, Some(&storage_projection), &storage_filters, limit)
+        .await?;
+    to_sql(plan, &wanted)
+}
 
-    // Storage names and types to the SQL ones.
+/// Storage names and types to the SQL ones.
+fn to_sql(plan: Arc<dyn ExecutionPlan>, wanted: &[usize]) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let sql = sql_schema();
     let input = plan.schema();
     let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(wanted.len());
-    for &i in &wanted {
+    for &i in wanted {
         let field = sql.field(i);
         let index = input.index_of(storage_name(field.name()))?;
         let column: Arc<dyn PhysicalExpr> =

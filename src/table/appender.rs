@@ -543,8 +543,9 @@ impl Worker {
                 _ = timer => {}
                 _ = tokio::time::sleep(self.config.initial_backoff.max(Duration::from_millis(1))), if !accepting && !closed => {}
             }
-            // Whatever else is queued already joins this round (group commit).
-            while !closed && self.buffered_rows() < limit {
+            // Whatever else is queued already joins this round (group commit), up to the
+            // size of a commit.
+            while !closed && self.buffered_rows() < self.config.max_rows {
                 match rx.try_recv() {
                     Ok(m) => self.take(m, &mut flush_reply, &mut deadline, &mut acks_due),
                     Err(mpsc::error::TryRecvError::Empty) => break,

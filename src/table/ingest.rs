@@ -23,10 +23,7 @@ fn invalid(row: usize, message: impl Into<String>) -> TraceLakeError {
     }
 }
 
-/// Whether `s` is `len` hexadecimal characters.
-pub fn is_hex_id(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
+pub use crate::schema::is_hex_id;
 
 /// Validates a trace id (32 hex characters, either case) and returns it in lowercase.
 pub fn normalize_trace_id(s: &str) -> Option<String> {
@@ -323,6 +320,14 @@ pub fn sort_for_storage(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
         }
     }
     if keys.is_sorted() && batches.len() <= 1 {
+        return Ok(batches.to_vec());
+    }
+    // A commit that fits one data page of one day gains nothing from sorting: a lookup decodes
+    // the whole page anyway, and the page's statistics are the same in any order.
+    if total <= super::PAGE_ROWS
+        && keys.first().map(|k| k.0) == keys.last().map(|k| k.0)
+        && keys.iter().all(|k| Some(k.0) == keys.first().map(|f| f.0))
+    {
         return Ok(batches.to_vec());
     }
     keys.sort_unstable();

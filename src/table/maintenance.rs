@@ -39,27 +39,10 @@ impl TraceTable {
     /// [`TraceTable::optimize`].
     pub fn partitions_to_optimize(&self) -> Result<Vec<String>> {
         let snapshot = self.snapshot();
-        let log_data = snapshot
-            .delta_table()
-            .snapshot()?
-            .snapshot()
-            .try_log_data()?;
-        let prefix = crate::read::index::table_prefix(&self.location().url);
         let mut ranges: BTreeMap<String, Vec<Option<(String, String)>>> = BTreeMap::new();
-        for view in log_data.iter() {
-            let date = view
-                .partition_values_map()
-                .get(col::SPAN_DATE)
-                .cloned()
-                .flatten()
-                .unwrap_or_default();
-            let location = object_store::path::Path::from_iter(
-                prefix.parts().chain(view.object_store_path().parts()),
-            );
-            let range = snapshot
-                .index()
-                .and_then(|index| index.trace_id_range(&location));
-            ranges.entry(date).or_default().push(range);
+        for slot in snapshot.state().files.values() {
+            let date = slot.log.span_date.clone().unwrap_or_default();
+            ranges.entry(date).or_default().push(slot.trace_id_range());
         }
         Ok(ranges
             .into_iter()
@@ -95,7 +78,7 @@ impl TraceTable {
             });
         }
         let result = async {
-            let table = self.snapshot().delta_table().clone();
+            let table = self.delta_table().await?;
             let values: Vec<&str> = partitions.iter().map(String::as_str).collect();
             let filters = [(col::SPAN_DATE, FilterOp::In, FilterValue::Set(values))];
             let (optimized, metrics) = table
@@ -104,7 +87,9 @@ impl TraceTable {
                 .with_filters(&filters)
                 .with_writer_properties(writer_properties())
                 .await?;
-            let version = self.install_locked(optimized).await?;
+            let version = self
+                .advance_to(optimized.version().map(|v| v as i64).unwrap_or(-1))
+                .await?;
             Ok(OptimizeOutcome {
                 partitions: partitions.clone(),
                 files_removed: metrics.num_files_removed,
@@ -348,14 +333,16 @@ impl TraceTable {
             { names::ATTR_ERROR } = field::Empty,
         );
         let result = async {
-            let table = self.snapshot().delta_table().clone();
+            let table = self.delta_table().await?;
             let (vacuumed, metrics) = table
                 .vacuum()
                 .with_retention_period(retention)
                 .with_enforce_retention_duration(false)
                 .with_dry_run(dry_run)
                 .await?;
-            let version = self.install_locked(vacuumed).await?;
+            let version = self
+                .advance_to(vacuumed.version().map(|v| v as i64).unwrap_or(-1))
+                .await?;
             Ok(VacuumOutcome {
                 files_deleted: metrics.files_deleted.len(),
                 files: metrics.files_deleted,
@@ -408,12 +395,14 @@ impl TraceTable {
             });
         }
         let result = async {
-            let table = self.snapshot().delta_table().clone();
+            let table = self.delta_table().await?;
             let (expired, metrics) = table
                 .delete()
                 .with_predicate(format!("{} < '{cutoff}'", col::SPAN_DATE))
                 .await?;
-            let version = self.install_locked(expired).await?;
+            let version = self
+                .advance_to(expired.version().map(|v| v as i64).unwrap_or(-1))
+                .await?;
             Ok(ExpireOutcome {
                 partitions: partitions.clone(),
                 files_removed: metrics.num_removed_files as u64,
@@ -431,8 +420,8 @@ impl TraceTable {
     /// Writes a checkpoint of the current version and removes log files older than the
     /// table's log retention, so that opening and refreshing stay bounded.
     pub async fn checkpoint(&self) -> Result<i64> {
-        let table = self.snapshot().delta_table().clone();
-        let version = self.version();
+        let table = self.delta_table().await?;
+        let version = table.version().map(|v| v as i64).unwrap_or(-1);
         let span = tracing::info_span!(
             names::DELTA_CHECKPOINT,
             { names::ATTR_VERSION_AFTER } = version,
@@ -453,38 +442,22 @@ impl TraceTable {
     /// the Delta log alone (no data file is read).
     pub fn stats(&self) -> Result<TableStats> {
         let snapshot = self.snapshot();
-        let log_data = snapshot
-            .delta_table()
-            .snapshot()?
-            .snapshot()
-            .try_log_data()?;
         let mut stats = TableStats {
             version: snapshot.version(),
             ..Default::default()
         };
         let mut partitions = std::collections::BTreeSet::new();
-        for view in log_data.iter() {
+        for slot in snapshot.state().files.values() {
+            let log = &slot.log;
             stats.files += 1;
-            stats.bytes += view.size().max(0) as u64;
-            stats.spans += view.num_records().unwrap_or(0) as u64;
-            if let Some(Some(date)) = view.partition_values_map().get(col::SPAN_DATE) {
+            stats.bytes += log.size;
+            stats.spans += log.num_records.unwrap_or(0);
+            if let Some(date) = &log.span_date {
                 partitions.insert(date.clone());
             }
-            let parsed: Option<serde_json::Value> = view
-                .stats()
-                .and_then(|json| serde_json::from_str(&json).ok());
-            let bound = |key: &str| -> Option<i64> {
-                parsed
-                    .as_ref()?
-                    .get(key)?
-                    .get(col::START_TIME_UNIX_NANO)?
-                    .as_i64()
-            };
-            if let Some(min) = bound("minValues") {
+            if let Some((min, max)) = log.starts {
                 stats.oldest_start_unix_nano =
                     Some(stats.oldest_start_unix_nano.map_or(min, |o| o.min(min)));
-            }
-            if let Some(max) = bound("maxValues") {
                 stats.newest_start_unix_nano =
                     Some(stats.newest_start_unix_nano.map_or(max, |o| o.max(max)));
             }

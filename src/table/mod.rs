@@ -1,13 +1,22 @@
 //! The Delta lifecycle of a trace table: open or create, append as one commit, refresh, and
 //! the snapshot swap that makes every new version visible to the next query.
 //!
-//! This module owns the only code that lists `_delta_log` (load and refresh). The query path
-//! only reads the [`TableSnapshot`] installed here and never lists.
+//! tracelake keeps the table's state itself ([`state`]): loaded from deltalake's snapshot when
+//! the table is opened, then moved forward by each commit's actions. An append writes its data
+//! files, then its commit (a conditional put of the next log entry: another writer's commit in
+//! between is read, checked, and the put tried at the next version), and installs the new
+//! state: its cost follows what it writes, not the size of the table. Checkpoints are written
+//! in the background every `delta.checkpointInterval` commits.
+//!
+//! This module owns the only code that lists `_delta_log` (refresh, which reads the commits
+//! made since the installed version). The query path only reads the installed
+//! [`TableSnapshot`] and never lists.
 
 pub mod appender;
 pub mod background;
 pub(crate) mod ingest;
 pub mod maintenance;
+pub(crate) mod state;
 mod write;
 
 use std::collections::HashMap;
@@ -17,14 +26,18 @@ use arc_swap::ArcSwap;
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use deltalake::kernel::StructType;
-use deltalake::kernel::Transaction;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitData, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::logstore::{CommitOrBytes, LogStoreRef};
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
-use deltalake::protocol::SaveMode;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use tracing::{Instrument, field};
 
 use crate::error::{Result, TraceLakeError};
@@ -39,6 +52,7 @@ pub use maintenance::{
     ExpireBuilder, ExpireOutcome, OptimizeBuilder, OptimizeOutcome, TableStats, VacuumBuilder,
     VacuumOutcome,
 };
+use state::{Next, TableState};
 
 /// Rows per parquet row group. Rows are sorted by trace id inside a file, so a row group
 /// covers a narrow id range and a lookup by id reads one or two of them.
@@ -47,6 +61,9 @@ pub const ROW_GROUP_ROWS: usize = 16 * 1024;
 /// Rows per data page at most: with the page index, a lookup decodes only the pages that
 /// hold its rows (contiguous, since rows are sorted by trace id) instead of the row group.
 pub const PAGE_ROWS: usize = 1024;
+
+/// Attempts of one commit against other writers' commits at the same version.
+const COMMIT_ATTEMPTS: usize = 16;
 
 /// Columns written without a dictionary: (nearly) unique per row, so a dictionary would be as
 /// large as the data, and a lookup would decode the whole row group's dictionary to read a
@@ -62,40 +79,40 @@ const PLAIN_COLUMNS: &[&str] = &[
 
 /// One committed version of the table, ready to scan. Installed atomically; a query that
 /// loaded it keeps it until the query ends.
-#[derive(Debug)]
 pub struct TableSnapshot {
-    table: DeltaTable,
-    scan: Arc<dyn TableProvider>,
+    state: TableState,
+    /// The trace-id index (`None` when the version has files with deletion vectors: scans
+    /// then use deltalake's reader).
     index: Option<Arc<TraceIdIndex>>,
+    /// deltalake's table at this version, loaded when something needs it (maintenance, scans
+    /// of versions with deletion vectors).
+    delta: tokio::sync::OnceCell<DeltaTable>,
+    delta_scan: tokio::sync::OnceCell<Arc<dyn TableProvider>>,
+}
+
+impl std::fmt::Debug for TableSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableSnapshot")
+            .field("version", &self.state.version)
+            .field("files", &self.state.files.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TableSnapshot {
-    /// Prepares `table` for scans: deltalake's scan and the trace-id index (reusing the
-    /// entries of `previous` for files it already indexed).
-    async fn new(
-        table: DeltaTable,
-        location: &TableLocation,
-        previous: Option<&TableSnapshot>,
-    ) -> Result<Self> {
-        let state = table.snapshot()?;
-        let scan = table
-            .table_provider()
-            .with_eager_snapshot(state.snapshot().clone())
-            .build()
-            .await?;
-        let index = TraceIdIndex::build(
-            &location.root_store,
-            &table_prefix(&location.url),
-            state.snapshot(),
-            previous.and_then(|p| p.index.as_deref()),
-        )
-        .await?
-        .map(Arc::new);
-        Ok(Self {
-            table,
-            scan: Arc::new(scan),
+    fn new(state: TableState, delta: Option<DeltaTable>) -> Self {
+        let index =
+            (state.deletion_vectors == 0).then(|| Arc::new(TraceIdIndex::new(state.files.clone())));
+        let loaded = tokio::sync::OnceCell::new();
+        if let Some(table) = delta {
+            let _ = loaded.set(table);
+        }
+        Self {
+            state,
             index,
-        })
+            delta: loaded,
+            delta_scan: tokio::sync::OnceCell::new(),
+        }
     }
 
     /// The trace-id index of this version (`None` when it has deletion vectors).
@@ -103,19 +120,51 @@ impl TableSnapshot {
         self.index.as_ref()
     }
 
+    /// The state of this version.
+    pub(crate) fn state(&self) -> &TableState {
+        &self.state
+    }
+
     /// The Delta version of this snapshot.
     pub fn version(&self) -> i64 {
-        self.table.version().map(|v| v as i64).unwrap_or(-1)
+        self.state.version
     }
 
-    /// The Delta table at this version.
-    pub fn delta_table(&self) -> &DeltaTable {
-        &self.table
+    /// Data files in this version.
+    pub fn num_files(&self) -> usize {
+        self.state.files.len()
     }
 
-    /// deltalake's scan over this version (storage schema), used by the span provider.
-    pub(crate) fn delta_scan(&self) -> &Arc<dyn TableProvider> {
-        &self.scan
+    /// deltalake's table at this version (loaded on first use).
+    async fn delta_table(&self, log_store: &LogStoreRef) -> Result<&DeltaTable> {
+        let version = self.state.version;
+        self.delta
+            .get_or_try_init(|| async move {
+                let mut table = DeltaTable::new(log_store.clone());
+                table.load_version(version as u64).await?;
+                Ok::<_, TraceLakeError>(table)
+            })
+            .await
+    }
+
+    /// deltalake's scan over this version (storage schema), for versions the index cannot
+    /// serve (deletion vectors).
+    pub(crate) async fn delta_scan(
+        &self,
+        log_store: &LogStoreRef,
+    ) -> Result<&Arc<dyn TableProvider>> {
+        let table = self.delta_table(log_store).await?;
+        self.delta_scan
+            .get_or_try_init(|| async move {
+                let state = table.snapshot()?;
+                let scan = table
+                    .table_provider()
+                    .with_eager_snapshot(state.snapshot().clone())
+                    .build()
+                    .await?;
+                Ok::<_, TraceLakeError>(Arc::new(scan) as Arc<dyn TableProvider>)
+            })
+            .await
     }
 }
 
@@ -176,12 +225,15 @@ pub struct TraceTable {
     location: TableLocation,
     /// The URL the table's root store is registered under in the sessions that scan it.
     store_url: ObjectStoreUrl,
+    log_store: LogStoreRef,
+    /// The prefix of the table's files in the root store.
+    prefix: Path,
     current: ArcSwap<TableSnapshot>,
     /// Serializes this process's commits and snapshot installs.
     commit_lock: tokio::sync::Mutex<()>,
-    /// A committed version whose install failed, installed by the next query or commit.
-    pending_install: std::sync::Mutex<Option<DeltaTable>>,
     metrics: TraceLakeMetrics,
+    /// The background checkpoint, if one is running.
+    checkpointing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for TraceTable {
@@ -339,7 +391,7 @@ impl TraceTable {
             names::ATTR_VERSION_AFTER,
             table.version().unwrap_or(0) as i64,
         );
-        Self::with_table(location, table, options.metrics.clone()).await
+        Self::with_table(location, table, options.metrics.clone())
     }
 
     /// Creates an empty trace table at `location`. Fails if a Delta table is already there.
@@ -366,7 +418,7 @@ impl TraceTable {
                 Some(schema::STATS_COLUMNS.join(",")),
             )
             .await?;
-        Self::with_table(location, table, options.metrics.clone()).await
+        Self::with_table(location, table, options.metrics.clone())
     }
 
     /// Opens the trace table at `location`, creating it if no Delta table is there.
@@ -380,22 +432,25 @@ impl TraceTable {
         }
     }
 
-    async fn with_table(
+    fn with_table(
         location: TableLocation,
         table: DeltaTable,
         metrics: TraceLakeMetrics,
     ) -> Result<Self> {
-        let snapshot = TableSnapshot::new(table, &location, None).await?;
+        let prefix = table_prefix(&location.url);
+        let state = TableState::from_delta(&table, &prefix, None)?;
         static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store_url = ObjectStoreUrl::parse(format!("tracelake://table-{id}/"))?;
         Ok(Self {
             location,
             store_url,
-            current: ArcSwap::from_pointee(snapshot),
+            log_store: table.log_store(),
+            prefix,
+            current: ArcSwap::from_pointee(TableSnapshot::new(state, Some(table))),
             commit_lock: tokio::sync::Mutex::new(()),
-            pending_install: std::sync::Mutex::new(None),
             metrics,
+            checkpointing: std::sync::Mutex::new(None),
         })
     }
 
@@ -414,6 +469,11 @@ impl TraceTable {
         &self.store_url
     }
 
+    /// The table's Delta log store (the table's own store, rooted at the table).
+    pub fn log_store(&self) -> &LogStoreRef {
+        &self.log_store
+    }
+
     /// The snapshot queries currently start from.
     pub fn snapshot(&self) -> Arc<TableSnapshot> {
         self.current.load_full()
@@ -424,45 +484,146 @@ impl TraceTable {
         self.current.load().version()
     }
 
-    /// Installs `table` as the current snapshot unless a newer one is installed already.
-    /// Called with the commit lock held.
-    async fn install(&self, table: DeltaTable) -> Result<i64> {
+    /// deltalake's `DeltaTable` at the current version, for operations tracelake does not
+    /// offer itself (loaded on first use for each version).
+    pub async fn delta_table(&self) -> Result<DeltaTable> {
+        Ok(self.snapshot().delta_table(&self.log_store).await?.clone())
+    }
+
+    /// Installs `snapshot` unless a newer version is installed already. Called with the
+    /// commit lock held.
+    fn install(&self, state: TableState, delta: Option<DeltaTable>) -> i64 {
         let before = self.version();
-        let after = table.version().map(|v| v as i64).unwrap_or(-1);
-        let span = tracing::info_span!(
+        let after = state.version;
+        let _span = tracing::info_span!(
             names::DELTA_CATALOG_SWAP,
             { names::ATTR_VERSION_BEFORE } = before,
             { names::ATTR_VERSION_AFTER } = after,
-        );
+        )
+        .entered();
         if after <= before {
-            return Ok(before);
+            return before;
         }
-        let previous = self.snapshot();
-        let snapshot = TableSnapshot::new(table, &self.location, Some(&previous))
-            .instrument(span)
-            .await?;
-        self.current.store(Arc::new(snapshot));
-        if let Ok(mut pending) = self.pending_install.lock()
-            && pending
-                .as_ref()
-                .is_some_and(|p| p.version().map(|v| v as i64).unwrap_or(-1) <= after)
-        {
-            *pending = None;
-        }
-        Ok(after)
+        self.current
+            .store(Arc::new(TableSnapshot::new(state, delta)));
+        after
     }
 
-    /// Installs a version committed by a maintenance operation, taking the commit lock (the
-    /// operation itself ran without it, so appends went on).
-    pub(crate) async fn install_locked(&self, table: DeltaTable) -> Result<i64> {
+    /// The actions of commit `version`, `None` if there is no such commit (yet).
+    async fn read_commit(&self, version: i64) -> Result<Option<Vec<Action>>> {
+        let store = self.log_store.object_store(None);
+        match store.get(&state::commit_path(version)).await {
+            Ok(result) => {
+                let bytes = result.bytes().await?;
+                Ok(Some(state::parse_commit(version, &bytes)?))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The versions of the commits after `version` in the log (listing `_delta_log`).
+    async fn list_commits_after(&self, version: i64) -> Result<Vec<i64>> {
+        let store = self.log_store.object_store(None);
+        let prefix = Path::from("_delta_log");
+        let offset = state::commit_path(version);
+        let entries: Vec<_> = store
+            .list_with_offset(Some(&prefix), &offset)
+            .try_collect()
+            .await?;
+        let mut versions: Vec<i64> = entries
+            .iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?;
+                let digits = name.strip_suffix(".json")?;
+                (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| digits.parse().ok())
+                    .flatten()
+            })
+            .filter(|v| *v > version)
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// Loads the table anew (at `version`, or the newest), checks it is still a trace table,
+    /// and returns its state (keeping the footers already read of files still there).
+    async fn reload(
+        &self,
+        previous: &TableState,
+        version: Option<i64>,
+    ) -> Result<(TableState, DeltaTable)> {
+        let mut table = DeltaTable::new(self.log_store.clone());
+        match version {
+            Some(v) => table.load_version(v as u64).await?,
+            None => table.load().await?,
+        }
+        check_trace_schema(&self.location, &table)?;
+        let state = TableState::from_delta(&table, &self.prefix, Some(previous))?;
+        Ok((state, table))
+    }
+
+    /// The state after following the log from `state`: up to `upto` (reading exactly those
+    /// commits), or to the newest commit (listing the log). A commit that changes the
+    /// table's metadata or protocol, or a gap (commits already cleaned up), loads the table
+    /// anew.
+    async fn follow_log(
+        &self,
+        state: &TableState,
+        upto: Option<i64>,
+    ) -> Result<(TableState, Option<DeltaTable>)> {
+        let versions: Vec<i64> = match upto {
+            Some(target) => (state.version + 1..=target).collect(),
+            None => self.list_commits_after(state.version).await?,
+        };
+        if versions.first().is_some_and(|v| *v != state.version + 1) {
+            let (state, table) = self.reload(state, None).await?;
+            return Ok((state, Some(table)));
+        }
+        let mut current = state.clone();
+        for version in versions {
+            let Some(actions) = self.read_commit(version).await? else {
+                let (state, table) = self.reload(state, upto).await?;
+                return Ok((state, Some(table)));
+            };
+            match current.follow(version, &actions, &self.prefix) {
+                Next::State(next) => current = next,
+                Next::Reload => {
+                    let (state, table) = self.reload(state, Some(version)).await?;
+                    // Commits after a reload point are followed from the reloaded state.
+                    let rest = match upto {
+                        Some(target) if target > version => Some(target),
+                        Some(_) => return Ok((state, Some(table))),
+                        None => None,
+                    };
+                    let (state, later) = Box::pin(self.follow_log(&state, rest)).await?;
+                    return Ok((state, later.or(Some(table))));
+                }
+            }
+        }
+        Ok((current, None))
+    }
+
+    /// Moves the installed version forward to `version` (committed by an operation that ran
+    /// without the commit lock), reading the commits in between.
+    pub(crate) async fn advance_to(&self, version: i64) -> Result<i64> {
         let _guard = self.commit_lock.lock().await;
-        self.install(table).await
+        let current = self.snapshot();
+        if version <= current.version() {
+            return Ok(current.version());
+        }
+        let (state, table) = self.follow_log(current.state(), Some(version)).await?;
+        Ok(self.install(state, table))
     }
 
     /// Reads commits made since the current snapshot (by this or any other process) and
     /// installs the newest version. Returns it.
     pub async fn refresh(&self) -> Result<i64> {
         let _guard = self.commit_lock.lock().await;
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> Result<i64> {
         let before = self.version();
         let span = tracing::info_span!(
             names::DELTA_SNAPSHOT_REFRESH,
@@ -471,12 +632,12 @@ impl TraceTable {
             { names::ATTR_ERROR } = field::Empty,
         );
         let result = async {
-            let mut table = self.snapshot().table.clone();
-            table
-                .update_incremental(None)
+            let current = self.snapshot();
+            let (state, table) = self
+                .follow_log(current.state(), None)
                 .instrument(tracing::info_span!(names::UPDATE_INCREMENTAL))
                 .await?;
-            self.install(table).await
+            Ok(self.install(state, table))
         }
         .instrument(span.clone())
         .await;
@@ -508,10 +669,6 @@ impl TraceTable {
     /// commit, with `txn` as its application transaction when given. With `retry`, the log is
     /// read first and nothing is written if `txn` is already committed (an earlier attempt
     /// landed although it was reported as failed).
-    ///
-    /// The outcome is the commit's: once the commit has landed this returns `Ok`, even if
-    /// installing the new version fails (it is then installed by the next query, append or
-    /// refresh), so that a caller never retries a commit that landed.
     pub(crate) async fn commit(
         &self,
         storage: Vec<RecordBatch>,
@@ -537,21 +694,21 @@ impl TraceTable {
             // Sorted before taking the lock: other commits of this process need not wait.
             let storage = ingest::sort_for_storage(&storage)?;
             let _guard = self.commit_lock.lock().await;
-            let mut table = self.snapshot().table.clone();
             tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
             if retry && let Some(txn) = txn {
-                table.update_incremental(None).await?;
-                let committed = table
-                    .snapshot()?
-                    .transaction_version(table.log_store().as_ref(), txn.app_id.as_ref())
-                    .await?;
-                if committed.is_some_and(|v| v >= txn.version) {
+                self.refresh_locked().await?;
+                let committed = self
+                    .snapshot()
+                    .state()
+                    .transaction_version(&txn.app_id)
+                    .is_some_and(|v| v >= txn.version);
+                if committed {
                     tracing::info!(
                         app_id = %txn.app_id,
                         txn_version = txn.version,
                         "an earlier attempt of this append was committed; not writing it again"
                     );
-                    return Ok(self.install_committed(table).await);
+                    return Ok(self.version());
                 }
             }
             let properties = match txn {
@@ -560,19 +717,24 @@ impl TraceTable {
                 ),
                 None => CommitProperties::default(),
             };
-            let written = match write::direct_append(&table, &storage, properties.clone()).await? {
-                Some(written) => written,
-                None => {
-                    table
-                        .write(storage)
-                        .with_save_mode(SaveMode::Append)
-                        .with_partition_columns([col::SPAN_DATE])
-                        .with_writer_properties(writer_properties())
-                        .with_commit_properties(properties)
-                        .await?
-                }
-            };
-            Ok(self.install_committed(written).await)
+            let snapshot = self.snapshot();
+            if !snapshot.state().write.direct {
+                // deltalake's write operation enforces what the direct path does not.
+                let table = snapshot.delta_table(&self.log_store).await?.clone();
+                let written = table
+                    .write(storage)
+                    .with_save_mode(SaveMode::Append)
+                    .with_partition_columns([col::SPAN_DATE])
+                    .with_writer_properties(writer_properties())
+                    .with_commit_properties(properties)
+                    .await?;
+                let version = written.version().map(|v| v as i64).unwrap_or(-1);
+                let (state, _) = self.follow_log(snapshot.state(), Some(version)).await?;
+                return Ok(self.install(state, Some(written)));
+            }
+            let adds =
+                write::write_files(&self.log_store, &snapshot.state().write, &storage).await?;
+            self.commit_adds(snapshot.state(), adds, txn).await
         }
         .instrument(span.clone())
         .await;
@@ -583,62 +745,139 @@ impl TraceTable {
         Ok(AppendOutcome { version, rows })
     }
 
+    /// Commits `adds` on top of `base` (with `txn`): a conditional put of the next log entry;
+    /// when another writer took that version, its commit is read and followed, and the put
+    /// tried at the next one. Installs the new version and returns it. Called with the commit
+    /// lock held.
+    async fn commit_adds(
+        &self,
+        base: &TableState,
+        adds: Vec<Action>,
+        txn: Option<&AppTransaction>,
+    ) -> Result<i64> {
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(vec![col::SPAN_DATE.to_string()]),
+            predicate: None,
+        };
+        let transactions: Vec<Transaction> = txn
+            .map(|t| vec![Transaction::new(t.app_id.as_ref(), t.version)])
+            .unwrap_or_default();
+        let data = CommitData::new(adds, operation, HashMap::new(), transactions);
+        let bytes = data.get_bytes().map_err(DeltaTableError::from)?;
+        let span = tracing::info_span!(names::DELTA_APPEND_COMMIT);
+        let mut state = base.clone();
+        let committed = async {
+            for _ in 0..COMMIT_ATTEMPTS {
+                let version = state.version + 1;
+                match self
+                    .log_store
+                    .write_commit_entry(
+                        version as u64,
+                        CommitOrBytes::LogBytes(bytes.clone()),
+                        uuid::Uuid::new_v4(),
+                    )
+                    .await
+                {
+                    Ok(()) => return Ok(version),
+                    Err(TransactionError::VersionAlreadyExists(_)) => {
+                        // Another writer's commit: appends never conflict with appends or
+                        // maintenance, but a change of metadata or protocol (a new schema,
+                        // constraints) is checked by a reload before trying again.
+                        let (next, _) = self.follow_log(&state, Some(version)).await?;
+                        if !next.write.direct {
+                            return Err(TraceLakeError::Delta(DeltaTableError::Generic(format!(
+                                "commit {version} by another writer changed the table so that \
+                                 appends must be written by deltalake; try again"
+                            ))));
+                        }
+                        state = next;
+                    }
+                    Err(e) => return Err(TraceLakeError::Delta(e.into())),
+                }
+            }
+            Err(TraceLakeError::Delta(DeltaTableError::Generic(format!(
+                "{COMMIT_ATTEMPTS} attempts to commit lost to other writers' commits; try again"
+            ))))
+        }
+        .instrument(span)
+        .await?;
+        match state.follow(committed, &data.actions, &self.prefix) {
+            Next::State(next) => {
+                let version = self.install(next, None);
+                self.checkpoint_if_due(committed, &state);
+                Ok(version)
+            }
+            Next::Reload => {
+                let (next, table) = self.reload(&state, Some(committed)).await?;
+                Ok(self.install(next, Some(table)))
+            }
+        }
+    }
+
+    /// Starts a checkpoint of `version` in the background when the table's checkpoint interval
+    /// says so (every `interval`-th commit, as deltalake's post-commit hook does), unless one
+    /// is running.
+    fn checkpoint_if_due(&self, version: i64, state: &TableState) {
+        let interval = state.write.checkpoint_interval.max(1) as i64;
+        if version <= 0 || (version + 1) % interval != 0 {
+            return;
+        }
+        let Ok(mut running) = self.checkpointing.lock() else {
+            return;
+        };
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let log_store = self.log_store.clone();
+        *running = Some(tokio::spawn(
+            async move {
+                if let Err(e) = write_checkpoint(log_store, version).await {
+                    tracing::warn!(error = %e, version, "background checkpoint failed");
+                }
+            }
+            .instrument(tracing::info_span!(
+                names::DELTA_CHECKPOINT,
+                { names::ATTR_VERSION_AFTER } = version
+            )),
+        ));
+    }
+
+    /// Waits for a background checkpoint, if one is running (for a process about to exit).
+    pub async fn wait_for_background_work(&self) {
+        let handle = self.checkpointing.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+
     /// Whether the commit numbered `txn` is in the table (reading the log), installing what
     /// was read.
     pub(crate) async fn transaction_committed(&self, txn: &AppTransaction) -> Result<bool> {
         let _guard = self.commit_lock.lock().await;
-        let mut table = self.snapshot().table.clone();
-        table.update_incremental(None).await?;
-        let committed = table
-            .snapshot()?
-            .transaction_version(table.log_store().as_ref(), txn.app_id.as_ref())
-            .await?;
-        self.install_committed(table).await;
-        Ok(committed.is_some_and(|v| v >= txn.version))
+        self.refresh_locked().await?;
+        Ok(self
+            .snapshot()
+            .state()
+            .transaction_version(&txn.app_id)
+            .is_some_and(|v| v >= txn.version))
     }
+}
 
-    /// Installs a version that is committed, returning its version whether or not the install
-    /// succeeds: if it fails (the error is logged), the version is kept and installed by the
-    /// next query, append or refresh. Called with the commit lock held.
-    async fn install_committed(&self, table: DeltaTable) -> i64 {
-        let version = table.version().map(|v| v as i64).unwrap_or(-1);
-        if let Err(e) = self.install(table.clone()).await {
-            tracing::warn!(
-                error = %e,
-                version,
-                "committed, but installing the new version failed; the next query installs it"
-            );
-            if let Ok(mut pending) = self.pending_install.lock() {
-                *pending = Some(table);
-            }
-        }
-        version
+/// Writes a checkpoint of `version` and cleans up expired log files (as deltalake's
+/// post-commit hook does).
+async fn write_checkpoint(log_store: LogStoreRef, version: i64) -> Result<()> {
+    let mut table = DeltaTable::new(log_store);
+    table.load_version(version as u64).await?;
+    deltalake::checkpoints::create_checkpoint(&table, None).await?;
+    let cleanup = table
+        .snapshot()?
+        .table_config()
+        .enable_expired_log_cleanup();
+    if cleanup {
+        deltalake::checkpoints::cleanup_metadata(&table, None).await?;
     }
-
-    /// The snapshot a query starts from: the current one, after installing a committed
-    /// version whose install failed before (unless a commit of this process is running, which
-    /// installs it).
-    pub(crate) async fn snapshot_for_query(&self) -> Arc<TableSnapshot> {
-        let pending = self
-            .pending_install
-            .lock()
-            .ok()
-            .and_then(|p| p.as_ref().map(|t| t.version()));
-        if pending.is_some()
-            && let Ok(_guard) = self.commit_lock.try_lock()
-        {
-            let table = self.pending_install.lock().ok().and_then(|mut p| p.take());
-            if let Some(table) = table
-                && let Err(e) = self.install(table.clone()).await
-            {
-                tracing::warn!(error = %e, "installing a committed version failed again");
-                if let Ok(mut pending) = self.pending_install.lock() {
-                    pending.get_or_insert(table);
-                }
-            }
-        }
-        self.snapshot()
-    }
+    Ok(())
 }
 
 /// A Delta application transaction (`txn` action): the appender numbers its commits so that a
@@ -702,13 +941,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reopened.version(), 1);
-        let actual = reopened
-            .snapshot()
-            .table
-            .snapshot()
-            .unwrap()
-            .snapshot()
-            .arrow_schema();
+        let delta = reopened.delta_table().await.unwrap();
+        let actual = delta.snapshot().unwrap().snapshot().arrow_schema();
         for field in storage_schema().fields() {
             let found = actual.field_with_name(field.name()).unwrap();
             assert!(

@@ -86,6 +86,7 @@ pub(crate) async fn run(
         bar.set_message(format!("{spans_total} spans, version {}", outcome.version));
     }
     bar.finish_and_clear();
+    lake.wait_for_background_work().await;
     let rate = |d: Duration| spans_total as f64 / d.as_secs_f64().max(1e-9);
     writeln!(
         out,

@@ -212,6 +212,7 @@ pub(crate) async fn run(
         Ok(appender) => appender.shutdown().await?,
         Err(appender) => appender.flush().await?,
     };
+    lake.wait_for_background_work().await;
     if let Ok(Err(e)) = http_result {
         return Err(format!("OTLP/HTTP server: {e}").into());
     }
