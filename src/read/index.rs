@@ -13,6 +13,8 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use arc_swap::ArcSwapOption;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
@@ -25,7 +27,7 @@ use parquet::file::statistics::Statistics;
 
 use super::file_schema;
 use super::filters::StartBounds;
-use super::reader::StoreReader;
+use super::reader::TailReader;
 use crate::error::{Result, TraceLakeError};
 use crate::schema::col;
 
@@ -73,9 +75,18 @@ pub(crate) struct IndexedFile {
     pub(crate) trace_id_column: Option<usize>,
     pub(crate) trace_id_root: usize,
     pub(crate) row_groups: Vec<IndexedRowGroup>,
+    /// Bytes of the bloom filters held.
+    bloom_bytes: u64,
 }
 
 impl IndexedFile {
+    /// The memory this entry holds: the decoded footer with its page index, and the bloom
+    /// filters.
+    pub(crate) fn memory_size(&self) -> u64 {
+        let blooms: u64 = self.bloom_bytes;
+        self.metadata().memory_size() as u64 + blooms + self.row_groups.len() as u64 * 80
+    }
+
     /// The file's parquet footer, with the page index.
     pub(crate) fn metadata(&self) -> &Arc<ParquetMetaData> {
         self.reader.metadata()
@@ -111,7 +122,9 @@ async fn read_footer(
     location: Path,
     size: u64,
 ) -> Result<IndexedFile> {
-    let mut reader = StoreReader::new(store, location.clone(), size);
+    let mut reader = TailReader::new(store, location.clone(), size)
+        .await
+        .map_err(|e| TraceLakeError::data_file(&location, e))?;
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
         .await
@@ -136,21 +149,59 @@ async fn read_footer(
         .columns()
         .iter()
         .position(|d| d.path().string() == col::TRACE_ID);
-    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
-    let mut row_groups = Vec::with_capacity(parquet.num_row_groups());
-    for rg in 0..parquet.num_row_groups() {
-        let (trace_ids, bloom) = match column {
-            Some(c) => (
-                statistics_range(parquet.row_group(rg).column(c).statistics()),
-                builder
-                    .get_row_group_column_bloom_filter(rg, c)
-                    .await
-                    .map_err(|e| TraceLakeError::data_file(&location, e))?,
-            ),
-            None => (None, None),
-        };
-        row_groups.push(IndexedRowGroup { trace_ids, bloom });
+    // The bloom filters of every row group in one request (parquet's writer records their
+    // lengths); a filter without a recorded length is read through parquet's own reader.
+    let mut blooms: Vec<Option<Sbbf>> = vec![None; parquet.num_row_groups()];
+    let mut bloom_bytes = 0u64;
+    let mut unsized_blooms = Vec::new();
+    if let Some(c) = column {
+        let mut ranges = Vec::new();
+        let mut owners = Vec::new();
+        for rg in 0..parquet.num_row_groups() {
+            let chunk = parquet.row_group(rg).column(c);
+            match (chunk.bloom_filter_offset(), chunk.bloom_filter_length()) {
+                (Some(offset), Some(length)) if offset >= 0 && length > 0 => {
+                    ranges.push(offset as u64..offset as u64 + length as u64);
+                    owners.push(rg);
+                }
+                (Some(_), _) => unsized_blooms.push(rg),
+                (None, _) => {}
+            }
+        }
+        if !ranges.is_empty() {
+            let parts = reader
+                .ranges(&ranges)
+                .await
+                .map_err(|e| TraceLakeError::data_file(&location, e))?;
+            for (rg, bytes) in owners.into_iter().zip(parts) {
+                bloom_bytes += bytes.len() as u64;
+                blooms[rg] = Some(
+                    Sbbf::from_bytes(&bytes)
+                        .map_err(|e| TraceLakeError::data_file(&location, e))?,
+                );
+            }
+        }
     }
+    if let (Some(c), false) = (column, unsized_blooms.is_empty()) {
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
+        for rg in unsized_blooms {
+            // Not recorded: counted at the size tracelake's writer gives a row group's filter.
+            bloom_bytes += 32 * 1024;
+            blooms[rg] = builder
+                .get_row_group_column_bloom_filter(rg, c)
+                .await
+                .map_err(|e| TraceLakeError::data_file(&location, e))?;
+        }
+    }
+    let row_groups = blooms
+        .into_iter()
+        .enumerate()
+        .map(|(rg, bloom)| IndexedRowGroup {
+            trace_ids: column
+                .and_then(|c| statistics_range(parquet.row_group(rg).column(c).statistics())),
+            bloom,
+        })
+        .collect();
     Ok(IndexedFile {
         location,
         size,
@@ -159,6 +210,7 @@ async fn read_footer(
         trace_id_column: column,
         trace_id_root,
         row_groups,
+        bloom_bytes,
     })
 }
 
@@ -236,17 +288,36 @@ pub(crate) struct FileSlot {
     footer: ArcSwapOption<IndexedFile>,
     /// One footer read at a time per file.
     reading: tokio::sync::Mutex<()>,
+    /// The budget the footer is charged to, and how much it is charged now.
+    budget: Arc<FooterBudget>,
+    charged: AtomicU64,
+}
+
+impl Drop for FileSlot {
+    fn drop(&mut self) {
+        self.budget.release(&self.charged);
+    }
+}
+
+/// Where a table's file slots live: the prefix of its files in the root store and the
+/// budget of the footers they hold.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotHome {
+    pub(crate) prefix: Path,
+    pub(crate) budget: Arc<FooterBudget>,
 }
 
 impl FileSlot {
-    /// The slot of `log`, a file of the table under `prefix` in the root store.
-    pub(crate) fn new(prefix: &Path, log: LogFile) -> Self {
+    /// The slot of `log`, a file of the table under `home`.
+    pub(crate) fn new(home: &SlotHome, log: LogFile) -> Self {
         let relative = Path::parse(&log.path).unwrap_or_else(|_| Path::from(log.path.as_str()));
         Self {
-            location: Path::from_iter(prefix.parts().chain(relative.parts())),
+            location: Path::from_iter(home.prefix.parts().chain(relative.parts())),
             log,
             footer: ArcSwapOption::empty(),
             reading: tokio::sync::Mutex::new(()),
+            budget: home.budget.clone(),
+            charged: AtomicU64::new(0),
         }
     }
 
@@ -272,7 +343,10 @@ impl FileSlot {
     }
 
     /// The footer entry, reading it if it was not read yet (or failed before).
-    pub(crate) async fn footer(&self, store: &Arc<dyn ObjectStore>) -> Result<Arc<IndexedFile>> {
+    pub(crate) async fn footer(
+        self: &Arc<Self>,
+        store: &Arc<dyn ObjectStore>,
+    ) -> Result<Arc<IndexedFile>> {
         if let Some(footer) = self.footer.load_full() {
             return Ok(footer);
         }
@@ -294,6 +368,7 @@ impl FileSlot {
             }
         };
         self.footer.store(Some(footer.clone()));
+        self.budget.admit(self, footer.memory_size());
         Ok(footer)
     }
 
@@ -304,6 +379,64 @@ impl FileSlot {
             Some(footer) => footer.trace_id_range(),
             None => self.log.trace_ids.clone(),
         }
+    }
+}
+
+/// Bounds the memory held by the footers (with page indexes and bloom filters) that file
+/// slots keep for lookups: when a new footer takes the total over the limit, the footers held
+/// longest are dropped (first in, first out) and read again by the next query that needs
+/// them. Queries running keep what they hold. Shared by every version of a table.
+#[derive(Debug)]
+pub(crate) struct FooterBudget {
+    limit: u64,
+    used: AtomicU64,
+    held: std::sync::Mutex<std::collections::VecDeque<std::sync::Weak<FileSlot>>>,
+}
+
+impl FooterBudget {
+    pub(crate) fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicU64::new(0),
+            held: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        })
+    }
+
+    /// Bytes held now.
+    pub(crate) fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Charges `slot`'s new footer of `bytes`, then drops the oldest footers while over the
+    /// limit (never the one just read).
+    fn admit(&self, slot: &Arc<FileSlot>, bytes: u64) {
+        // A footer replaced without a release (read again after an error) is not charged twice.
+        let previous = slot.charged.swap(bytes, Ordering::AcqRel);
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        self.used.fetch_sub(previous, Ordering::AcqRel);
+        let Ok(mut held) = self.held.lock() else {
+            return;
+        };
+        // Weak references: a slot dropped with its file (and released by its drop) costs
+        // nothing here.
+        held.push_back(Arc::downgrade(slot));
+        while self.used.load(Ordering::Acquire) > self.limit && held.len() > 1 {
+            let Some(oldest) = held.pop_front() else {
+                break;
+            };
+            if let Some(oldest) = oldest.upgrade()
+                && !Arc::ptr_eq(&oldest, slot)
+            {
+                oldest.footer.store(None);
+                self.release(&oldest.charged);
+            }
+        }
+    }
+
+    /// Gives back what a slot is charged.
+    fn release(&self, charged: &AtomicU64) {
+        let bytes = charged.swap(0, Ordering::AcqRel);
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 

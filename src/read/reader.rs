@@ -23,6 +23,123 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataR
 
 use super::index::IndexedFile;
 
+/// How many bytes at the end of a data file are read at once for its footer.
+const FOOTER_PREFETCH: usize = 64 * 1024;
+
+/// How many bytes at the end of a data file [`TailReader`] reads at once: the footer, the
+/// page index and, in files tracelake writes, most bloom filters.
+pub(crate) const TAIL_BYTES: u64 = 128 * 1024;
+
+/// Reads a parquet file's footer, page index and bloom filters from one request for its
+/// last [`TAIL_BYTES`] when they lie there; ranges outside the tail go to the store.
+pub(crate) struct TailReader {
+    store: Arc<dyn ObjectStore>,
+    location: Path,
+    size: u64,
+    tail_start: u64,
+    tail: Bytes,
+}
+
+impl TailReader {
+    /// Reads the tail of the file.
+    pub(crate) async fn new(
+        store: Arc<dyn ObjectStore>,
+        location: Path,
+        size: u64,
+    ) -> object_store::Result<Self> {
+        let tail_start = size.saturating_sub(TAIL_BYTES);
+        let tail = if size == 0 {
+            Bytes::new()
+        } else {
+            store.get_range(&location, tail_start..size).await?
+        };
+        Ok(Self {
+            store,
+            location,
+            size,
+            tail_start,
+            tail,
+        })
+    }
+
+    /// The bytes of `range` if the tail holds them.
+    fn cached(&self, range: &Range<u64>) -> Option<Bytes> {
+        let end = self.tail_start + self.tail.len() as u64;
+        (range.start >= self.tail_start && range.end <= end && range.start <= range.end).then(
+            || {
+                self.tail.slice(
+                    (range.start - self.tail_start) as usize
+                        ..(range.end - self.tail_start) as usize,
+                )
+            },
+        )
+    }
+
+    /// The bytes of each range: from the tail where it holds them, the others in one
+    /// `get_ranges` request.
+    pub(crate) async fn ranges(&self, ranges: &[Range<u64>]) -> object_store::Result<Vec<Bytes>> {
+        let mut out: Vec<Option<Bytes>> = ranges.iter().map(|r| self.cached(r)).collect();
+        let missing: Vec<Range<u64>> = ranges
+            .iter()
+            .zip(&out)
+            .filter(|(_, b)| b.is_none())
+            .map(|(r, _)| r.clone())
+            .collect();
+        if !missing.is_empty() {
+            let mut fetched = self
+                .store
+                .get_ranges(&self.location, &missing)
+                .await?
+                .into_iter();
+            for slot in out.iter_mut().filter(|b| b.is_none()) {
+                *slot = fetched.next();
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+}
+
+impl AsyncFileReader for TailReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            match self.cached(&range) {
+                Some(bytes) => Ok(bytes),
+                None => self
+                    .store
+                    .get_range(&self.location, range)
+                    .await
+                    .map_err(external),
+            }
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move { self.ranges(&ranges).await.map_err(external) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let policy = options
+            .map(|o| o.column_index_policy())
+            .unwrap_or(PageIndexPolicy::Optional);
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_page_index_policy(policy)
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
 /// Reads a parquet file from an object store.
 pub(crate) struct StoreReader {
     store: Arc<dyn ObjectStore>,
@@ -77,8 +194,11 @@ impl AsyncFileReader for StoreReader {
             .unwrap_or(PageIndexPolicy::Optional);
         async move {
             let size = self.size;
+            // The footer, the metadata and the page index are at the end of the file: one
+            // request for the last FOOTER_PREFETCH bytes usually holds them all.
             let metadata = ParquetMetaDataReader::new()
                 .with_page_index_policy(policy)
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
                 .load_and_finish(self, size)
                 .await?;
             Ok(Arc::new(metadata))

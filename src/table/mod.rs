@@ -42,7 +42,7 @@ use tracing::{Instrument, field};
 
 use crate::error::{Result, TraceLakeError};
 use crate::observe::{TraceLakeMetrics, names};
-use crate::read::index::{TraceIdIndex, table_prefix};
+use crate::read::index::{FooterBudget, SlotHome, TraceIdIndex, table_prefix};
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
 use crate::store::TableLocation;
@@ -181,7 +181,15 @@ pub struct TableOptions {
     /// Bytes of immutable objects (parquet data, checkpoints, commits) kept in memory by an
     /// [`ObjectCache`](crate::store::ObjectCache); 0 turns the cache off.
     pub cache_bytes: u64,
+    /// Bytes of parquet footers (with page indexes and `trace_id` bloom filters) kept in
+    /// memory for lookups; beyond, the footers read longest ago are dropped and read again
+    /// when a query needs them. Footers are read only for files a query cannot rule out by
+    /// the log statistics, so this bounds the index whatever the number of files.
+    pub footer_cache_bytes: u64,
 }
+
+/// The default footer budget: 256 MiB.
+pub const DEFAULT_FOOTER_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The default size of the object cache: 256 MiB.
 pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
@@ -193,6 +201,7 @@ impl Default for TableOptions {
             metrics: TraceLakeMetrics::new(),
             root_store: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            footer_cache_bytes: DEFAULT_FOOTER_CACHE_BYTES,
         }
     }
 }
@@ -226,8 +235,8 @@ pub struct TraceTable {
     /// The URL the table's root store is registered under in the sessions that scan it.
     store_url: ObjectStoreUrl,
     log_store: LogStoreRef,
-    /// The prefix of the table's files in the root store.
-    prefix: Path,
+    /// The prefix of the table's files in the root store, and the budget of their footers.
+    home: SlotHome,
     current: ArcSwap<TableSnapshot>,
     /// Serializes this process's commits and snapshot installs.
     commit_lock: tokio::sync::Mutex<()>,
@@ -391,7 +400,7 @@ impl TraceTable {
             names::ATTR_VERSION_AFTER,
             table.version().unwrap_or(0) as i64,
         );
-        Self::with_table(location, table, options.metrics.clone())
+        Self::with_table(location, table, options)
     }
 
     /// Creates an empty trace table at `location`. Fails if a Delta table is already there.
@@ -418,7 +427,7 @@ impl TraceTable {
                 Some(schema::STATS_COLUMNS.join(",")),
             )
             .await?;
-        Self::with_table(location, table, options.metrics.clone())
+        Self::with_table(location, table, options)
     }
 
     /// Opens the trace table at `location`, creating it if no Delta table is there.
@@ -435,10 +444,14 @@ impl TraceTable {
     fn with_table(
         location: TableLocation,
         table: DeltaTable,
-        metrics: TraceLakeMetrics,
+        options: &TableOptions,
     ) -> Result<Self> {
-        let prefix = table_prefix(&location.url);
-        let state = TableState::from_delta(&table, &prefix, None)?;
+        let metrics = options.metrics.clone();
+        let home = SlotHome {
+            prefix: table_prefix(&location.url),
+            budget: FooterBudget::new(options.footer_cache_bytes),
+        };
+        let state = TableState::from_delta(&table, &home, None)?;
         static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store_url = ObjectStoreUrl::parse(format!("tracelake://table-{id}/"))?;
@@ -446,12 +459,18 @@ impl TraceTable {
             location,
             store_url,
             log_store: table.log_store(),
-            prefix,
+            home,
             current: ArcSwap::from_pointee(TableSnapshot::new(state, Some(table))),
             commit_lock: tokio::sync::Mutex::new(()),
             metrics,
             checkpointing: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Bytes of parquet footers (with page indexes and bloom filters) held for lookups now,
+    /// at most [`TableOptions::footer_cache_bytes`] plus the footers queries are reading.
+    pub fn footer_memory(&self) -> u64 {
+        self.home.budget.used()
     }
 
     /// The metrics this table reports into.
@@ -559,7 +578,7 @@ impl TraceTable {
             None => table.load().await?,
         }
         check_trace_schema(&self.location, &table)?;
-        let state = TableState::from_delta(&table, &self.prefix, Some(previous))?;
+        let state = TableState::from_delta(&table, &self.home, Some(previous))?;
         Ok((state, table))
     }
 
@@ -586,7 +605,7 @@ impl TraceTable {
                 let (state, table) = self.reload(state, upto).await?;
                 return Ok((state, Some(table)));
             };
-            match current.follow(version, &actions, &self.prefix) {
+            match current.follow(version, &actions, &self.home) {
                 Next::State(next) => current = next,
                 Next::Reload => {
                     let (state, table) = self.reload(state, Some(version)).await?;
@@ -802,7 +821,7 @@ impl TraceTable {
         }
         .instrument(span)
         .await?;
-        match state.follow(committed, &data.actions, &self.prefix) {
+        match state.follow(committed, &data.actions, &self.home) {
             Next::State(next) => {
                 let version = self.install(next, None);
                 self.checkpoint_if_due(committed, &state);

@@ -18,7 +18,7 @@ use deltalake::table::config::TablePropertiesExt;
 use object_store::path::Path;
 
 use crate::error::{Result, TraceLakeError};
-use crate::read::index::{FileMap, FileSlot, LogFile};
+use crate::read::index::{FileMap, FileSlot, LogFile, SlotHome};
 use crate::schema::col;
 
 /// Field metadata keys of columns whose values a writer would have to compute or check.
@@ -113,11 +113,11 @@ pub(crate) enum Next {
 }
 
 impl TableState {
-    /// The state of `table` (a loaded deltalake table), its files under `prefix`; the slots
+    /// The state of `table` (a loaded deltalake table), its files under `home`; the slots
     /// of `previous` are kept for files it had (with the footers already read).
     pub(crate) fn from_delta(
         table: &DeltaTable,
-        prefix: &Path,
+        home: &SlotHome,
         previous: Option<&TableState>,
     ) -> Result<Self> {
         let snapshot = table.snapshot()?;
@@ -139,7 +139,7 @@ impl TableState {
                 view.stats().as_deref(),
                 deletion_vector,
             );
-            let slot = FileSlot::new(prefix, log);
+            let slot = FileSlot::new(home, log);
             let key: Arc<str> = Arc::from(slot.location.as_ref());
             let slot = match previous.and_then(|p| p.files.get(&key)) {
                 Some(kept) if kept.log.size == slot.log.size => kept.clone(),
@@ -157,7 +157,7 @@ impl TableState {
     }
 
     /// The state after commit `version` with `actions`, its new files under `prefix`.
-    pub(crate) fn follow(&self, version: i64, actions: &[Action], prefix: &Path) -> Next {
+    pub(crate) fn follow(&self, version: i64, actions: &[Action], home: &SlotHome) -> Next {
         let mut next = self.clone();
         next.version = version;
         for action in actions {
@@ -171,7 +171,7 @@ impl TableState {
                         add.stats.as_deref(),
                         deletion_vector,
                     );
-                    let slot = Arc::new(FileSlot::new(prefix, log));
+                    let slot = Arc::new(FileSlot::new(home, log));
                     next.deletion_vectors += usize::from(deletion_vector);
                     if let Some(old) = next.files.insert(Arc::from(slot.location.as_ref()), slot) {
                         next.deletion_vectors -= usize::from(old.log.deletion_vector);
@@ -179,7 +179,7 @@ impl TableState {
                 }
                 Action::Remove(remove) => {
                     let log = LogFile::new(remove.path.clone(), 0, None, None, false);
-                    let location = FileSlot::new(prefix, log).location;
+                    let location = FileSlot::new(home, log).location.clone();
                     if let Some(old) = next.files.remove(location.as_ref()) {
                         next.deletion_vectors -= usize::from(old.log.deletion_vector);
                     }
