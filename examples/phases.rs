@@ -2,7 +2,7 @@
 //! docs/architecture.md and docs/benchmarks.md).
 //!
 //! ```text
-//! cargo run --profile bench --example phases -- lookup [SPANS]   # default 1,000,000
+//! cargo run --profile bench --example phases -- lookup [SPANS] [optimized]   # default 1,000,000
 //! cargo run --profile bench --example phases -- ingest
 //! cargo run --profile bench --example phases -- commits [N] [SPANS]   # default 300 x 800
 //! ```
@@ -31,11 +31,41 @@ fn p50_ms(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e3
 }
 
-fn lookup(spans: usize) {
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn lookup(spans: usize, optimized: bool) {
     let rt = support::runtime();
     rt.block_on(async {
         let fixture = support::fixture(spans, 24).await;
-        let lake = TraceLake::open(fixture.path.to_str().expect("utf-8 path"))
+        // `optimized`: a copy of the fixture, compacted by `optimize`.
+        let copy = tempfile::tempdir().expect("temp dir");
+        let path = if optimized {
+            let path = copy.path().join("spans");
+            copy_dir(&fixture.path, &path);
+            let lake = TraceLake::open(path.to_str().expect("utf-8 path"))
+                .await
+                .expect("open copy");
+            let outcome = lake.table().optimize().await.expect("optimize");
+            println!(
+                "optimized: {} files removed, {} added",
+                outcome.files_removed, outcome.files_added
+            );
+            path
+        } else {
+            fixture.path.clone()
+        };
+        let lake = TraceLake::open(path.to_str().expect("utf-8 path"))
             .await
             .expect("open fixture");
         let ctx = lake.session_context().expect("context");
@@ -243,11 +273,13 @@ fn main() {
                 .unwrap_or(800);
             commit_phases(n, spans)
         }
-        Some("lookup") | None => lookup(
-            args.next()
+        Some("lookup") | None => {
+            let spans = args
+                .next()
                 .map(|s| s.parse().expect("SPANS is a number"))
-                .unwrap_or(1_000_000),
-        ),
+                .unwrap_or(1_000_000);
+            lookup(spans, args.next().as_deref() == Some("optimized"))
+        }
         Some(other) => {
             eprintln!(
                 "unknown mode {other:?}: use `lookup [SPANS]`, `ingest` or `commits [N] [SPANS]`"

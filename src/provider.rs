@@ -19,7 +19,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, SendableRecordBatchStream,
 };
-use futures::TryStreamExt;
+use futures::StreamExt;
 
 use crate::schema::{self, sql_schema};
 use crate::table::{TraceTable, ingest};
@@ -159,16 +159,18 @@ impl DataSink for SpanSink {
         data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> datafusion::error::Result<u64> {
-        let batches: Vec<_> = data.try_collect().await?;
-        let mut rows = 0usize;
-        let mut storage = Vec::with_capacity(batches.len());
-        for batch in &batches {
-            storage.push(ingest::to_storage(batch, rows).map_err(DataFusionError::from)?);
-            rows += batch.num_rows();
-        }
+        // Rows are converted and checked as they arrive, and written in bounded runs: the
+        // statement's memory does not grow with its rows (see `TableOptions::insert_run_rows`).
+        let mut offset = 0usize;
+        let storage = data.map(move |batch| {
+            let batch = batch?;
+            let converted = ingest::to_storage(&batch, offset);
+            offset += batch.num_rows();
+            converted
+        });
         let outcome = self
             .table
-            .commit(storage, rows as u64, None, false)
+            .append_stream(Box::pin(storage))
             .await
             .map_err(DataFusionError::from)?;
         Ok(outcome.rows)

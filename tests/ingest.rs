@@ -349,3 +349,95 @@ fn background_work_outside_a_runtime_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(err.to_string().contains("needs a tokio runtime"), "{err}");
 }
+
+/// Files under `dir` ending in `.parquet`, recursively.
+fn parquet_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            n += parquet_files(&path);
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            n += 1;
+        }
+    }
+    n
+}
+
+const INSERT_SELECT: &str = "INSERT INTO spans (trace_id, span_id, parent_span_id, name, \
+     service_name, start_time, end_time) \
+     SELECT md5(CAST(v / 5 AS VARCHAR)), substr(md5(CAST(v AS VARCHAR)), 1, 16), \
+     CASE WHEN v % 5 = 0 THEN NULL ELSE substr(md5(CAST(v - v % 5 AS VARCHAR)), 1, 16) END, \
+     'op', 'svc', \
+     to_timestamp_nanos(1714521600000000000 + v * 1000000), \
+     to_timestamp_nanos(1714521600000000000 + v * 1000000 + 500000) \
+     FROM generate_series(0, 19999) AS t(v)";
+
+#[tokio::test]
+async fn an_insert_select_is_written_in_runs_as_one_commit() {
+    // Runs of 1,000 rows: the 20,000 rows of the statement become 20 sorted files, all in
+    // one commit.
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("spans");
+    let options = TableOptions {
+        insert_run_rows: 1_000,
+        ..Default::default()
+    };
+    let lake = TraceLake::create_with_options(location.to_str().unwrap(), &options)
+        .await
+        .unwrap();
+    let ctx = lake.session_context().unwrap();
+    ctx.sql(INSERT_SELECT)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(lake.version(), 1, "one commit");
+    assert_eq!(count(&lake).await, 20_000);
+    assert!(
+        parquet_files(&location) >= 20,
+        "{} files",
+        parquet_files(&location)
+    );
+    let trees = common::count(
+        &ctx,
+        "SELECT count(*) FROM trace_tree(md5('7')) WHERE depth = 1",
+    )
+    .await;
+    assert_eq!(trees, 4);
+
+    // A bad row in the third input batch (8,192 rows each), after the first 16 runs were
+    // written: the statement fails, nothing is committed, and the files of its runs are
+    // deleted.
+    let before = parquet_files(&location);
+    let bad = INSERT_SELECT.replace(
+        "substr(md5(CAST(v AS VARCHAR)), 1, 16)",
+        "CASE WHEN v = 19000 THEN 'not-a-span-id' ELSE substr(md5(CAST(v AS VARCHAR)), 1, 16) END",
+    );
+    let err = ctx.sql(&bad).await.unwrap().collect().await.unwrap_err();
+    assert!(err.to_string().contains("not-a-span-id"), "{err}");
+    assert_eq!(lake.version(), 1);
+    assert_eq!(count(&lake).await, 20_000);
+    assert_eq!(
+        parquet_files(&location),
+        before,
+        "the failed statement's files are gone"
+    );
+
+    // The run size is checked.
+    let err = TraceLake::create_with_options(
+        dir.path().join("other").to_str().unwrap(),
+        &TableOptions {
+            insert_run_rows: 0,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("insert_run_rows") && err.contains("100000000"),
+        "{err}"
+    );
+}

@@ -186,7 +186,15 @@ pub struct TableOptions {
     /// when a query needs them. Footers are read only for files a query cannot rule out by
     /// the log statistics, so this bounds the index whatever the number of files.
     pub footer_cache_bytes: u64,
+    /// Rows an `INSERT INTO spans` (or [`TraceTable::append_stream`]) holds before sorting
+    /// and writing them as data files of its commit: the statement's memory is bounded by
+    /// this many rows whatever its size (1 to 100,000,000; each run writes at least one file
+    /// per day it covers).
+    pub insert_run_rows: usize,
 }
+
+/// The default run of a streaming INSERT: 131,072 rows (eight row groups).
+pub const DEFAULT_INSERT_RUN_ROWS: usize = 128 * 1024;
 
 /// The default footer budget: 256 MiB.
 pub const DEFAULT_FOOTER_CACHE_BYTES: u64 = 256 * 1024 * 1024;
@@ -202,6 +210,7 @@ impl Default for TableOptions {
             root_store: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             footer_cache_bytes: DEFAULT_FOOTER_CACHE_BYTES,
+            insert_run_rows: DEFAULT_INSERT_RUN_ROWS,
         }
     }
 }
@@ -209,6 +218,12 @@ impl Default for TableOptions {
 impl TableOptions {
     /// Resolves `location` and assembles its store stack (see [`crate::store`]).
     fn resolve(&self, location: &str, create: bool) -> Result<TableLocation> {
+        appender::check_range(
+            "insert_run_rows",
+            self.insert_run_rows as u128,
+            1,
+            100_000_000,
+        )?;
         crate::store::stack(
             location,
             &self.storage_options,
@@ -237,6 +252,8 @@ pub struct TraceTable {
     log_store: LogStoreRef,
     /// The prefix of the table's files in the root store, and the budget of their footers.
     home: SlotHome,
+    /// Rows per run of a streaming append.
+    insert_run_rows: usize,
     current: ArcSwap<TableSnapshot>,
     /// Serializes this process's commits and snapshot installs.
     commit_lock: tokio::sync::Mutex<()>,
@@ -460,6 +477,7 @@ impl TraceTable {
             store_url,
             log_store: table.log_store(),
             home,
+            insert_run_rows: options.insert_run_rows,
             current: ArcSwap::from_pointee(TableSnapshot::new(state, Some(table))),
             commit_lock: tokio::sync::Mutex::new(()),
             metrics,
@@ -762,6 +780,130 @@ impl TraceTable {
         let version = record_result(&span, result)?;
         span.record(names::ATTR_VERSION_AFTER, version);
         Ok(AppendOutcome { version, rows })
+    }
+
+    /// Appends a stream of storage batches as one Delta commit, writing data files as the
+    /// batches arrive: every `run_rows` rows (at least) are sorted and written as files of
+    /// their own, so memory is bounded by one run whatever the size of the stream. The commit
+    /// holds every run's files, or nothing: when a batch fails (bad rows, a failing input or
+    /// store), the files already written are deleted (best effort; they were never part of
+    /// the table either way) and the error returned. Tables whose features the direct write
+    /// path does not enforce (see [`state::WriteSettings`]) collect the stream and commit
+    /// through deltalake's write operation.
+    pub async fn append_stream(
+        &self,
+        mut batches: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
+    ) -> Result<AppendOutcome> {
+        use futures::StreamExt;
+        let run_rows = self.insert_run_rows;
+        if !self.snapshot().state().write.direct {
+            let mut storage = Vec::new();
+            let mut rows = 0u64;
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                rows += batch.num_rows() as u64;
+                storage.push(batch);
+            }
+            return self.commit(storage, rows, None, false).await;
+        }
+        let span = tracing::info_span!(
+            names::DELTA_APPEND,
+            { names::ATTR_ROWS } = field::Empty,
+            { names::ATTR_VERSION_BEFORE } = field::Empty,
+            { names::ATTR_VERSION_AFTER } = field::Empty,
+            { names::ATTR_ERROR } = field::Empty,
+        );
+        let started = std::time::Instant::now();
+        let mut adds: Vec<Action> = Vec::new();
+        let mut rows = 0u64;
+        let written = async {
+            let settings = self.snapshot().state().write.clone();
+            let mut run: Vec<RecordBatch> = Vec::new();
+            let mut buffered = 0usize;
+            loop {
+                let next = batches.next().await;
+                let end = next.is_none();
+                let mut pending = match next {
+                    Some(batch) => {
+                        let batch = batch?;
+                        rows += batch.num_rows() as u64;
+                        Some(batch)
+                    }
+                    None => None,
+                };
+                // A batch larger than what the run has room for is split across runs.
+                while let Some(batch) = pending.take() {
+                    let room = run_rows - buffered;
+                    if batch.num_rows() > room {
+                        pending = Some(batch.slice(room, batch.num_rows() - room));
+                        run.push(batch.slice(0, room));
+                        buffered = run_rows;
+                    } else {
+                        buffered += batch.num_rows();
+                        run.push(batch);
+                    }
+                    if buffered >= run_rows {
+                        let sorted = ingest::sort_for_storage(&std::mem::take(&mut run))?;
+                        buffered = 0;
+                        adds.extend(write::write_files(&self.log_store, &settings, &sorted).await?);
+                    }
+                }
+                if end {
+                    if buffered > 0 {
+                        let sorted = ingest::sort_for_storage(&std::mem::take(&mut run))?;
+                        adds.extend(write::write_files(&self.log_store, &settings, &sorted).await?);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        span.record(names::ATTR_ROWS, rows);
+        let result = match written {
+            Err(e) => {
+                // Nothing was committed: the files written so far are deleted. (Once the log
+                // entry is attempted, they stay: a commit whose answer was lost may have
+                // landed, and its files must not go.)
+                self.delete_unreferenced(&adds).await;
+                Err(e)
+            }
+            Ok(()) if rows == 0 => {
+                return Ok(AppendOutcome {
+                    version: self.version(),
+                    rows: 0,
+                });
+            }
+            Ok(()) => {
+                async {
+                    let _guard = self.commit_lock.lock().await;
+                    tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
+                    let snapshot = self.snapshot();
+                    self.commit_adds(snapshot.state(), adds.clone(), None).await
+                }
+                .instrument(span.clone())
+                .await
+            }
+        };
+        self.metrics
+            .record_commit(result.is_ok(), rows, started.elapsed().as_secs_f64());
+        let version = record_result(&span, result)?;
+        span.record(names::ATTR_VERSION_AFTER, version);
+        Ok(AppendOutcome { version, rows })
+    }
+
+    /// Deletes data files written for a commit that did not happen (best effort).
+    async fn delete_unreferenced(&self, adds: &[Action]) {
+        let store = self.log_store.object_store(None);
+        for add in adds {
+            if let Action::Add(add) = add {
+                let path = object_store::path::Path::from_url_path(&add.path)
+                    .unwrap_or_else(|_| object_store::path::Path::from(add.path.as_str()));
+                if let Err(e) = store.delete(&path).await {
+                    tracing::warn!(error = %e, path = %add.path, "cannot delete a data file of a failed commit");
+                }
+            }
+        }
     }
 
     /// Commits `adds` on top of `base` (with `txn`): a conditional put of the next log entry;

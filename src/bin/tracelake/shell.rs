@@ -12,12 +12,50 @@ use tracelake::{TableOptions, TraceLake};
 
 use super::{CliResult, Format, print_batches};
 
-/// Splits `text` into statements (DataFusion's parser: `;`, quotes and comments understood).
+/// Splits `text` into statements at the `;` that end them (SQL's tokenizer: semicolons in
+/// quotes and comments do not count). Each statement is the original text, so what the
+/// parser would print differently (a `COPY ... TO 'path'`) runs as typed.
 fn statements(text: &str) -> CliResult<Vec<String>> {
-    Ok(DFParser::parse_sql(text)?
-        .into_iter()
-        .map(|statement| statement.to_string())
-        .collect())
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
+    let tokens = Tokenizer::new(&GenericDialect {}, text)
+        .tokenize_with_location()
+        .map_err(|e| format!("SQL error: {e}"))?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    // The byte offset of a (1-based) line and column.
+    let offset = |at: Location| -> usize {
+        let Some(&start) = line_starts.get((at.line as usize).saturating_sub(1)) else {
+            return text.len();
+        };
+        text[start..]
+            .char_indices()
+            .nth((at.column as usize).saturating_sub(1))
+            .map(|(i, _)| start + i)
+            .unwrap_or(text.len())
+    };
+    let mut out = Vec::new();
+    let mut begin = 0;
+    let mut meaningful = false;
+    for token in tokens {
+        match token.token {
+            Token::SemiColon => {
+                let end = offset(token.span.start);
+                if meaningful {
+                    out.push(text[begin..end].trim().to_string());
+                }
+                begin = (end + 1).min(text.len());
+                meaningful = false;
+            }
+            Token::Whitespace(_) => {}
+            _ => meaningful = true,
+        }
+    }
+    if meaningful {
+        out.push(text[begin..].trim().to_string());
+    }
+    Ok(out)
 }
 
 async fn execute(
@@ -149,5 +187,26 @@ mod tests {
         .unwrap();
         assert_eq!(list.len(), 2, "{list:?}");
         assert!(list[0].contains("'a;b'"), "{list:?}");
+        assert_eq!(
+            list[1],
+            "-- a comment; with a semicolon\nSELECT count(*) FROM spans"
+        );
+    }
+
+    #[test]
+    fn statements_run_as_typed() {
+        // The parser prints `COPY ... TO 'path'` without the quotes: the text is kept instead.
+        let list = statements(
+            "COPY (SELECT 1 AS a) TO '/tmp/x.parquet';\n SELECT 'é;' AS \"ü\"\n  ;  ; -- end",
+        )
+        .unwrap();
+        assert_eq!(
+            list,
+            [
+                "COPY (SELECT 1 AS a) TO '/tmp/x.parquet'",
+                "SELECT 'é;' AS \"ü\""
+            ]
+        );
+        assert!(statements("SELECT 'unterminated").is_err());
     }
 }
