@@ -2,13 +2,14 @@
 //! query keeping its snapshot, and filters on `trace_id` and `start_time` reaching Delta file
 //! skipping and parquet pruning (read from the scan's metrics).
 
-use std::sync::Arc;
+mod common;
 
-use arrow::array::{AsArray, RecordBatch};
+use common::{rows, run};
+
+use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
-use tracelake::observe::ScanMetrics;
 use tracelake::synth::{TraceShape, traces};
 use tracelake::{Registration, Span, TraceLake};
 
@@ -19,22 +20,6 @@ const DAY0: i64 = 1_714_521_600_000_000_000;
 async fn count(ctx: &SessionContext, sql: &str) -> i64 {
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
-}
-
-async fn run(ctx: &SessionContext, sql: &str) -> (Vec<RecordBatch>, ScanMetrics) {
-    let plan: Arc<dyn ExecutionPlan> = ctx
-        .sql(sql)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap();
-    let batches = collect(plan.clone(), ctx.task_ctx()).await.unwrap();
-    (batches, ScanMetrics::from_plan(&plan))
-}
-
-fn rows(batches: &[RecordBatch]) -> usize {
-    batches.iter().map(|b| b.num_rows()).sum()
 }
 
 /// Spans of `n` five-span traces on day `day`, with trace ids starting with `prefix`.

@@ -126,11 +126,23 @@ async fn read_footer(
         .await
         .map_err(|e| TraceLakeError::data_file(&location, e))?;
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let metadata = ArrowReaderMetadata::load_async(&mut reader, options)
+    let loaded = ArrowReaderMetadata::load_async(&mut reader, options.clone())
         .await
         .map_err(|e| TraceLakeError::data_file(&location, e))?;
-    let parquet = metadata.metadata().clone();
     let expected = file_schema();
+    // Files other writers produce may record other Arrow types for the same parquet columns
+    // (deltalake's optimize records strings as Utf8View): they are read with tracelake's
+    // types when parquet can (the same parquet columns), so lookups read them directly too.
+    let metadata = if loaded.schema().fields() == expected.fields() {
+        loaded
+    } else {
+        ArrowReaderMetadata::try_new(
+            loaded.metadata().clone(),
+            options.with_schema(expected.clone()),
+        )
+        .unwrap_or(loaded)
+    };
+    let parquet = metadata.metadata().clone();
     let native = metadata.schema().fields().len() == expected.fields().len()
         && metadata
             .schema()

@@ -125,19 +125,28 @@ impl AsyncFileReader for TailReader {
         &'a mut self,
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        let policy = options
-            .map(|o| o.column_index_policy())
-            .unwrap_or(PageIndexPolicy::Optional);
-        async move {
-            let size = self.size;
-            let metadata = ParquetMetaDataReader::new()
-                .with_page_index_policy(policy)
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(metadata))
-        }
-        .boxed()
+        let size = self.size;
+        load_metadata(self, size, options, None).boxed()
     }
+}
+
+/// Reads the footer of a file of `size` bytes through `reader`, with the page index as
+/// `options` ask (when present by default), reading the last `prefetch` bytes at once.
+async fn load_metadata<R: parquet::arrow::async_reader::MetadataFetch>(
+    reader: R,
+    size: u64,
+    options: Option<&ArrowReaderOptions>,
+    prefetch: Option<usize>,
+) -> parquet::errors::Result<Arc<ParquetMetaData>> {
+    let policy = options
+        .map(|o| o.column_index_policy())
+        .unwrap_or(PageIndexPolicy::Optional);
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(policy)
+        .with_prefetch_hint(prefetch)
+        .load_and_finish(reader, size)
+        .await?;
+    Ok(Arc::new(metadata))
 }
 
 /// Reads a parquet file from an object store.
@@ -189,21 +198,10 @@ impl AsyncFileReader for StoreReader {
         &'a mut self,
         options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        let policy = options
-            .map(|o| o.column_index_policy())
-            .unwrap_or(PageIndexPolicy::Optional);
-        async move {
-            let size = self.size;
-            // The footer, the metadata and the page index are at the end of the file: one
-            // request for the last FOOTER_PREFETCH bytes usually holds them all.
-            let metadata = ParquetMetaDataReader::new()
-                .with_page_index_policy(policy)
-                .with_prefetch_hint(Some(FOOTER_PREFETCH))
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(metadata))
-        }
-        .boxed()
+        // The footer, the metadata and the page index are at the end of the file: one request
+        // for the last FOOTER_PREFETCH bytes usually holds them all.
+        let size = self.size;
+        load_metadata(self, size, options, Some(FOOTER_PREFETCH)).boxed()
     }
 }
 

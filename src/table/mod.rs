@@ -816,8 +816,23 @@ impl TraceTable {
         let started = std::time::Instant::now();
         let mut adds: Vec<Action> = Vec::new();
         let mut rows = 0u64;
+        // One run is written (sorted, encoded, uploaded) in a task of its own while the next
+        // one is read and checked: at most two runs are held.
+        let mut in_flight: Option<tokio::task::JoinHandle<Result<Vec<Action>>>> = None;
+        let settings = self.snapshot().state().write.clone();
+        let start_run = |run: Vec<RecordBatch>| {
+            let log_store = self.log_store.clone();
+            let settings = settings.clone();
+            tokio::spawn(
+                async move {
+                    let sorted = ingest::sort_for_storage(&run)?;
+                    drop(run);
+                    write::write_files(&log_store, &settings, &sorted).await
+                }
+                .instrument(tracing::Span::current()),
+            )
+        };
         let written = async {
-            let settings = self.snapshot().state().write.clone();
             let mut run: Vec<RecordBatch> = Vec::new();
             let mut buffered = 0usize;
             loop {
@@ -843,15 +858,19 @@ impl TraceTable {
                         run.push(batch);
                     }
                     if buffered >= run_rows {
-                        let sorted = ingest::sort_for_storage(&std::mem::take(&mut run))?;
+                        if let Some(previous) = in_flight.take() {
+                            adds.extend(joined(previous.await)?);
+                        }
+                        in_flight = Some(start_run(std::mem::take(&mut run)));
                         buffered = 0;
-                        adds.extend(write::write_files(&self.log_store, &settings, &sorted).await?);
                     }
                 }
                 if end {
+                    if let Some(previous) = in_flight.take() {
+                        adds.extend(joined(previous.await)?);
+                    }
                     if buffered > 0 {
-                        let sorted = ingest::sort_for_storage(&std::mem::take(&mut run))?;
-                        adds.extend(write::write_files(&self.log_store, &settings, &sorted).await?);
+                        adds.extend(joined(start_run(std::mem::take(&mut run)).await)?);
                     }
                     return Ok(());
                 }
@@ -859,6 +878,13 @@ impl TraceTable {
         }
         .instrument(span.clone())
         .await;
+        // A run still being written when the statement failed: its files are waited for, to be
+        // deleted with the others.
+        if let Some(last) = in_flight.take()
+            && let Ok(Ok(last)) = last.await
+        {
+            adds.extend(last);
+        }
         span.record(names::ATTR_ROWS, rows);
         let result = match written {
             Err(e) => {
@@ -1050,6 +1076,14 @@ pub(crate) struct AppTransaction {
 }
 
 /// Records an error on `span` and passes the result on.
+/// The outcome of a task writing files (a panic in it becomes an error).
+fn joined(
+    outcome: std::result::Result<Result<Vec<Action>>, tokio::task::JoinError>,
+) -> Result<Vec<Action>> {
+    outcome
+        .map_err(|e| TraceLakeError::InvalidArgument(format!("writing data files failed: {e}")))?
+}
+
 fn record_result<T>(span: &tracing::Span, result: Result<T>) -> Result<T> {
     if let Err(e) = &result {
         span.record(names::ATTR_ERROR, field::display(e));

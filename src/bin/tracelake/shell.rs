@@ -5,7 +5,6 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::DFParser;
 use rustyline::error::ReadlineError;
 use tracelake::observe;
 use tracelake::{TableOptions, TraceLake};
