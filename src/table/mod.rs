@@ -735,9 +735,8 @@ impl TraceTable {
             if retry && let Some(txn) = txn {
                 self.refresh_locked().await?;
                 let committed = self
-                    .snapshot()
-                    .state()
-                    .transaction_version(&txn.app_id)
+                    .transaction_version_locked(&txn.app_id)
+                    .await?
                     .is_some_and(|v| v >= txn.version);
                 if committed {
                     tracing::info!(
@@ -1044,10 +1043,25 @@ impl TraceTable {
         let _guard = self.commit_lock.lock().await;
         self.refresh_locked().await?;
         Ok(self
-            .snapshot()
-            .state()
-            .transaction_version(&txn.app_id)
+            .transaction_version_locked(&txn.app_id)
+            .await?
             .is_some_and(|v| v >= txn.version))
+    }
+
+    /// The version of application transaction `app_id` in the installed version: from the
+    /// commits this process followed, else from the Delta log (a state loaded through
+    /// deltalake, at open or after a metadata change, does not carry the transactions).
+    /// Called with the commit lock held.
+    async fn transaction_version_locked(&self, app_id: &str) -> Result<Option<i64>> {
+        let snapshot = self.snapshot();
+        if let Some(version) = snapshot.state().transaction_version(app_id) {
+            return Ok(Some(version));
+        }
+        let table = snapshot.delta_table(&self.log_store).await?;
+        Ok(table
+            .snapshot()?
+            .transaction_version(self.log_store.as_ref(), app_id)
+            .await?)
     }
 }
 
@@ -1166,6 +1180,41 @@ mod tests {
         assert_eq!(reader.version(), 0);
         assert_eq!(reader.refresh().await.unwrap(), 2);
         assert_eq!(reader.version(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_committed_transaction_is_known_after_a_reopen() {
+        // Transactions committed before this process opened the table come from the log (the
+        // state loaded at open does not list them): a retry after a reopen writes nothing.
+        let writer = TraceTable::create("memory:///txn-reopen", &TableOptions::default())
+            .await
+            .unwrap();
+        let txn = AppTransaction {
+            app_id: Arc::from("appender-1"),
+            version: 3,
+        };
+        let batch = crate::span::spans_to_batch(&[span(1, 1, None, 0)]).unwrap();
+        let storage = vec![ingest::to_storage(&batch, 0).unwrap()];
+        writer
+            .commit(storage.clone(), 1, Some(&txn), false)
+            .await
+            .unwrap();
+        assert!(writer.transaction_committed(&txn).await.unwrap());
+        let reopened = TraceTable::open("memory:///txn-reopen", &TableOptions::default())
+            .await
+            .unwrap();
+        assert!(reopened.transaction_committed(&txn).await.unwrap());
+        let later = AppTransaction {
+            app_id: Arc::from("appender-1"),
+            version: 4,
+        };
+        assert!(!reopened.transaction_committed(&later).await.unwrap());
+        let outcome = reopened.commit(storage, 1, Some(&txn), true).await.unwrap();
+        assert_eq!(
+            outcome.version, 1,
+            "the retried commit is not written again"
+        );
+        assert_eq!(reopened.version(), 1);
     }
 
     #[tokio::test]
