@@ -5,6 +5,7 @@
 //! cargo run --profile bench --example phases -- lookup [SPANS] [optimized]   # default 1,000,000
 //! cargo run --profile bench --example phases -- ingest
 //! cargo run --profile bench --example phases -- commits [N] [SPANS]   # default 300 x 800
+//! cargo run --profile bench --example phases -- scale [SPANS] [COMMITS]   # default 1M in 24
 //! ```
 //!
 //! `lookup` opens the bench fixture of SPANS spans in 24 commits (built under
@@ -109,6 +110,64 @@ fn lookup(spans: usize, optimized: bool) {
                 p50_ms(execution)
             );
         }
+    });
+}
+
+/// Resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// Opening and looking up a table of SPANS spans written in COMMITS commits (one file each):
+/// open time, memory added by the open, the first lookups (footers not read yet) and warm
+/// lookups with fresh ids.
+fn scale(spans: usize, commits: usize) {
+    let rt = support::runtime();
+    rt.block_on(async {
+        let fixture = support::fixture(spans, commits).await;
+        let path = fixture.path.to_str().expect("utf-8 path").to_string();
+        let mut opens = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let lake = TraceLake::open(&path).await.expect("open");
+            opens.push(t.elapsed());
+            drop(lake);
+        }
+        let before = resident_bytes();
+        let lake = TraceLake::open(&path).await.expect("open");
+        let after_open = resident_bytes();
+        let ctx = lake.session_context().expect("context");
+        let ids = &fixture.sample_ids;
+        let lookup = |id: &str| format!("SELECT * FROM spans WHERE trace_id = '{id}'");
+        let mut first = Vec::new();
+        for id in ids.iter().take(5) {
+            let t = Instant::now();
+            let rows: usize = ctx.sql(&lookup(id)).await.expect("plan").collect().await.expect("run").iter().map(|b| b.num_rows()).sum();
+            assert!(rows > 0);
+            first.push(t.elapsed());
+        }
+        let mut warm = Vec::new();
+        for id in ids.iter().skip(5).take(SAMPLES) {
+            let t = Instant::now();
+            let rows: usize = ctx.sql(&lookup(id)).await.expect("plan").collect().await.expect("run").iter().map(|b| b.num_rows()).sum();
+            assert!(rows > 0);
+            warm.push(t.elapsed());
+        }
+        let after_lookups = resident_bytes();
+        println!(
+            "{spans} spans in {commits} commits: open p50 {:.1} ms, +{:.1} MB at open; first lookups p50 {:.2} ms (max {:.1}); fresh-id lookups p50 {:.3} ms; +{:.1} MB after lookups, footers held {:.1} MB",
+            p50_ms(opens),
+            (after_open.saturating_sub(before)) as f64 / 1e6,
+            p50_ms(first.clone()),
+            first.iter().max().map(|d| d.as_secs_f64() * 1e3).unwrap_or(0.0),
+            p50_ms(warm),
+            (after_lookups.saturating_sub(before)) as f64 / 1e6,
+            lake.table().footer_memory() as f64 / 1e6,
+        );
     });
 }
 
@@ -262,6 +321,17 @@ fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("ingest") => ingest_phases(),
+        Some("scale") => {
+            let spans = args
+                .next()
+                .map(|s| s.parse().expect("SPANS is a number"))
+                .unwrap_or(1_000_000);
+            let commits = args
+                .next()
+                .map(|s| s.parse().expect("COMMITS is a number"))
+                .unwrap_or(24);
+            scale(spans, commits)
+        }
         Some("commits") => {
             let n = args
                 .next()

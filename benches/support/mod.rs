@@ -103,6 +103,7 @@ pub async fn fixture(spans: usize, commits: usize) -> Fixture {
         sample_ids.extend(batch.iter().step_by(step).map(|s| s.trace_id.clone()));
         lake.append_spans(&batch).await.expect("append fixture");
     }
+    lake.wait_for_background_work().await;
     // Spread the sample over the table, deterministically.
     sample_ids.sort_by_key(|id| {
         id.bytes()

@@ -485,14 +485,29 @@ impl TraceIdIndex {
         store: &Arc<dyn ObjectStore>,
         slots: Vec<Arc<FileSlot>>,
     ) -> Result<Vec<Arc<IndexedFile>>> {
-        futures::stream::iter(slots)
-            .map(|slot| {
-                let store = store.clone();
-                async move { slot.footer(&store).await }
-            })
-            .buffered(CONCURRENT_FOOTER_READS)
-            .try_collect()
-            .await
+        // Footers held already are taken without a future each (a lookup over thousands of
+        // files checks them all); only the others are read, 8 at a time.
+        let mut held: Vec<Option<Arc<IndexedFile>>> =
+            slots.iter().map(|slot| slot.footer.load_full()).collect();
+        let missing: Vec<(usize, Arc<FileSlot>)> = slots
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| held[*i].is_none())
+            .collect();
+        if !missing.is_empty() {
+            let read: Vec<(usize, Arc<IndexedFile>)> = futures::stream::iter(missing)
+                .map(|(i, slot)| {
+                    let store = store.clone();
+                    async move { slot.footer(&store).await.map(|footer| (i, footer)) }
+                })
+                .buffered(CONCURRENT_FOOTER_READS)
+                .try_collect()
+                .await?;
+            for (i, footer) in read {
+                held[i] = Some(footer);
+            }
+        }
+        Ok(held.into_iter().flatten().collect())
     }
 
     /// The row groups that may hold any of `ids` with a start within `bounds`: files the log
