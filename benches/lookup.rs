@@ -2,15 +2,18 @@
 //! against what a user would write without tracelake (deltalake's own table provider and a
 //! `WITH RECURSIVE` query building the same tree), in the same run.
 //!
-//! Tier 1 (`make bench.extended`): `lookup_vs_recursive_1m` (the comparison at 1M spans) and
-//! `lookup_scaling` (100k, 1M and 10M spans in one run, and the 10M / 100k ratio).
+//! Tier 1 (`make bench.extended`): `lookup_vs_recursive_1m` (the comparison at 1M spans),
+//! `lookup_scaling` (100k, 1M and 10M spans in one run, and the 10M / 100k ratio) and
+//! `lookup_after_optimize` (1M and 5M spans in 24 commits, then the same spans compacted by
+//! `optimize`: the compacted table must look up at least as fast). `TRACELAKE_BENCH_GROUP`
+//! selects groups (comma-separated) and skips the others' fixtures.
 
 mod support;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use datafusion::prelude::SessionContext;
 use serde_json::json;
-use support::{Artifact, BenchTier, Fixture, enabled, fixture, runtime, sample};
+use support::{Artifact, BenchTier, Fixture, enabled, fixture, group_selected, runtime, sample};
 use tracelake::TraceLake;
 use tracelake::observe::ScanMetrics;
 
@@ -99,7 +102,7 @@ fn measure_lookup(
 }
 
 fn lookup_vs_recursive_1m(c: &mut Criterion) {
-    if !enabled(BenchTier::Extended) {
+    if !enabled(BenchTier::Extended) || !group_selected("lookup_vs_recursive_1m") {
         return;
     }
     let rt = runtime();
@@ -168,8 +171,71 @@ fn lookup_vs_recursive_1m(c: &mut Criterion) {
     ratio.write();
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn lookup_after_optimize(c: &mut Criterion) {
+    if !enabled(BenchTier::Extended) || !group_selected("lookup_after_optimize") {
+        return;
+    }
+    let _ = c;
+    let rt = runtime();
+    for (spans, label) in [(1_000_000, "1m"), (5_000_000, "5m")] {
+        let before = rt.block_on(open(spans));
+        let mut before_artifact = measure_lookup(
+            &rt,
+            &before,
+            BenchTier::Extended,
+            &format!("lookup_before_optimize_{label}"),
+        );
+        // The same spans, compacted: a copy of the fixture, optimized, opened afresh.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("spans");
+        copy_dir(&before.fixture.path, &path);
+        let compacted = rt.block_on(async {
+            let lake = TraceLake::open(path.to_str().unwrap())
+                .await
+                .expect("open copy");
+            lake.table().optimize().await.expect("optimize");
+            let lake = TraceLake::open(path.to_str().unwrap())
+                .await
+                .expect("open optimized");
+            let ctx = lake.session_context().expect("context");
+            Opened {
+                fixture: Fixture {
+                    path: path.clone(),
+                    ..before.fixture.clone()
+                },
+                lake,
+                ctx,
+            }
+        });
+        let mut after = measure_lookup(
+            &rt,
+            &compacted,
+            BenchTier::Extended,
+            &format!("lookup_after_optimize_{label}"),
+        );
+        let base = before_artifact.p50();
+        before_artifact.reference = None;
+        after.reference = Some((format!("lookup_before_optimize_{label}"), base));
+        before_artifact.write();
+        after.write();
+    }
+}
+
 fn lookup_scaling(c: &mut Criterion) {
-    if !enabled(BenchTier::Extended) {
+    if !enabled(BenchTier::Extended) || !group_selected("lookup_scaling") {
         return;
     }
     let rt = runtime();
@@ -207,5 +273,10 @@ fn lookup_scaling(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, lookup_vs_recursive_1m, lookup_scaling);
+criterion_group!(
+    benches,
+    lookup_vs_recursive_1m,
+    lookup_scaling,
+    lookup_after_optimize
+);
 criterion_main!(benches);

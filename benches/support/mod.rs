@@ -42,6 +42,16 @@ pub fn enabled(tier: BenchTier) -> bool {
     current_tier() == tier
 }
 
+/// Whether the bench group `name` runs: every group, unless `TRACELAKE_BENCH_GROUP` names
+/// the only ones to run (comma-separated), which skips the others' fixtures too.
+#[allow(dead_code)]
+pub fn group_selected(name: &str) -> bool {
+    match std::env::var("TRACELAKE_BENCH_GROUP") {
+        Ok(list) if !list.trim().is_empty() => list.split(',').any(|g| g.trim() == name),
+        _ => true,
+    }
+}
+
 /// A runtime for the benches.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -56,6 +66,7 @@ fn workspace() -> PathBuf {
 
 /// A fixture table: `spans` spans in 5-span traces, written in `commits` commits spread over
 /// one day (hourly when 24).
+#[derive(Clone)]
 pub struct Fixture {
     pub path: PathBuf,
     pub spans: usize,
