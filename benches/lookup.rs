@@ -171,19 +171,6 @@ fn lookup_vs_recursive_1m(c: &mut Criterion) {
     ratio.write();
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 fn lookup_after_optimize(c: &mut Criterion) {
     if !enabled(BenchTier::Extended) || !group_selected("lookup_after_optimize") {
         return;
@@ -201,7 +188,7 @@ fn lookup_after_optimize(c: &mut Criterion) {
         // The same spans, compacted: a copy of the fixture, optimized, opened afresh.
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("spans");
-        copy_dir(&before.fixture.path, &path);
+        support::copy_dir(&before.fixture.path, &path);
         let compacted = rt.block_on(async {
             let lake = TraceLake::open(path.to_str().unwrap())
                 .await

@@ -32,19 +32,6 @@ fn p50_ms(mut v: Vec<Duration>) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e3
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 fn lookup(spans: usize, optimized: bool) {
     let rt = support::runtime();
     rt.block_on(async {
@@ -53,7 +40,7 @@ fn lookup(spans: usize, optimized: bool) {
         let copy = tempfile::tempdir().expect("temp dir");
         let path = if optimized {
             let path = copy.path().join("spans");
-            copy_dir(&fixture.path, &path);
+            support::copy_dir(&fixture.path, &path);
             let lake = TraceLake::open(path.to_str().expect("utf-8 path"))
                 .await
                 .expect("open copy");

@@ -42,6 +42,21 @@ pub fn enabled(tier: BenchTier) -> bool {
     current_tier() == tier
 }
 
+/// Copies the directory `from` (a fixture table) to `to`, recursively.
+#[allow(dead_code)]
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 /// Whether the bench group `name` runs: every group, unless `TRACELAKE_BENCH_GROUP` names
 /// the only ones to run (comma-separated), which skips the others' fixtures too.
 #[allow(dead_code)]
