@@ -6,6 +6,7 @@
 //! cargo run --profile bench --example phases -- ingest
 //! cargo run --profile bench --example phases -- commits [N] [SPANS]   # default 300 x 800
 //! cargo run --profile bench --example phases -- scale [SPANS] [COMMITS]   # default 1M in 24
+//! cargo run --profile bench --example phases -- hot   # the Tier 0 hot query, planning and execution
 //! ```
 //!
 //! `lookup` opens the bench fixture of SPANS spans in 24 commits (built under
@@ -154,6 +155,42 @@ fn scale(spans: usize, commits: usize) {
             p50_ms(warm),
             (after_lookups.saturating_sub(before)) as f64 / 1e6,
             lake.table().footer_memory() as f64 / 1e6,
+        );
+    });
+}
+
+/// The Tier 0 hot query (an aggregate over every file of the 100k fixture), p50 of 200 runs.
+fn hot() {
+    let rt = support::runtime();
+    rt.block_on(async {
+        let fixture = support::fixture(100_000, 24).await;
+        let lake = TraceLake::open(fixture.path.to_str().expect("utf-8 path"))
+            .await
+            .expect("open");
+        let ctx = lake.session_context().expect("context");
+        let sql = "SELECT service_name, count(*) AS spans, max(duration_ns) AS slowest \
+                   FROM spans WHERE kind = 'SERVER' GROUP BY service_name ORDER BY spans DESC";
+        let (mut planning, mut execution) = (vec![], vec![]);
+        for _ in 0..200 {
+            let t0 = Instant::now();
+            let plan = ctx
+                .sql(sql)
+                .await
+                .expect("plan")
+                .create_physical_plan()
+                .await
+                .expect("physical");
+            let t1 = Instant::now();
+            datafusion::physical_plan::collect(plan, ctx.task_ctx())
+                .await
+                .expect("run");
+            planning.push(t1 - t0);
+            execution.push(t1.elapsed());
+        }
+        println!(
+            "hot query: planning p50 {:.3} ms, execution p50 {:.3} ms",
+            p50_ms(planning),
+            p50_ms(execution)
         );
     });
 }
@@ -308,6 +345,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("ingest") => ingest_phases(),
+        Some("hot") => hot(),
         Some("scale") => {
             let spans = args
                 .next()
