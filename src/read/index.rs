@@ -241,9 +241,37 @@ pub(crate) struct LogFile {
     pub(crate) starts: Option<(i64, i64)>,
     /// Whether the file has a deletion vector (some of its rows are deleted).
     pub(crate) deletion_vector: bool,
+    /// The filter of the file's trace ids its log entry carries (files tracelake writes with
+    /// few ids; see [`crate::table::write::TRACE_ID_FILTER_TAG`]).
+    pub(crate) trace_filter: Option<Sbbf>,
 }
 
 impl LogFile {
+    /// A file from its `add` action: path, size, partition value, statistics, deletion
+    /// vector and the trace-id filter tag.
+    pub(crate) fn of_add(add: &deltalake::kernel::Add) -> Self {
+        use base64::Engine;
+        let mut file = Self::new(
+            add.path.clone(),
+            add.size,
+            add.partition_values.get(col::SPAN_DATE).cloned().flatten(),
+            add.stats.as_deref(),
+            add.deletion_vector.is_some(),
+        );
+        // A filter that does not decode is ignored (the footer decides instead).
+        file.trace_filter = add
+            .tags
+            .as_ref()
+            .and_then(|tags| {
+                tags.get(crate::table::write::TRACE_ID_FILTER_TAG)?
+                    .as_deref()
+            })
+            .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text).ok())
+            .filter(|bitset| !bitset.is_empty() && bitset.len() % 32 == 0)
+            .map(|bitset| Sbbf::new(&bitset));
+        file
+    }
+
     /// A file from its log entry: path, size, partition value and the statistics JSON.
     pub(crate) fn new(
         path: String,
@@ -287,6 +315,7 @@ impl LogFile {
             trace_ids,
             starts,
             deletion_vector,
+            trace_filter: None,
         }
     }
 }
@@ -333,8 +362,14 @@ impl FileSlot {
         }
     }
 
-    /// Whether the file may hold one of `ids`, per the log statistics.
+    /// Whether the file may hold one of `ids`, per the log statistics and the log's trace-id
+    /// filter.
     fn may_contain_any(&self, ids: &[String]) -> bool {
+        if let Some(filter) = &self.log.trace_filter
+            && !ids.iter().any(|id| filter.check(id.as_str()))
+        {
+            return false;
+        }
         match &self.log.trace_ids {
             Some((min, max)) => ids
                 .iter()

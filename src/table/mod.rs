@@ -17,7 +17,7 @@ pub mod background;
 pub(crate) mod ingest;
 pub mod maintenance;
 pub(crate) mod state;
-mod write;
+pub(crate) mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;

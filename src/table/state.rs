@@ -19,7 +19,6 @@ use object_store::path::Path;
 
 use crate::error::{Result, TraceLakeError};
 use crate::read::index::{FileMap, FileSlot, LogFile, SlotHome};
-use crate::schema::col;
 
 /// Field metadata keys of columns whose values a writer would have to compute or check.
 const ENFORCED_FIELD_METADATA: [&str; 2] = ["delta.generationExpression", "delta.invariants"];
@@ -125,20 +124,9 @@ impl TableState {
         let mut files = FileMap::new();
         let mut deletion_vectors = 0;
         for view in log_data.iter() {
-            let deletion_vector = view.deletion_vector_descriptor().is_some();
-            deletion_vectors += usize::from(deletion_vector);
-            let span_date = view
-                .partition_values_map()
-                .get(col::SPAN_DATE)
-                .cloned()
-                .flatten();
-            let log = LogFile::new(
-                view.path().into_owned(),
-                view.size(),
-                span_date,
-                view.stats().as_deref(),
-                deletion_vector,
-            );
+            #[allow(deprecated)] // the only public way to the tags of a file
+            let log = LogFile::of_add(&view.add_action());
+            deletion_vectors += usize::from(log.deletion_vector);
             let slot = FileSlot::new(home, log);
             let key: Arc<str> = Arc::from(slot.location.as_ref());
             let slot = match previous.and_then(|p| p.files.get(&key)) {
@@ -163,14 +151,8 @@ impl TableState {
         for action in actions {
             match action {
                 Action::Add(add) => {
-                    let deletion_vector = add.deletion_vector.is_some();
-                    let log = LogFile::new(
-                        add.path.clone(),
-                        add.size,
-                        add.partition_values.get(col::SPAN_DATE).cloned().flatten(),
-                        add.stats.as_deref(),
-                        deletion_vector,
-                    );
+                    let log = LogFile::of_add(add);
+                    let deletion_vector = log.deletion_vector;
                     let slot = Arc::new(FileSlot::new(home, log));
                     next.deletion_vectors += usize::from(deletion_vector);
                     if let Some(old) = next.files.insert(Arc::from(slot.location.as_ref()), slot) {

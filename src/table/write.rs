@@ -17,6 +17,7 @@ use deltalake::datafile::writer::{DeltaWriter, WriterConfig};
 use deltalake::kernel::Action;
 use deltalake::logstore::LogStoreRef;
 use indexmap::IndexMap;
+use parquet::bloom_filter::Sbbf;
 use tracing::Instrument;
 
 use super::state::WriteSettings;
@@ -24,6 +25,82 @@ use super::writer_properties;
 use crate::error::{Result, TraceLakeError};
 use crate::observe::names;
 use crate::schema::{col, storage_schema};
+
+/// Files of at most this many distinct trace ids carry a filter of them in their log entry.
+pub(crate) const LOG_FILTER_MAX_IDS: usize = 4096;
+
+/// The tag of an `add` action holding the file's trace-id filter: a split-block bloom filter
+/// (parquet's), 1% false positives, its bitset in base64.
+pub(crate) const TRACE_ID_FILTER_TAG: &str = "tracelake.trace_id_filter";
+
+/// The distinct trace ids of each day of a commit, while they are few.
+#[derive(Default)]
+struct DayFilters {
+    /// `None` once a day has too many ids for a log filter.
+    days: std::collections::HashMap<String, Option<std::collections::HashSet<String>>>,
+}
+
+impl DayFilters {
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let (Some(dates), Some(ids)) = (
+            batch
+                .column_by_name(col::SPAN_DATE)
+                .and_then(|c| c.as_string_opt::<i32>()),
+            batch
+                .column_by_name(col::TRACE_ID)
+                .and_then(|c| c.as_string_opt::<i32>()),
+        ) else {
+            return Err(TraceLakeError::SchemaMismatch(
+                "missing span_date or trace_id".into(),
+            ));
+        };
+        for row in 0..batch.num_rows() {
+            let day = self
+                .days
+                .entry(dates.value(row).to_string())
+                .or_insert_with(|| Some(Default::default()));
+            if let Some(set) = day {
+                if !set.contains(ids.value(row)) {
+                    set.insert(ids.value(row).to_string());
+                }
+                if set.len() > LOG_FILTER_MAX_IDS {
+                    *day = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tags each file that is alone in its day with the filter of that day's ids.
+    fn tag(self, adds: &mut [deltalake::kernel::Add]) {
+        use base64::Engine;
+        for (day, ids) in self.days {
+            let Some(ids) = ids else { continue };
+            let mut files = adds.iter_mut().filter(|a| {
+                a.partition_values
+                    .get(col::SPAN_DATE)
+                    .is_some_and(|v| v.as_deref() == Some(day.as_str()))
+            });
+            let (Some(add), None) = (files.next(), files.next()) else {
+                continue;
+            };
+            let Ok(mut filter) = Sbbf::new_with_ndv_fpp(ids.len().max(1) as u64, 0.01) else {
+                continue;
+            };
+            for id in &ids {
+                filter.insert(id.as_str());
+            }
+            let mut bitset = Vec::new();
+            if filter.write_bitset(&mut bitset).is_err() {
+                continue;
+            }
+            add.tags.get_or_insert_with(Default::default).insert(
+                TRACE_ID_FILTER_TAG.to_string(),
+                Some(base64::engine::general_purpose::STANDARD.encode(bitset)),
+            );
+        }
+    }
+}
 
 /// Writes `batches` (storage schema, sorted by `span_date`) as data files of the table behind
 /// `log_store`, with the statistics `settings` name; returns their `Add` actions.
@@ -45,7 +122,9 @@ pub(super) async fn write_files(
             settings.stats.stats_columns.clone(),
         );
         let mut writer = DeltaWriter::new(log_store.object_store(None), config);
+        let mut filters = DayFilters::default();
         for batch in batches {
+            filters.add(batch)?;
             let dates = batch
                 .column_by_name(col::SPAN_DATE)
                 .and_then(|c| c.as_string_opt::<i32>())
@@ -64,7 +143,9 @@ pub(super) async fn write_files(
                 start = end;
             }
         }
-        Ok(writer.close().await?.into_iter().map(Action::Add).collect())
+        let mut adds = writer.close().await?;
+        filters.tag(&mut adds);
+        Ok(adds.into_iter().map(Action::Add).collect())
     }
     .instrument(tracing::info_span!(names::DELTA_APPEND_WRITE))
     .await
