@@ -195,7 +195,7 @@ async fn a_cold_lookup_reads_the_footer_of_the_file_that_holds_the_trace_only() 
         let data = store.count("get_range", "parquet_data") + store.count("get", "parquet_data");
         assert!(data <= 3, "{:?}", store.calls());
     }
-    // An id in no file reads nothing at all (a 1% false positive per file at most).
+    // An id in no file reads nothing at all (a 0.1% false positive per file at most).
     store.reset_calls();
     let (batches, _) = run(
         &ctx,

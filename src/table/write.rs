@@ -30,7 +30,7 @@ use crate::schema::{col, storage_schema};
 pub(crate) const LOG_FILTER_MAX_IDS: usize = 4096;
 
 /// The tag of an `add` action holding the file's trace-id filter: a split-block bloom filter
-/// (parquet's), 1% false positives, its bitset in base64.
+/// (parquet's), 0.1% false positives, its bitset in base64.
 pub(crate) const TRACE_ID_FILTER_TAG: &str = "tracelake.trace_id_filter";
 
 /// The distinct trace ids of each day of a commit, while they are few.
@@ -84,7 +84,7 @@ impl DayFilters {
             let (Some(add), None) = (files.next(), files.next()) else {
                 continue;
             };
-            let Ok(mut filter) = Sbbf::new_with_ndv_fpp(ids.len().max(1) as u64, 0.01) else {
+            let Ok(mut filter) = Sbbf::new_with_ndv_fpp(ids.len().max(1) as u64, 0.001) else {
                 continue;
             };
             for id in &ids {
