@@ -7,6 +7,7 @@
 //! failing the whole request. Keys that are not fields of the message are reported, not
 //! dropped silently: they come back as notes the receiver puts in `partial_success`.
 
+use crate::schema::{SPAN_KINDS, STATUS_CODES};
 use base64::Engine;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
@@ -252,7 +253,7 @@ impl Decoder {
                 let s = self.object(s, "spans[].status", &["message", "code"])?;
                 Some(Status {
                     message: string(&s, "message")?,
-                    code: enumeration(&s, "code", "STATUS_CODE_", &["UNSET", "OK", "ERROR"])?,
+                    code: enumeration(&s, "code", "STATUS_CODE_", &STATUS_CODES)?,
                 })
             }
             None => None,
@@ -264,19 +265,8 @@ impl Decoder {
             parent_span_id: hex_id(&fields, "parentSpanId")?,
             flags: uint(&fields, "flags")? as u32,
             name: string(&fields, "name")?,
-            kind: enumeration(
-                &fields,
-                "kind",
-                "SPAN_KIND_",
-                &[
-                    "UNSPECIFIED",
-                    "INTERNAL",
-                    "SERVER",
-                    "CLIENT",
-                    "PRODUCER",
-                    "CONSUMER",
-                ],
-            )?,
+            // Both lists are in the order of the OTLP enums' numbers.
+            kind: enumeration(&fields, "kind", "SPAN_KIND_", &SPAN_KINDS)?,
             start_time_unix_nano: uint(&fields, "startTimeUnixNano")?,
             end_time_unix_nano: uint(&fields, "endTimeUnixNano")?,
             attributes: self.key_values(&fields, "attributes")?,

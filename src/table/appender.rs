@@ -354,6 +354,19 @@ impl Worker {
         &self.table.metrics().buffered_spans
     }
 
+    /// The in-flight spans are committed: they leave the buffer and their callers are
+    /// answered with `outcome`.
+    fn acknowledge(&mut self, outcome: AppendOutcome) {
+        if let Some(done) = self.inflight.take() {
+            self.gauge().dec_by(done.rows as i64);
+            for entry in done.entries {
+                if let Some(ack) = entry.ack {
+                    let _ = ack.send(Ok(outcome));
+                }
+            }
+        }
+    }
+
     /// Commits the in-flight spans (numbering the pending ones first if none are in flight),
     /// retrying transient errors with backoff. On success the callers waiting for these spans
     /// are answered; on failure, those whose spans are known not to be written are answered
@@ -393,14 +406,7 @@ impl Worker {
             inflight.attempted = true;
             match result {
                 Ok(outcome) => {
-                    if let Some(done) = self.inflight.take() {
-                        self.gauge().dec_by(done.rows as i64);
-                        for entry in done.entries {
-                            if let Some(ack) = entry.ack {
-                                let _ = ack.send(Ok(outcome));
-                            }
-                        }
-                    }
+                    self.acknowledge(outcome);
                     return Ok(outcome);
                 }
                 Err(e) if !e.is_transient() || attempt >= self.config.max_attempts => break e,
@@ -421,14 +427,7 @@ impl Worker {
                         version: self.table.version(),
                         rows: inflight.rows as u64,
                     };
-                    if let Some(done) = self.inflight.take() {
-                        self.gauge().dec_by(done.rows as i64);
-                        for entry in done.entries {
-                            if let Some(ack) = entry.ack {
-                                let _ = ack.send(Ok(outcome));
-                            }
-                        }
-                    }
+                    self.acknowledge(outcome);
                     return Ok(outcome);
                 }
                 Ok(false) => {
