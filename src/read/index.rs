@@ -226,6 +226,26 @@ async fn read_footer(
     })
 }
 
+/// The part of a file's Delta statistics the index reads.
+#[derive(serde::Deserialize)]
+struct LogStats {
+    #[serde(rename = "numRecords", default)]
+    num_records: Option<serde_json::Value>,
+    #[serde(rename = "minValues", default)]
+    min_values: Option<LogBounds>,
+    #[serde(rename = "maxValues", default)]
+    max_values: Option<LogBounds>,
+}
+
+/// Bounds of the columns the index reads (`minValues` or `maxValues`).
+#[derive(serde::Deserialize)]
+struct LogBounds {
+    #[serde(rename = "trace_id", default)]
+    trace_id: Option<serde_json::Value>,
+    #[serde(rename = "start_time_unix_nano", default)]
+    start_time_unix_nano: Option<serde_json::Value>,
+}
+
 /// What the Delta log says about one data file.
 #[derive(Debug, Clone)]
 pub(crate) struct LogFile {
@@ -280,27 +300,26 @@ impl LogFile {
         stats: Option<&str>,
         deletion_vector: bool,
     ) -> Self {
-        let parsed: Option<serde_json::Value> = stats.and_then(|s| serde_json::from_str(s).ok());
-        let stat = |kind: &str, column: &str| parsed.as_ref()?.get(kind)?.get(column).cloned();
+        // Only the fields the index uses are decoded (a table of thousands of files parses
+        // as many statistics at open); values of another type count as absent.
+        let parsed: Option<LogStats> = stats.and_then(|s| serde_json::from_str(s).ok());
+        let (min, max) = match &parsed {
+            Some(p) => (p.min_values.as_ref(), p.max_values.as_ref()),
+            None => (None, None),
+        };
         // A truncated string statistic could not rule anything out: only complete ids count.
-        let id = |v: Option<serde_json::Value>| match v {
-            Some(serde_json::Value::String(s)) if crate::schema::is_hex_id(&s, 32) => {
+        let id = |b: Option<&LogBounds>| match b.and_then(|b| b.trace_id.as_ref()) {
+            Some(serde_json::Value::String(s)) if crate::schema::is_hex_id(s, 32) => {
                 Some(s.to_ascii_lowercase())
             }
             _ => None,
         };
-        let long = |v: Option<serde_json::Value>| v.and_then(|v| v.as_i64());
-        let trace_ids = match (
-            id(stat("minValues", col::TRACE_ID)),
-            id(stat("maxValues", col::TRACE_ID)),
-        ) {
+        let long = |b: Option<&LogBounds>| b?.start_time_unix_nano.as_ref()?.as_i64();
+        let trace_ids = match (id(min), id(max)) {
             (Some(a), Some(b)) => Some((a, b)),
             _ => None,
         };
-        let starts = match (
-            long(stat("minValues", col::START_TIME_UNIX_NANO)),
-            long(stat("maxValues", col::START_TIME_UNIX_NANO)),
-        ) {
+        let starts = match (long(min), long(max)) {
             (Some(a), Some(b)) => Some((a, b)),
             _ => None,
         };
@@ -310,8 +329,7 @@ impl LogFile {
             span_date,
             num_records: parsed
                 .as_ref()
-                .and_then(|p| p.get("numRecords"))
-                .and_then(|n| n.as_u64()),
+                .and_then(|p| p.num_records.as_ref()?.as_u64()),
             trace_ids,
             starts,
             deletion_vector,
