@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use criterion::{Criterion, criterion_group, criterion_main};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::json;
-use support::{Artifact, BenchTier, Fixture, enabled, fixture, runtime, sample};
+use support::{Artifact, BenchTier, Fixture, HOT_SQL, enabled, fixture, runtime, sample};
 use tracelake::observe::{ScanMetrics, TraceLakeMetrics, names};
 use tracelake::store::telemetry;
 use tracelake::synth::{TraceShape, traces};
@@ -26,8 +26,6 @@ use tracing_subscriber::registry::LookupSpan;
 
 const SPANS: usize = 100_000;
 const COMMITS: usize = 24;
-const HOT_SQL: &str = "SELECT service_name, count(*) AS spans, max(duration_ns) AS slowest \
-                       FROM spans WHERE kind = 'SERVER' GROUP BY service_name ORDER BY spans DESC";
 
 /// Requests on the table's own backend (not the cache) between two snapshots of metrics.
 fn requests_between(

@@ -168,8 +168,7 @@ fn hot() {
             .await
             .expect("open");
         let ctx = lake.session_context().expect("context");
-        let sql = "SELECT service_name, count(*) AS spans, max(duration_ns) AS slowest \
-                   FROM spans WHERE kind = 'SERVER' GROUP BY service_name ORDER BY spans DESC";
+        let sql = support::HOT_SQL;
         let (mut planning, mut execution) = (vec![], vec![]);
         for _ in 0..200 {
             let t0 = Instant::now();

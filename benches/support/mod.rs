@@ -42,6 +42,11 @@ pub fn enabled(tier: BenchTier) -> bool {
     current_tier() == tier
 }
 
+/// The Tier 0 hot and cold query: an aggregate over every file.
+#[allow(dead_code)]
+pub const HOT_SQL: &str = "SELECT service_name, count(*) AS spans, max(duration_ns) AS slowest \
+                           FROM spans WHERE kind = 'SERVER' GROUP BY service_name ORDER BY spans DESC";
+
 /// Copies the directory `from` (a fixture table) to `to`, recursively.
 #[allow(dead_code)]
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
