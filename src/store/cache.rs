@@ -3,8 +3,10 @@
 //! Cached: parquet data (footers and ranges), checkpoints, and committed `_delta_log` JSON
 //! commits, all immutable once written. Never cached: listings, `_last_checkpoint`, heads,
 //! and anything else. Concurrent misses on the same object range of `get`/`get_range` make
-//! one inner request (moka's `try_get_with`). A put, delete, copy or rename invalidates exactly the paths it
-//! writes or removes. Each lookup records `object_store.cache.hit` on the current request
+//! one inner request (moka's `try_get_with`). A put, delete, copy or rename invalidates exactly
+//! the paths it writes or removes, and only when they have entries (the cache counts entries
+//! per path), so the writes of new data files and log entries cost no scan of the cache.
+//! Each lookup records `object_store.cache.hit` on the current request
 //! span and counts a hit or a miss in [`TraceLakeMetrics`]. `get_ranges` fetches all the
 //! ranges it misses in one inner request, so the inner store can coalesce them.
 
@@ -48,6 +50,9 @@ pub struct ObjectCache {
     cache: moka::future::Cache<Key, Entry>,
     capacity: u64,
     metrics: TraceLakeMetrics,
+    /// How many entries each path has in the cache: a write invalidates only paths found
+    /// here (new data files and log entries never are), without scanning the cache.
+    paths: Arc<std::sync::Mutex<std::collections::HashMap<Path, usize>>>,
 }
 
 impl fmt::Debug for ObjectCache {
@@ -78,8 +83,11 @@ impl ObjectCache {
         capacity_bytes: u64,
         metrics: TraceLakeMetrics,
     ) -> Self {
+        let paths: Arc<std::sync::Mutex<std::collections::HashMap<Path, usize>>> = Arc::default();
+        let removed = paths.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
+            .eviction_listener(move |key: Arc<Key>, _, _| count_path(&removed, &key.path, false))
             .weigher(|key: &Key, entry: &Entry| {
                 let size = entry.bytes.len() + key.path.as_ref().len() + 64;
                 u32::try_from(size).unwrap_or(u32::MAX)
@@ -91,6 +99,7 @@ impl ObjectCache {
             cache,
             capacity: capacity_bytes,
             metrics,
+            paths,
         }
     }
 
@@ -121,7 +130,14 @@ impl ObjectCache {
             .cache
             .try_get_with(key, async {
                 loaded.store(true, Ordering::Relaxed);
-                load.await
+                // Registered before the entry exists, so a write racing the load still
+                // invalidates it.
+                count_path(&self.paths, &path, true);
+                let entry = load.await;
+                if entry.is_err() {
+                    count_path(&self.paths, &path, false);
+                }
+                entry
             })
             .await
             .map_err(|e: Arc<object_store::Error>| match Arc::try_unwrap(e) {
@@ -136,12 +152,38 @@ impl ObjectCache {
     }
 
     async fn invalidate(&self, path: &Path) {
+        let cached = self
+            .paths
+            .lock()
+            .map_or(true, |paths| paths.contains_key(path));
+        if !cached {
+            return;
+        }
         let path = path.clone();
         // Only fails when invalidation closures are not enabled, which they are.
         let _ = self
             .cache
             .invalidate_entries_if(move |key, _| key.path == path);
         self.cache.run_pending_tasks().await;
+    }
+}
+
+/// Counts an entry of `path` in (`add`) or out of `paths`.
+fn count_path(
+    paths: &std::sync::Mutex<std::collections::HashMap<Path, usize>>,
+    path: &Path,
+    add: bool,
+) {
+    let Ok(mut paths) = paths.lock() else {
+        return;
+    };
+    if add {
+        *paths.entry(path.clone()).or_default() += 1;
+    } else if let Some(count) = paths.get_mut(path) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            paths.remove(path);
+        }
     }
 }
 
@@ -241,7 +283,19 @@ impl ObjectStore for ObjectCache {
             out.push(hit);
         }
         if !missing.is_empty() {
-            let fetched = self.inner.get_ranges(location, &missing).await?;
+            // Registered before the fetch, so a write racing it still invalidates the entries.
+            for _ in &missing {
+                count_path(&self.paths, location, true);
+            }
+            let fetched = match self.inner.get_ranges(location, &missing).await {
+                Ok(fetched) => fetched,
+                Err(e) => {
+                    for _ in &missing {
+                        count_path(&self.paths, location, false);
+                    }
+                    return Err(e);
+                }
+            };
             let mut fetched = missing.iter().zip(fetched);
             for slot in out.iter_mut().filter(|s| s.is_none()) {
                 if let Some((range, bytes)) = fetched.next() {
@@ -331,6 +385,51 @@ mod tests {
         assert!(!is_immutable(&p("t/_delta_log/_last_checkpoint")));
         assert!(!is_immutable(&p("t/_delta_log/_commit_x.json.tmp")));
         assert!(!is_immutable(&p("t/notes.txt")));
+    }
+
+    #[tokio::test]
+    async fn only_paths_with_entries_are_invalidated_and_evictions_unregister() {
+        let inner = Arc::new(InMemory::new());
+        let cache = ObjectCache::new(inner.clone(), 4096, TraceLakeMetrics::new());
+        let registered = |cache: &ObjectCache, p: &Path| {
+            cache.paths.lock().unwrap().get(p).copied().unwrap_or(0)
+        };
+        let a = Path::from("t/a.parquet");
+        cache
+            .put(&a, Bytes::from(vec![1u8; 1000]).into())
+            .await
+            .unwrap();
+        assert_eq!(registered(&cache, &a), 0, "a write caches nothing");
+        cache.get_range(&a, 0..100).await.unwrap();
+        cache.get_range(&a, 100..200).await.unwrap();
+        assert_eq!(registered(&cache, &a), 2);
+        cache.get_ranges(&a, &[200..300, 300..400]).await.unwrap();
+        assert_eq!(registered(&cache, &a), 4);
+        // A failed read registers nothing.
+        let missing = Path::from("t/missing.parquet");
+        assert!(cache.get_range(&missing, 0..1).await.is_err());
+        assert_eq!(registered(&cache, &missing), 0);
+        // Rewriting `a` drops its entries and their registration.
+        cache
+            .put(&a, Bytes::from(vec![2u8; 1000]).into())
+            .await
+            .unwrap();
+        cache.cache.run_pending_tasks().await;
+        assert_eq!(registered(&cache, &a), 0);
+        assert_eq!(cache.get_range(&a, 0..1).await.unwrap()[0], 2);
+        // Entries evicted for room unregister too: the map stays within the cache.
+        for i in 0..20 {
+            let p = Path::from(format!("t/{i}.parquet"));
+            cache
+                .put(&p, Bytes::from(vec![0u8; 1000]).into())
+                .await
+                .unwrap();
+            cache.get_range(&p, 0..1000).await.unwrap();
+        }
+        cache.cache.run_pending_tasks().await;
+        let held: usize = cache.paths.lock().unwrap().values().sum();
+        assert_eq!(held as u64, cache.cache.entry_count());
+        assert!(held < 20, "{held}");
     }
 
     #[tokio::test]
