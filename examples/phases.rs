@@ -110,6 +110,27 @@ fn resident_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// The time of `SELECT * ... WHERE trace_id = X` for each of `ids` (each must find spans).
+async fn timed_lookups<'a>(
+    ctx: &datafusion::prelude::SessionContext,
+    ids: impl Iterator<Item = &'a String>,
+) -> Vec<Duration> {
+    let mut timings = Vec::new();
+    for id in ids {
+        let t = Instant::now();
+        let batches = ctx
+            .sql(&format!("SELECT * FROM spans WHERE trace_id = '{id}'"))
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("run");
+        assert!(batches.iter().map(|b| b.num_rows()).sum::<usize>() > 0);
+        timings.push(t.elapsed());
+    }
+    timings
+}
+
 /// Opening and looking up a table of SPANS spans written in COMMITS commits (one file each):
 /// open time, memory added by the open, the first lookups (footers not read yet) and warm
 /// lookups with fresh ids.
@@ -130,21 +151,8 @@ fn scale(spans: usize, commits: usize) {
         let after_open = resident_bytes();
         let ctx = lake.session_context().expect("context");
         let ids = &fixture.sample_ids;
-        let lookup = |id: &str| format!("SELECT * FROM spans WHERE trace_id = '{id}'");
-        let mut first = Vec::new();
-        for id in ids.iter().take(5) {
-            let t = Instant::now();
-            let rows: usize = ctx.sql(&lookup(id)).await.expect("plan").collect().await.expect("run").iter().map(|b| b.num_rows()).sum();
-            assert!(rows > 0);
-            first.push(t.elapsed());
-        }
-        let mut warm = Vec::new();
-        for id in ids.iter().skip(5).take(SAMPLES) {
-            let t = Instant::now();
-            let rows: usize = ctx.sql(&lookup(id)).await.expect("plan").collect().await.expect("run").iter().map(|b| b.num_rows()).sum();
-            assert!(rows > 0);
-            warm.push(t.elapsed());
-        }
+        let first = timed_lookups(&ctx, ids.iter().take(5)).await;
+        let warm = timed_lookups(&ctx, ids.iter().skip(5).take(SAMPLES)).await;
         let after_lookups = resident_bytes();
         println!(
             "{spans} spans in {commits} commits: open p50 {:.1} ms, +{:.1} MB at open; first lookups p50 {:.2} ms (max {:.1}); fresh-id lookups p50 {:.3} ms; +{:.1} MB after lookups, footers held {:.1} MB",
@@ -340,38 +348,30 @@ fn commit_phases(n: usize, spans: usize) {
     }
 }
 
+/// The next argument as a number, or `default`.
+fn number(args: &mut impl Iterator<Item = String>, name: &str, default: usize) -> usize {
+    args.next()
+        .map(|s| s.parse().unwrap_or_else(|_| panic!("{name} is a number")))
+        .unwrap_or(default)
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("ingest") => ingest_phases(),
         Some("hot") => hot(),
         Some("scale") => {
-            let spans = args
-                .next()
-                .map(|s| s.parse().expect("SPANS is a number"))
-                .unwrap_or(1_000_000);
-            let commits = args
-                .next()
-                .map(|s| s.parse().expect("COMMITS is a number"))
-                .unwrap_or(24);
+            let spans = number(&mut args, "SPANS", 1_000_000);
+            let commits = number(&mut args, "COMMITS", 24);
             scale(spans, commits)
         }
         Some("commits") => {
-            let n = args
-                .next()
-                .map(|s| s.parse().expect("N is a number"))
-                .unwrap_or(300);
-            let spans = args
-                .next()
-                .map(|s| s.parse().expect("SPANS is a number"))
-                .unwrap_or(800);
+            let n = number(&mut args, "N", 300);
+            let spans = number(&mut args, "SPANS", 800);
             commit_phases(n, spans)
         }
         Some("lookup") | None => {
-            let spans = args
-                .next()
-                .map(|s| s.parse().expect("SPANS is a number"))
-                .unwrap_or(1_000_000);
+            let spans = number(&mut args, "SPANS", 1_000_000);
             lookup(spans, args.next().as_deref() == Some("optimized"))
         }
         Some(other) => {

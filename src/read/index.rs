@@ -83,8 +83,9 @@ impl IndexedFile {
     /// The memory this entry holds: the decoded footer with its page index, and the bloom
     /// filters.
     pub(crate) fn memory_size(&self) -> u64 {
-        let blooms: u64 = self.bloom_bytes;
-        self.metadata().memory_size() as u64 + blooms + self.row_groups.len() as u64 * 80
+        (self.metadata().memory_size() as u64)
+            .saturating_add(self.bloom_bytes)
+            .saturating_add((self.row_groups.len() as u64).saturating_mul(80))
     }
 
     /// The file's parquet footer, with the page index.
