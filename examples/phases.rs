@@ -101,15 +101,6 @@ fn lookup(spans: usize, optimized: bool) {
     });
 }
 
-/// Resident memory of this process, in bytes (Linux).
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map(|pages| pages * 4096)
-        .unwrap_or(0)
-}
-
 /// The time of `SELECT * ... WHERE trace_id = X` for each of `ids` (each must find spans).
 async fn timed_lookups<'a>(
     ctx: &datafusion::prelude::SessionContext,
@@ -146,14 +137,14 @@ fn scale(spans: usize, commits: usize) {
             opens.push(t.elapsed());
             drop(lake);
         }
-        let before = resident_bytes();
+        let before = support::resident_bytes();
         let lake = TraceLake::open(&path).await.expect("open");
-        let after_open = resident_bytes();
+        let after_open = support::resident_bytes();
         let ctx = lake.session_context().expect("context");
         let ids = &fixture.sample_ids;
         let first = timed_lookups(&ctx, ids.iter().take(5)).await;
         let warm = timed_lookups(&ctx, ids.iter().skip(5).take(SAMPLES)).await;
-        let after_lookups = resident_bytes();
+        let after_lookups = support::resident_bytes();
         println!(
             "{spans} spans in {commits} commits: open p50 {:.1} ms, +{:.1} MB at open; first lookups p50 {:.2} ms (max {:.1}); fresh-id lookups p50 {:.3} ms; +{:.1} MB after lookups, footers held {:.1} MB",
             p50_ms(opens),

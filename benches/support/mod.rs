@@ -263,3 +263,118 @@ impl Artifact {
         );
     }
 }
+
+/// A global allocator that counts the bytes live on the heap and their peak, for benches
+/// that report memory as a figure. A bench opts in with
+/// `#[global_allocator] static ALLOC: support::CountingAlloc = support::CountingAlloc;`
+/// (the others keep the system allocator untouched).
+pub struct CountingAlloc;
+
+static LIVE_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl CountingAlloc {
+    fn grew(by: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = LIVE_BYTES.fetch_add(by, Relaxed) + by;
+        PEAK_BYTES.fetch_max(now, Relaxed);
+    }
+
+    fn shrank(by: usize) {
+        LIVE_BYTES.fetch_sub(by, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters are only
+// updated around it.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let ptr = unsafe { std::alloc::System.alloc(layout) };
+        if !ptr.is_null() {
+            Self::grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let ptr = unsafe { std::alloc::System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            Self::grew(layout.size());
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        Self::shrank(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        let out = unsafe { std::alloc::System.realloc(ptr, layout, new) };
+        if !out.is_null() {
+            if new >= layout.size() {
+                Self::grew(new - layout.size());
+            } else {
+                Self::shrank(layout.size() - new);
+            }
+        }
+        out
+    }
+}
+
+/// Bytes live on the heap now (with [`CountingAlloc`] as the global allocator; 0 otherwise).
+pub fn heap_live() -> usize {
+    LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The most bytes live on the heap since the last [`heap_reset_peak`].
+pub fn heap_peak() -> usize {
+    PEAK_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Starts a new peak from the bytes live now.
+pub fn heap_reset_peak() {
+    PEAK_BYTES.store(heap_live(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Resident memory of this process, in bytes (Linux; 0 elsewhere).
+pub fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+/// Copies the table directory `from` into `store` under `prefix` (a fixture moved onto
+/// another store, e.g. a latency-injected one).
+pub async fn load_into(
+    store: &impl object_store::ObjectStore,
+    from: &std::path::Path,
+    prefix: &str,
+) {
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(from).expect("under the fixture");
+            let key = format!("{prefix}/{}", relative.to_string_lossy());
+            let bytes = std::fs::read(&path).expect("read fixture file");
+            object_store::ObjectStoreExt::put(
+                store,
+                &object_store::path::Path::from(key.as_str()),
+                bytes.into(),
+            )
+            .await
+            .expect("put");
+        }
+    }
+}

@@ -85,7 +85,7 @@ pub struct TableSnapshot {
     /// then use deltalake's reader).
     index: Option<Arc<TraceIdIndex>>,
     /// deltalake's table at this version, loaded when something needs it (maintenance, scans
-    /// of versions with deletion vectors).
+    /// of versions with deletion vectors); not held otherwise.
     delta: tokio::sync::OnceCell<DeltaTable>,
     delta_scan: tokio::sync::OnceCell<Arc<dyn TableProvider>>,
 }
@@ -103,8 +103,14 @@ impl TableSnapshot {
     fn new(state: TableState, delta: Option<DeltaTable>) -> Self {
         let index =
             (state.deletion_vectors == 0).then(|| Arc::new(TraceIdIndex::new(state.files.clone())));
+        // deltalake's table holds the whole log in memory (every file's statistics, tags and
+        // partition values): it is kept only for versions whose scans or appends need it
+        // (deletion vectors; tables only deltalake's writer may write); maintenance loads it
+        // again when it runs.
         let loaded = tokio::sync::OnceCell::new();
-        if let Some(table) = delta {
+        if let Some(table) = delta
+            && (state.deletion_vectors > 0 || !state.write.direct)
+        {
             let _ = loaded.set(table);
         }
         Self {

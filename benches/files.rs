@@ -1,0 +1,251 @@
+//! Tables of many files (issue 13), Tier 1 (`make bench.extended`, group `files`): the same
+//! 1M spans (5-span traces over one day) written in 24, 2,000 and 10,000 commits of one data
+//! file each, in one run. For each table:
+//!
+//! - `files_<n>_open`: `TraceLake::open` p50 (local directory), with the heap bytes the open
+//!   holds (a counting allocator: live bytes after the open minus before) and resident memory;
+//! - `SELECT * FROM spans WHERE trace_id = X` p50 over 200 ids: `files_<n>_lookup_footer_cold`
+//!   (fresh ids right after the open: the footer of the file an id is in is read by its
+//!   first lookup), `files_<n>_lookup_fresh` (other fresh ids once a scan has read every
+//!   footer, as in a long-lived process: data pages not in the object cache) and
+//!   `files_<n>_lookup_repeated` (those ids again); with the heap the index then holds;
+//! - on the latency-injected store (the table copied into object_store's `ThrottledStore`
+//!   over memory: 15 ms a GET, 25 ms a LIST), `files_<n>_throttled_open` and
+//!   `files_<n>_throttled_cold_lookup`: time and requests per lookup with fresh ids, and the
+//!   sequential round trips that time amounts to (p50 / 15 ms).
+//!
+//! Every artifact of the 2,000- and 10,000-file tables refers to the same figure at 24 files.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use datafusion::prelude::SessionContext;
+use object_store::memory::InMemory;
+use object_store::throttle::{ThrottleConfig, ThrottledStore};
+use serde_json::json;
+use support::{Artifact, BenchTier, enabled, group_selected, runtime, sample};
+use tracelake::observe::TraceLakeMetrics;
+use tracelake::store::telemetry;
+use tracelake::{TableOptions, TraceLake};
+
+#[global_allocator]
+static ALLOC: support::CountingAlloc = support::CountingAlloc;
+
+const SPANS: usize = 1_000_000;
+const FILE_COUNTS: [usize; 3] = [24, 2_000, 10_000];
+/// Lookups per measurement (fresh ids: each looked up once).
+const LOOKUPS: usize = 200;
+/// Cold lookups on the latency-injected store.
+const COLD_LOOKUPS: usize = 12;
+const GET_LATENCY: Duration = Duration::from_millis(15);
+
+fn throttle() -> ThrottleConfig {
+    ThrottleConfig {
+        wait_get_per_call: GET_LATENCY,
+        wait_list_per_call: Duration::from_millis(25),
+        wait_put_per_call: Duration::from_millis(30),
+        wait_delete_per_call: Duration::from_millis(15),
+        ..Default::default()
+    }
+}
+
+async fn lookup(ctx: &SessionContext, id: &str) -> usize {
+    let batches = ctx
+        .sql(&format!("SELECT * FROM spans WHERE trace_id = '{id}'"))
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("lookup");
+    let rows = batches.iter().map(|b| b.num_rows()).sum();
+    assert!(rows > 0, "trace {id} not found");
+    rows
+}
+
+fn requests(metrics: &TraceLakeMetrics) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for op in telemetry::OPERATIONS {
+        for kind in telemetry::PATH_KINDS {
+            let n = metrics.request_count("memory", op, kind);
+            if n > 0 {
+                out.insert(format!("{op}/{kind}"), n);
+            }
+        }
+    }
+    out
+}
+
+fn per_lookup(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    n: u64,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| (k.clone(), d as f64 / n as f64))
+        })
+        .collect()
+}
+
+/// The figures of one table, written as artifacts (each referring to the 24-file figure
+/// of the same name in `base`).
+fn measure(rt: &tokio::runtime::Runtime, commits: usize, base: &mut BTreeMap<&'static str, u64>) {
+    let fixture = rt.block_on(support::fixture(SPANS, commits));
+    let path = fixture.path.to_str().expect("utf-8 path").to_string();
+    let ids = &fixture.sample_ids;
+    assert!(
+        ids.len() > 2 * LOOKUPS + COLD_LOOKUPS + 1,
+        "too few sample ids"
+    );
+    let table = |files: usize| json!({"spans": SPANS, "commits": commits, "files": files});
+    let mut write = |name: &'static str, mut artifact: Artifact| {
+        let p50 = artifact.p50();
+        match base.get(name) {
+            Some(reference) => {
+                artifact.reference = Some((format!("files_24_{name}"), *reference));
+            }
+            None => {
+                base.insert(name, p50);
+            }
+        }
+        artifact.write();
+    };
+
+    // Open: five opens for the time; then one held, for the memory it keeps.
+    let opens = sample(5, |_| {
+        drop(rt.block_on(TraceLake::open(&path)).expect("open"));
+    });
+    let (heap_before, rss_before) = (support::heap_live(), support::resident_bytes());
+    let lake = rt.block_on(TraceLake::open(&path)).expect("open");
+    let (heap_open, rss_open) = (support::heap_live(), support::resident_bytes());
+    let files = lake.table().snapshot().num_files();
+    let mut open = Artifact::new(
+        &format!("files_{commits}_open"),
+        BenchTier::Extended,
+        "TraceLake::open",
+    );
+    open.timings = opens;
+    open.table = table(files);
+    open.extra = json!({
+        "heap_bytes_held": heap_open.saturating_sub(heap_before),
+        "heap_bytes_held_per_file": heap_open.saturating_sub(heap_before) / files.max(1),
+        "resident_bytes_added": rss_open.saturating_sub(rss_before),
+    });
+    write("open", open);
+
+    // Lookups. First with fresh ids whose files' footers are not read yet (each pays the
+    // read of one footer); then, once a scan has read every footer (as a long-lived process
+    // has), with other fresh ids (data pages not in the object cache); then those ids again.
+    let ctx = lake.session_context().expect("context");
+    rt.block_on(lookup(&ctx, &ids[ids.len() - 1]));
+    let mut rows = 0;
+    let footer_cold = sample(LOOKUPS, |i| rows = rt.block_on(lookup(&ctx, &ids[i])));
+    let heap_footer_cold = support::heap_live();
+    rt.block_on(async {
+        ctx.sql("SELECT count(*) FROM spans")
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("count")
+    });
+    let second = &ids[LOOKUPS..2 * LOOKUPS];
+    let fresh = sample(LOOKUPS, |i| rows = rt.block_on(lookup(&ctx, &second[i])));
+    let repeated = sample(LOOKUPS, |i| rows = rt.block_on(lookup(&ctx, &second[i])));
+    let heap_all = support::heap_live();
+    for (name, timings, heap) in [
+        ("lookup_footer_cold", footer_cold, heap_footer_cold),
+        ("lookup_fresh", fresh, heap_all),
+        ("lookup_repeated", repeated, heap_all),
+    ] {
+        let mut a = Artifact::new(
+            &format!("files_{commits}_{name}"),
+            BenchTier::Extended,
+            "SELECT * FROM spans WHERE trace_id = '<id>'",
+        );
+        a.timings = timings;
+        a.rows = rows as u64;
+        a.table = table(files);
+        a.extra = json!({
+            "heap_bytes_held": heap.saturating_sub(heap_before),
+            "footer_bytes_held": lake.table().footer_memory(),
+            "footer_budget_bytes": TableOptions::default().footer_cache_bytes,
+            "ids": LOOKUPS,
+        });
+        write(name, a);
+    }
+    drop(ctx);
+    drop(lake);
+
+    // The latency-injected store: the same table, cold (filled before the waits apply).
+    let store = Arc::new(ThrottledStore::new(
+        InMemory::new(),
+        ThrottleConfig::default(),
+    ));
+    let prefix = format!("files-{commits}");
+    rt.block_on(support::load_into(store.as_ref(), &fixture.path, &prefix));
+    store.config_mut(|config| *config = throttle());
+    let store: Arc<dyn object_store::ObjectStore> = store;
+    let metrics = TraceLakeMetrics::new();
+    let options = TableOptions {
+        root_store: Some(store),
+        metrics: metrics.clone(),
+        ..Default::default()
+    };
+    let url = format!("memory:///{prefix}");
+    let started = Instant::now();
+    let lake = rt
+        .block_on(TraceLake::open_with_options(&url, &options))
+        .expect("open throttled");
+    let mut open = Artifact::new(
+        &format!("files_{commits}_throttled_open"),
+        BenchTier::Extended,
+        "TraceLake::open (15 ms a GET, 25 ms a LIST)",
+    );
+    open.timings = vec![started.elapsed()];
+    open.requests = requests(&metrics);
+    open.table = table(files);
+    write("throttled_open", open);
+
+    let ctx = lake.session_context().expect("context");
+    let before = requests(&metrics);
+    let cold_ids = &ids[2 * LOOKUPS..2 * LOOKUPS + COLD_LOOKUPS];
+    let cold = sample(COLD_LOOKUPS, |i| {
+        rows = rt.block_on(lookup(&ctx, &cold_ids[i]))
+    });
+    let after = requests(&metrics);
+    let p50 = support::percentile(&cold, 50.0);
+    let mut a = Artifact::new(
+        &format!("files_{commits}_throttled_cold_lookup"),
+        BenchTier::Extended,
+        "SELECT * FROM spans WHERE trace_id = '<fresh id>' (15 ms a GET)",
+    );
+    a.timings = cold;
+    a.rows = rows as u64;
+    a.table = table(files);
+    a.extra = json!({
+        "requests_per_lookup": per_lookup(&before, &after, COLD_LOOKUPS as u64),
+        "sequential_round_trips_p50": p50 as f64 / GET_LATENCY.as_nanos() as f64,
+    });
+    write("throttled_cold_lookup", a);
+}
+
+fn files(_c: &mut Criterion) {
+    if !enabled(BenchTier::Extended) || !group_selected("files") {
+        return;
+    }
+    let rt = runtime();
+    let mut base = BTreeMap::new();
+    for commits in FILE_COUNTS {
+        measure(&rt, commits, &mut base);
+    }
+}
+
+criterion_group!(benches, files);
+criterion_main!(benches);
