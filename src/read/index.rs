@@ -288,7 +288,7 @@ impl LogFilter {
     /// The filter of a bitset (32-byte blocks of little-endian words); `None` if the bitset
     /// is empty or not whole blocks.
     pub(crate) fn from_bitset(bitset: &[u8]) -> Option<Self> {
-        if bitset.is_empty() || bitset.len() % 32 != 0 {
+        if bitset.is_empty() || !bitset.len().is_multiple_of(32) {
             return None;
         }
         let blocks = bitset
