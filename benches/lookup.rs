@@ -5,7 +5,8 @@
 //! Tier 1 (`make bench.extended`): `lookup_vs_recursive_1m` (the comparison at 1M spans),
 //! `lookup_scaling` (100k, 1M and 10M spans in one run, and the 10M / 100k ratio) and
 //! `lookup_after_optimize` (1M and 5M spans in 24 commits, then the same spans compacted by
-//! `optimize`: the compacted table must look up at least as fast). `TRACELAKE_BENCH_GROUP`
+//! `optimize`: the compacted table must look up at least as fast), `lookup_file_size` (one
+//! compacted file of 1M rows against one of 10M rows). `TRACELAKE_BENCH_GROUP`
 //! selects groups (comma-separated) and skips the others' fixtures.
 
 mod support;
@@ -221,6 +222,60 @@ fn lookup_after_optimize(c: &mut Criterion) {
     }
 }
 
+/// `spans` spans of the fixture (24 commits), copied and optimized into files of up to 4 GiB
+/// (one file: the fixture's spans are all on one day).
+fn compacted_copy(
+    rt: &tokio::runtime::Runtime,
+    spans: usize,
+    dir: &std::path::Path,
+) -> Opened {
+    let before = rt.block_on(open(spans));
+    let path = dir.join("spans");
+    support::copy_dir(&before.fixture.path, &path);
+    rt.block_on(async {
+        let lake = TraceLake::open(path.to_str().unwrap())
+            .await
+            .expect("open copy");
+        lake.table()
+            .optimize()
+            .target_file_size(4 << 30)
+            .await
+            .expect("optimize");
+        let lake = TraceLake::open(path.to_str().unwrap())
+            .await
+            .expect("open optimized");
+        assert_eq!(lake.table().snapshot().num_files(), 1, "one compacted file");
+        let ctx = lake.session_context().expect("context");
+        Opened {
+            fixture: Fixture {
+                path: path.clone(),
+                ..before.fixture.clone()
+            },
+            lake,
+            ctx,
+        }
+    })
+}
+
+/// Lookup cost must not depend on the size of the file that holds the trace: the same lookup
+/// on one compacted file of 1M rows and on one of 10M rows.
+fn lookup_file_size(_c: &mut Criterion) {
+    if !enabled(BenchTier::Extended) || !group_selected("lookup_file_size") {
+        return;
+    }
+    let rt = runtime();
+    let small_dir = tempfile::tempdir().expect("temp dir");
+    let small = compacted_copy(&rt, 1_000_000, small_dir.path());
+    let large_dir = tempfile::tempdir().expect("temp dir");
+    let large = compacted_copy(&rt, 10_000_000, large_dir.path());
+    let small_artifact = measure_lookup(&rt, &small, BenchTier::Extended, "lookup_file_1m_rows");
+    let mut large_artifact =
+        measure_lookup(&rt, &large, BenchTier::Extended, "lookup_file_10m_rows");
+    large_artifact.reference = Some(("lookup_file_1m_rows".into(), small_artifact.p50()));
+    small_artifact.write();
+    large_artifact.write();
+}
+
 fn lookup_scaling(c: &mut Criterion) {
     if !enabled(BenchTier::Extended) || !group_selected("lookup_scaling") {
         return;
@@ -264,6 +319,7 @@ criterion_group!(
     benches,
     lookup_vs_recursive_1m,
     lookup_scaling,
-    lookup_after_optimize
+    lookup_after_optimize,
+    lookup_file_size
 );
 criterion_main!(benches);

@@ -7,6 +7,7 @@
 //! cargo run --profile bench --example phases -- commits [N] [SPANS]   # default 300 x 800
 //! cargo run --profile bench --example phases -- scale [SPANS] [COMMITS]   # default 1M in 24
 //! cargo run --profile bench --example phases -- hot   # the Tier 0 hot query, planning and execution
+//! cargo run --profile bench --example phases -- open [SPANS] [COMMITS] [N]   # N opens (default 50)
 //! ```
 //!
 //! `lookup` opens the bench fixture of SPANS spans in 24 commits (built under
@@ -339,6 +340,38 @@ fn commit_phases(n: usize, spans: usize) {
     }
 }
 
+/// Opens the fixture of SPANS spans in COMMITS commits `n` times: the p50 of the whole open
+/// and of its `delta.table.load` span (deltalake's load of the log; the rest builds
+/// tracelake's file slots).
+fn open_phases(spans: usize, commits: usize, n: usize) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let times = SpanTimes::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(times.clone()))
+        .expect("subscriber");
+    let rt = support::runtime();
+    let fixture = rt.block_on(support::fixture(spans, commits));
+    let path = fixture.path.to_str().expect("utf-8 path").to_string();
+    times.0.lock().expect("times").clear();
+    let mut opens = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let lake = rt.block_on(TraceLake::open(&path)).expect("open");
+        opens.push(t.elapsed());
+        drop(lake);
+    }
+    let load = times
+        .0
+        .lock()
+        .expect("times")
+        .get(tracelake::observe::names::DELTA_TABLE_LOAD)
+        .map(|(time, count)| time.as_secs_f64() * 1e3 / (*count).max(1) as f64)
+        .unwrap_or_default();
+    println!(
+        "{spans} spans in {commits} commits: open p50 {:.1} ms; delta.table.load mean {load:.1} ms",
+        p50_ms(opens)
+    );
+}
+
 /// The next argument as a number, or `default`.
 fn number(args: &mut impl Iterator<Item = String>, name: &str, default: usize) -> usize {
     args.next()
@@ -351,6 +384,12 @@ fn main() {
     match args.next().as_deref() {
         Some("ingest") => ingest_phases(),
         Some("hot") => hot(),
+        Some("open") => {
+            let spans = number(&mut args, "SPANS", 1_000_000);
+            let commits = number(&mut args, "COMMITS", 24);
+            let n = number(&mut args, "N", 50);
+            open_phases(spans, commits, n)
+        }
         Some("scale") => {
             let spans = number(&mut args, "SPANS", 1_000_000);
             let commits = number(&mut args, "COMMITS", 24);

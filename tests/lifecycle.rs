@@ -386,3 +386,57 @@ async fn optimize_running_concurrently_with_appends_loses_and_duplicates_nothing
         "rewrote {rewrote} files in {runs} runs"
     );
 }
+
+#[tokio::test]
+async fn optimize_writes_files_of_the_target_size_and_refuses_sizes_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spans");
+    let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
+    for seed in 0..6u64 {
+        lake.append_spans(&day(300 + seed, 0, 3_000)).await.unwrap();
+    }
+    let data_bytes: u64 = walk(&path)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    // Enough data for three files of 1 MiB (the default target, 100 MiB, writes one).
+    assert!(data_bytes > 3 << 20, "{data_bytes} bytes of data");
+    let version = lake.version();
+    for bytes in [0, (1 << 20) - 1, (64u64 << 30) + 1, u64::MAX] {
+        let err = lake
+            .table()
+            .optimize()
+            .target_file_size(bytes)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("out of range") && err.to_string().contains("1048576"),
+            "{err}"
+        );
+        assert_eq!(lake.version(), version, "a refused optimize committed");
+    }
+    let outcome = lake
+        .table()
+        .optimize()
+        .target_file_size(1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(outcome.files_removed, 6);
+    assert!(outcome.files_added >= 3, "{outcome:?}");
+    assert_eq!(count_spans(&lake).await, 6 * 3_000 * 5);
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

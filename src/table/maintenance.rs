@@ -55,10 +55,28 @@ impl TraceTable {
     /// files sorted by trace id, as one commit, and installs the new version:
     /// `table.optimize().await`.
     pub fn optimize(&self) -> OptimizeBuilder<'_> {
-        OptimizeBuilder { table: self }
+        OptimizeBuilder {
+            table: self,
+            target_file_size: None,
+        }
     }
 
-    async fn run_optimize(&self) -> Result<OptimizeOutcome> {
+    async fn run_optimize(&self, target_file_size: Option<u64>) -> Result<OptimizeOutcome> {
+        let target = match target_file_size {
+            None => None,
+            Some(bytes)
+                if (MIN_OPTIMIZE_TARGET_FILE_SIZE..=MAX_OPTIMIZE_TARGET_FILE_SIZE)
+                    .contains(&bytes) =>
+            {
+                std::num::NonZeroU64::new(bytes)
+            }
+            Some(bytes) => {
+                return Err(TraceLakeError::InvalidArgument(format!(
+                    "optimize target_file_size {bytes} is out of range: \
+                     {MIN_OPTIMIZE_TARGET_FILE_SIZE} to {MAX_OPTIMIZE_TARGET_FILE_SIZE} bytes"
+                )));
+            }
+        };
         let partitions = self.partitions_to_optimize()?;
         let before = self.version();
         let span = tracing::info_span!(
@@ -81,12 +99,15 @@ impl TraceTable {
             let table = self.delta_table().await?;
             let values: Vec<&str> = partitions.iter().map(String::as_str).collect();
             let filters = [(col::SPAN_DATE, FilterOp::In, FilterValue::Set(values))];
-            let (optimized, metrics) = table
+            let mut optimize = table
                 .optimize()
                 .with_type(OptimizeType::ZOrder(vec![col::TRACE_ID.to_string()]))
                 .with_filters(&filters)
-                .with_writer_properties(writer_properties())
-                .await?;
+                .with_writer_properties(writer_properties());
+            if let Some(target) = target {
+                optimize = optimize.with_target_size(target);
+            }
+            let (optimized, metrics) = optimize.await?;
             let version = self
                 .advance_to(optimized.version().map(|v| v as i64).unwrap_or(-1))
                 .await?;
@@ -147,6 +168,23 @@ pub struct ExpireOutcome {
 #[must_use = "an optimize does nothing until awaited"]
 pub struct OptimizeBuilder<'a> {
     table: &'a TraceTable,
+    target_file_size: Option<u64>,
+}
+
+/// The smallest target file size [`OptimizeBuilder::target_file_size`] accepts (1 MiB).
+pub const MIN_OPTIMIZE_TARGET_FILE_SIZE: u64 = 1 << 20;
+
+/// The largest target file size [`OptimizeBuilder::target_file_size`] accepts (64 GiB).
+pub const MAX_OPTIMIZE_TARGET_FILE_SIZE: u64 = 64 << 30;
+
+impl OptimizeBuilder<'_> {
+    /// The size in bytes of the files optimize writes (1 MiB to 64 GiB; default: the table's
+    /// `delta.targetFileSize`, else deltalake's 100 MiB). Lookups cost the same whatever the
+    /// size of the file that holds a trace; larger files mean fewer files in the log.
+    pub fn target_file_size(mut self, bytes: u64) -> Self {
+        self.target_file_size = Some(bytes);
+        self
+    }
 }
 
 impl<'a> IntoFuture for OptimizeBuilder<'a> {
@@ -154,7 +192,7 @@ impl<'a> IntoFuture for OptimizeBuilder<'a> {
     type IntoFuture = BoxFuture<'a, Self::Output>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.table.run_optimize())
+        Box::pin(self.table.run_optimize(self.target_file_size))
     }
 }
 

@@ -49,8 +49,8 @@ use crate::store::TableLocation;
 pub use appender::{AppenderConfig, SpanAppender};
 pub use background::{BackgroundTask, MaintenanceSchedule};
 pub use maintenance::{
-    ExpireBuilder, ExpireOutcome, OptimizeBuilder, OptimizeOutcome, TableStats, VacuumBuilder,
-    VacuumOutcome,
+    ExpireBuilder, ExpireOutcome, MAX_OPTIMIZE_TARGET_FILE_SIZE, MIN_OPTIMIZE_TARGET_FILE_SIZE,
+    OptimizeBuilder, OptimizeOutcome, TableStats, VacuumBuilder, VacuumOutcome,
 };
 use state::{Next, TableState};
 

@@ -104,6 +104,10 @@ enum Command {
     Optimize {
         #[arg(long, default_value = DEFAULT_TABLE)]
         table: String,
+        /// Size in bytes of the files written (1 MiB to 64 GiB; default: the table's
+        /// `delta.targetFileSize`, else 100 MiB).
+        #[arg(long)]
+        target_file_size: Option<u64>,
     },
     /// Delete files removed from the table more than the retention ago.
     Vacuum {
@@ -208,9 +212,16 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
             sql,
         } => shell::run(out, &table, sql, file, format, options).await?,
         Command::Serve(args) => serve::run(out, args, options).await?,
-        Command::Optimize { table } => {
+        Command::Optimize {
+            table,
+            target_file_size,
+        } => {
             let lake = TraceLake::open_with_options(&table, options).await?;
-            let out_ = lake.table().optimize().await?;
+            let mut optimize = lake.table().optimize();
+            if let Some(bytes) = target_file_size {
+                optimize = optimize.target_file_size(bytes);
+            }
+            let out_ = optimize.await?;
             writeln!(
                 out,
                 "optimized {} partition(s) {:?}: {} file(s) removed, {} added; version {}",
