@@ -68,7 +68,7 @@ fn recursive_sql(id: &str) -> String {
     )
 }
 
-/// p50 of `trace_tree` with fresh ids on `opened`; writes an artifact.
+/// p50 of `trace_tree` with fresh ids on `opened`; returns the artifact.
 fn measure_lookup(
     rt: &tokio::runtime::Runtime,
     opened: &Opened,
@@ -84,6 +84,50 @@ fn measure_lookup(
             .block_on(run(&opened.ctx, &tree_sql(&ids[i % ids.len()])))
             .0;
     });
+    lookup_artifact(rt, opened, tier, name, timings, rows)
+}
+
+/// Like [`measure_lookup`] on two tables, their samples interleaved (a lookup on `a`, then
+/// one on `b`, ...) so that both see the same machine: for ratios between them. Each id is
+/// looked up once per table.
+fn measure_lookup_pair(
+    rt: &tokio::runtime::Runtime,
+    (a, name_a): (&Opened, &str),
+    (b, name_b): (&Opened, &str),
+) -> (Artifact, Artifact) {
+    let tier = BenchTier::Extended;
+    let (ids_a, ids_b) = (&a.fixture.sample_ids, &b.fixture.sample_ids);
+    rt.block_on(run(&a.ctx, &tree_sql(&ids_a[0])));
+    rt.block_on(run(&b.ctx, &tree_sql(&ids_b[0])));
+    let n = 300.min(ids_a.len()).min(ids_b.len()) - 1;
+    let (mut times_a, mut times_b) = (Vec::new(), Vec::new());
+    let (mut rows_a, mut rows_b) = (0, 0);
+    for i in 1..=n {
+        let t = std::time::Instant::now();
+        rows_a = rt.block_on(run(&a.ctx, &tree_sql(&ids_a[i]))).0;
+        times_a.push(t.elapsed());
+        let t = std::time::Instant::now();
+        rows_b = rt.block_on(run(&b.ctx, &tree_sql(&ids_b[i]))).0;
+        times_b.push(t.elapsed());
+    }
+    times_a.sort();
+    times_b.sort();
+    let first = lookup_artifact(rt, a, tier, name_a, times_a, rows_a);
+    let mut second = lookup_artifact(rt, b, tier, name_b, times_b, rows_b);
+    second.reference = Some((name_a.to_string(), first.p50()));
+    (first, second)
+}
+
+/// The artifact of lookups on `opened` that took `timings` (sorted).
+fn lookup_artifact(
+    rt: &tokio::runtime::Runtime,
+    opened: &Opened,
+    tier: BenchTier,
+    name: &str,
+    timings: Vec<std::time::Duration>,
+    rows: usize,
+) -> Artifact {
+    let ids = &opened.fixture.sample_ids;
     let (_, metrics) = rt.block_on(run(&opened.ctx, &tree_sql(&ids[1])));
     let files = opened.lake.table().snapshot().num_files();
     let mut artifact = Artifact::new(name, tier, "SELECT * FROM trace_tree('<fresh id>')");
@@ -180,12 +224,6 @@ fn lookup_after_optimize(c: &mut Criterion) {
     let rt = runtime();
     for (spans, label) in [(1_000_000, "1m"), (5_000_000, "5m")] {
         let before = rt.block_on(open(spans));
-        let mut before_artifact = measure_lookup(
-            &rt,
-            &before,
-            BenchTier::Extended,
-            &format!("lookup_before_optimize_{label}"),
-        );
         // The same spans, compacted: a copy of the fixture, optimized, opened afresh.
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("spans");
@@ -208,15 +246,11 @@ fn lookup_after_optimize(c: &mut Criterion) {
                 ctx,
             }
         });
-        let mut after = measure_lookup(
+        let (before_artifact, after) = measure_lookup_pair(
             &rt,
-            &compacted,
-            BenchTier::Extended,
-            &format!("lookup_after_optimize_{label}"),
+            (&before, &format!("lookup_before_optimize_{label}")),
+            (&compacted, &format!("lookup_after_optimize_{label}")),
         );
-        let base = before_artifact.p50();
-        before_artifact.reference = None;
-        after.reference = Some((format!("lookup_before_optimize_{label}"), base));
         before_artifact.write();
         after.write();
     }
@@ -224,11 +258,7 @@ fn lookup_after_optimize(c: &mut Criterion) {
 
 /// `spans` spans of the fixture (24 commits), copied and optimized into files of up to 4 GiB
 /// (one file: the fixture's spans are all on one day).
-fn compacted_copy(
-    rt: &tokio::runtime::Runtime,
-    spans: usize,
-    dir: &std::path::Path,
-) -> Opened {
+fn compacted_copy(rt: &tokio::runtime::Runtime, spans: usize, dir: &std::path::Path) -> Opened {
     let before = rt.block_on(open(spans));
     let path = dir.join("spans");
     support::copy_dir(&before.fixture.path, &path);
@@ -268,10 +298,11 @@ fn lookup_file_size(_c: &mut Criterion) {
     let small = compacted_copy(&rt, 1_000_000, small_dir.path());
     let large_dir = tempfile::tempdir().expect("temp dir");
     let large = compacted_copy(&rt, 10_000_000, large_dir.path());
-    let small_artifact = measure_lookup(&rt, &small, BenchTier::Extended, "lookup_file_1m_rows");
-    let mut large_artifact =
-        measure_lookup(&rt, &large, BenchTier::Extended, "lookup_file_10m_rows");
-    large_artifact.reference = Some(("lookup_file_1m_rows".into(), small_artifact.p50()));
+    let (small_artifact, large_artifact) = measure_lookup_pair(
+        &rt,
+        (&small, "lookup_file_1m_rows"),
+        (&large, "lookup_file_10m_rows"),
+    );
     small_artifact.write();
     large_artifact.write();
 }
