@@ -4,6 +4,8 @@
 //!
 //! - `files_<n>_open`: `TraceLake::open` p50 (local directory), with the heap bytes the open
 //!   holds (a counting allocator: live bytes after the open minus before) and resident memory;
+//!   opens and lookups are interleaved across the three tables (one on each in turn), so
+//!   that drift of this shared machine hits all three alike;
 //! - `SELECT * FROM spans WHERE trace_id = X` p50 over 200 ids: `files_<n>_lookup_footer_cold`
 //!   (fresh ids right after the open: the footer of the file an id is in is read by its
 //!   first lookup), `files_<n>_lookup_fresh` (other fresh ids once a scan has read every
@@ -93,97 +95,161 @@ fn per_lookup(
         .collect()
 }
 
-/// The figures of one table, written as artifacts (each referring to the 24-file figure
-/// of the same name in `base`).
-fn measure(rt: &tokio::runtime::Runtime, commits: usize, base: &mut BTreeMap<&'static str, u64>) {
-    let fixture = rt.block_on(support::fixture(SPANS, commits));
-    let path = fixture.path.to_str().expect("utf-8 path").to_string();
-    let ids = &fixture.sample_ids;
-    assert!(
-        ids.len() > 2 * LOOKUPS + COLD_LOOKUPS + 1,
-        "too few sample ids"
-    );
-    let table = |files: usize| json!({"spans": SPANS, "commits": commits, "files": files});
-    let mut write = |name: &'static str, mut artifact: Artifact| {
-        let p50 = artifact.p50();
-        match base.get(name) {
-            Some(reference) => {
-                artifact.reference = Some((format!("files_24_{name}"), *reference));
-            }
-            None => {
-                base.insert(name, p50);
-            }
+/// Writes `artifact`, referring to the 24-file figure of the same measure (`base`, filled by
+/// the 24-file table, measured first).
+fn write(base: &mut BTreeMap<String, u64>, commits: usize, measure: &str, mut artifact: Artifact) {
+    match base.get(measure) {
+        Some(reference) if commits != FILE_COUNTS[0] => {
+            artifact.reference = Some((format!("files_{}_{measure}", FILE_COUNTS[0]), *reference));
         }
-        artifact.write();
-    };
+        _ => {
+            base.insert(measure.to_string(), artifact.p50());
+        }
+    }
+    artifact.write();
+}
 
-    // Open: five opens for the time; then one held, for the memory it keeps.
-    let opens = sample(5, |_| {
-        drop(rt.block_on(TraceLake::open(&path)).expect("open"));
+fn table_json(commits: usize, files: usize) -> serde_json::Value {
+    json!({"spans": SPANS, "commits": commits, "files": files})
+}
+
+/// One table, open in this process.
+struct Held {
+    commits: usize,
+    fixture: support::Fixture,
+    lake: TraceLake,
+    ctx: SessionContext,
+    files: usize,
+}
+
+/// `f(k, i)` for sample `i` of table `k`, interleaved (sample 0 of every table, then sample
+/// 1...) so that machine drift hits every table alike; per table, the sorted timings.
+fn interleaved(tables: usize, n: usize, mut f: impl FnMut(usize, usize)) -> Vec<Vec<Duration>> {
+    let mut out = vec![Vec::new(); tables];
+    for i in 0..n {
+        for (k, timings) in out.iter_mut().enumerate() {
+            let t = Instant::now();
+            f(k, i);
+            timings.push(t.elapsed());
+        }
+    }
+    for timings in &mut out {
+        timings.sort();
+    }
+    out
+}
+
+/// Open time, heap held by an open, lookups: the tables side by side.
+fn local(rt: &tokio::runtime::Runtime, base: &mut BTreeMap<String, u64>) -> Vec<support::Fixture> {
+    let fixtures: Vec<support::Fixture> = FILE_COUNTS
+        .iter()
+        .map(|&commits| rt.block_on(support::fixture(SPANS, commits)))
+        .collect();
+    for f in &fixtures {
+        assert!(
+            f.sample_ids.len() > 2 * LOOKUPS + COLD_LOOKUPS + 1,
+            "too few sample ids"
+        );
+    }
+    let paths: Vec<String> = fixtures
+        .iter()
+        .map(|f| f.path.to_str().expect("utf-8 path").to_string())
+        .collect();
+    let opens = interleaved(fixtures.len(), 7, |k, _| {
+        drop(rt.block_on(TraceLake::open(&paths[k])).expect("open"));
     });
-    let (heap_before, rss_before) = (support::heap_live(), support::resident_bytes());
-    let lake = rt.block_on(TraceLake::open(&path)).expect("open");
-    let (heap_open, rss_open) = (support::heap_live(), support::resident_bytes());
-    let files = lake.table().snapshot().num_files();
-    let mut open = Artifact::new(
-        &format!("files_{commits}_open"),
-        BenchTier::Extended,
-        "TraceLake::open",
-    );
-    open.timings = opens;
-    open.table = table(files);
-    open.extra = json!({
-        "heap_bytes_held": heap_open.saturating_sub(heap_before),
-        "heap_bytes_held_per_file": heap_open.saturating_sub(heap_before) / files.max(1),
-        "resident_bytes_added": rss_open.saturating_sub(rss_before),
-    });
-    write("open", open);
+
+    // One open of each held, for the memory it keeps.
+    let mut held = Vec::new();
+    for ((&commits, fixture), timings) in FILE_COUNTS.iter().zip(&fixtures).zip(opens) {
+        let (heap_before, rss_before) = (support::heap_live(), support::resident_bytes());
+        let lake = rt
+            .block_on(TraceLake::open(fixture.path.to_str().expect("utf-8")))
+            .expect("open");
+        let (heap_open, rss_open) = (support::heap_live(), support::resident_bytes());
+        let files = lake.table().snapshot().num_files();
+        let mut open = Artifact::new(
+            &format!("files_{commits}_open"),
+            BenchTier::Extended,
+            "TraceLake::open",
+        );
+        open.timings = timings;
+        open.table = table_json(commits, files);
+        open.extra = json!({
+            "heap_bytes_held": heap_open.saturating_sub(heap_before),
+            "heap_bytes_held_per_file": heap_open.saturating_sub(heap_before) / files.max(1),
+            "resident_bytes_added": rss_open.saturating_sub(rss_before),
+        });
+        write(base, commits, "open", open);
+        let ctx = lake.session_context().expect("context");
+        // The first query of a context plans its functions once.
+        let ids = &fixture.sample_ids;
+        rt.block_on(lookup(&ctx, &ids[ids.len() - 1]));
+        held.push(Held {
+            commits,
+            fixture: fixture.clone(),
+            lake,
+            ctx,
+            files,
+        });
+    }
 
     // Lookups. First with fresh ids whose files' footers are not read yet (each pays the
     // read of one footer); then, once a scan has read every footer (as a long-lived process
     // has), with other fresh ids (data pages not in the object cache); then those ids again.
-    let ctx = lake.session_context().expect("context");
-    rt.block_on(lookup(&ctx, &ids[ids.len() - 1]));
     let mut rows = 0;
-    let footer_cold = sample(LOOKUPS, |i| rows = rt.block_on(lookup(&ctx, &ids[i])));
-    let heap_footer_cold = support::heap_live();
-    rt.block_on(async {
-        ctx.sql("SELECT count(*) FROM spans")
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("count")
-    });
-    let second = &ids[LOOKUPS..2 * LOOKUPS];
-    let fresh = sample(LOOKUPS, |i| rows = rt.block_on(lookup(&ctx, &second[i])));
-    let repeated = sample(LOOKUPS, |i| rows = rt.block_on(lookup(&ctx, &second[i])));
-    let heap_all = support::heap_live();
-    for (name, timings, heap) in [
-        ("lookup_footer_cold", footer_cold, heap_footer_cold),
-        ("lookup_fresh", fresh, heap_all),
-        ("lookup_repeated", repeated, heap_all),
-    ] {
-        let mut a = Artifact::new(
-            &format!("files_{commits}_{name}"),
-            BenchTier::Extended,
-            "SELECT * FROM spans WHERE trace_id = '<id>'",
-        );
-        a.timings = timings;
-        a.rows = rows as u64;
-        a.table = table(files);
-        a.extra = json!({
-            "heap_bytes_held": heap.saturating_sub(heap_before),
-            "footer_bytes_held": lake.table().footer_memory(),
-            "footer_budget_bytes": TableOptions::default().footer_cache_bytes,
-            "ids": LOOKUPS,
+    let mut look = |k: usize, id: usize| {
+        let h: &Held = &held[k];
+        rows = rt.block_on(lookup(&h.ctx, &h.fixture.sample_ids[id]));
+    };
+    let footer_cold = interleaved(FILE_COUNTS.len(), LOOKUPS, |k, i| look(k, i));
+    let footers_cold: Vec<u64> = held.iter().map(|h| h.lake.table().footer_memory()).collect();
+    for h in &held {
+        rt.block_on(async {
+            h.ctx
+                .sql("SELECT count(*) FROM spans")
+                .await
+                .expect("plan")
+                .collect()
+                .await
+                .expect("count")
         });
-        write(name, a);
     }
-    drop(ctx);
-    drop(lake);
+    let fresh = interleaved(FILE_COUNTS.len(), LOOKUPS, |k, i| look(k, LOOKUPS + i));
+    let repeated = interleaved(FILE_COUNTS.len(), LOOKUPS, |k, i| look(k, LOOKUPS + i));
+    for (k, h) in held.iter().enumerate() {
+        for (name, timings, footers) in [
+            ("lookup_footer_cold", &footer_cold[k], footers_cold[k]),
+            ("lookup_fresh", &fresh[k], h.lake.table().footer_memory()),
+            ("lookup_repeated", &repeated[k], h.lake.table().footer_memory()),
+        ] {
+            let mut a = Artifact::new(
+                &format!("files_{}_{name}", h.commits),
+                BenchTier::Extended,
+                "SELECT * FROM spans WHERE trace_id = '<id>'",
+            );
+            a.timings = timings.clone();
+            a.rows = rows as u64;
+            a.table = table_json(h.commits, h.files);
+            a.extra = json!({
+                "footer_bytes_held": footers,
+                "footer_budget_bytes": TableOptions::default().footer_cache_bytes,
+                "ids": LOOKUPS,
+                "interleaved": "one lookup on each table in turn",
+            });
+            write(base, h.commits, name, a);
+        }
+    }
+    fixtures
+}
 
-    // The latency-injected store: the same table, cold (filled before the waits apply).
+/// The latency-injected store: each table, cold (filled before the waits apply).
+fn throttled(
+    rt: &tokio::runtime::Runtime,
+    commits: usize,
+    fixture: &support::Fixture,
+    base: &mut BTreeMap<String, u64>,
+) {
     let store = Arc::new(ThrottledStore::new(
         InMemory::new(),
         ThrottleConfig::default(),
@@ -203,6 +269,7 @@ fn measure(rt: &tokio::runtime::Runtime, commits: usize, base: &mut BTreeMap<&'s
     let lake = rt
         .block_on(TraceLake::open_with_options(&url, &options))
         .expect("open throttled");
+    let files = lake.table().snapshot().num_files();
     let mut open = Artifact::new(
         &format!("files_{commits}_throttled_open"),
         BenchTier::Extended,
@@ -210,12 +277,14 @@ fn measure(rt: &tokio::runtime::Runtime, commits: usize, base: &mut BTreeMap<&'s
     );
     open.timings = vec![started.elapsed()];
     open.requests = requests(&metrics);
-    open.table = table(files);
-    write("throttled_open", open);
+    open.table = table_json(commits, files);
+    write(base, commits, "throttled_open", open);
 
     let ctx = lake.session_context().expect("context");
     let before = requests(&metrics);
+    let ids = &fixture.sample_ids;
     let cold_ids = &ids[2 * LOOKUPS..2 * LOOKUPS + COLD_LOOKUPS];
+    let mut rows = 0;
     let cold = sample(COLD_LOOKUPS, |i| {
         rows = rt.block_on(lookup(&ctx, &cold_ids[i]))
     });
@@ -228,12 +297,12 @@ fn measure(rt: &tokio::runtime::Runtime, commits: usize, base: &mut BTreeMap<&'s
     );
     a.timings = cold;
     a.rows = rows as u64;
-    a.table = table(files);
+    a.table = table_json(commits, files);
     a.extra = json!({
         "requests_per_lookup": per_lookup(&before, &after, COLD_LOOKUPS as u64),
         "sequential_round_trips_p50": p50 as f64 / GET_LATENCY.as_nanos() as f64,
     });
-    write("throttled_cold_lookup", a);
+    write(base, commits, "throttled_cold_lookup", a);
 }
 
 fn files(_c: &mut Criterion) {
@@ -242,8 +311,9 @@ fn files(_c: &mut Criterion) {
     }
     let rt = runtime();
     let mut base = BTreeMap::new();
-    for commits in FILE_COUNTS {
-        measure(&rt, commits, &mut base);
+    let fixtures = local(&rt, &mut base);
+    for (&commits, fixture) in FILE_COUNTS.iter().zip(&fixtures) {
+        throttled(&rt, commits, fixture, &mut base);
     }
 }
 
