@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,6 @@ use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use serde_json::json;
 use support::{Artifact, BenchTier, enabled, runtime};
 use tracelake::observe::TraceLakeMetrics;
-use tracelake::store::telemetry;
 use tracelake::synth::{TraceShape, traces};
 use tracelake::{TableOptions, TraceLake};
 
@@ -29,19 +27,6 @@ fn throttle() -> ThrottleConfig {
         wait_delete_per_call: Duration::from_millis(15),
         ..Default::default()
     }
-}
-
-fn requests(metrics: &TraceLakeMetrics, backend: &str) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for op in telemetry::OPERATIONS {
-        for kind in telemetry::PATH_KINDS {
-            let n = metrics.request_count(backend, op, kind);
-            if n > 0 {
-                out.insert(format!("{op}/{kind}"), n);
-            }
-        }
-    }
-    out
 }
 
 /// A store under test: where the table lives and how to reach it.
@@ -150,7 +135,7 @@ fn run_target(rt: &tokio::runtime::Runtime, target: &Target) {
         "TraceLake::open, 24 commits",
     );
     open.timings = vec![started.elapsed()];
-    open.requests = requests(&metrics, target.backend);
+    open.requests = support::requests(&metrics, target.backend);
     open.table = json!({"spans": 120_000, "commits": 24, "store": target.url});
     open.write();
 
@@ -160,7 +145,7 @@ fn run_target(rt: &tokio::runtime::Runtime, target: &Target) {
         BenchTier::Certification,
         "SELECT * FROM trace_tree('<id>')",
     );
-    let before = requests(&metrics, target.backend);
+    let before = support::requests(&metrics, target.backend);
     let mut timings = Vec::new();
     for id in &ids {
         let t = Instant::now();
@@ -180,7 +165,7 @@ fn run_target(rt: &tokio::runtime::Runtime, target: &Target) {
     }
     timings.sort();
     lookup.timings = timings;
-    let after = requests(&metrics, target.backend);
+    let after = support::requests(&metrics, target.backend);
     lookup.requests = after
         .iter()
         .filter_map(|(k, v)| {

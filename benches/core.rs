@@ -17,7 +17,6 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use serde_json::json;
 use support::{Artifact, BenchTier, Fixture, HOT_SQL, enabled, fixture, runtime, sample};
 use tracelake::observe::{ScanMetrics, TraceLakeMetrics, names};
-use tracelake::store::telemetry;
 use tracelake::synth::{TraceShape, traces};
 use tracelake::{TableOptions, TraceLake};
 use tracing::Instrument;
@@ -32,26 +31,13 @@ fn requests_between(
     before: &BTreeMap<String, u64>,
     metrics: &TraceLakeMetrics,
 ) -> BTreeMap<String, u64> {
-    let now = request_snapshot(metrics);
+    let now = support::requests(metrics, "local");
     now.into_iter()
         .filter_map(|(k, v)| {
             let delta = v - before.get(&k).copied().unwrap_or(0);
             (delta > 0).then_some((k, delta))
         })
         .collect()
-}
-
-fn request_snapshot(metrics: &TraceLakeMetrics) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for op in telemetry::OPERATIONS {
-        for kind in telemetry::PATH_KINDS {
-            let n = metrics.request_count("local", op, kind);
-            if n > 0 {
-                out.insert(format!("{op}/{kind}"), n);
-            }
-        }
-    }
-    out
 }
 
 async fn run(ctx: &SessionContext, sql: &str) -> (usize, ScanMetrics) {
@@ -191,7 +177,7 @@ fn core(c: &mut Criterion) {
         BenchTier::Core,
         "SELECT * FROM trace_tree('<fresh id>')",
     );
-    let before = request_snapshot(&metrics);
+    let before = support::requests(&metrics, "local");
     let (rows, scan) = rt.block_on(run(
         &ctx,
         &format!("SELECT * FROM trace_tree('{}')", ids[7]),
@@ -214,7 +200,7 @@ fn core(c: &mut Criterion) {
     // Hot path: the same aggregate, warm cache.
     let mut hot = Artifact::new("hot_query", BenchTier::Core, HOT_SQL);
     rt.block_on(run(&ctx, HOT_SQL));
-    let before = request_snapshot(&metrics);
+    let before = support::requests(&metrics, "local");
     let (rows, scan) = rt.block_on(run(&ctx, HOT_SQL));
     hot.requests = requests_between(&before, &metrics);
     hot.rows = rows as u64;
@@ -234,7 +220,7 @@ fn core(c: &mut Criterion) {
         let m = TraceLakeMetrics::new();
         let fresh = rt.block_on(open(&fx, &m));
         let fresh_ctx = fresh.session_context().unwrap();
-        let before = request_snapshot(&m);
+        let before = support::requests(&m, "local");
         let started = std::time::Instant::now();
         let (rows, scan) = rt.block_on(run(&fresh_ctx, HOT_SQL));
         timings.push(started.elapsed());

@@ -31,7 +31,6 @@ use object_store::throttle::{ThrottleConfig, ThrottledStore};
 use serde_json::json;
 use support::{Artifact, BenchTier, enabled, group_selected, runtime, sample};
 use tracelake::observe::TraceLakeMetrics;
-use tracelake::store::telemetry;
 use tracelake::{TableOptions, TraceLake};
 
 #[global_allocator]
@@ -53,32 +52,6 @@ fn throttle() -> ThrottleConfig {
         wait_delete_per_call: Duration::from_millis(15),
         ..Default::default()
     }
-}
-
-async fn lookup(ctx: &SessionContext, id: &str) -> usize {
-    let batches = ctx
-        .sql(&format!("SELECT * FROM spans WHERE trace_id = '{id}'"))
-        .await
-        .expect("plan")
-        .collect()
-        .await
-        .expect("lookup");
-    let rows = batches.iter().map(|b| b.num_rows()).sum();
-    assert!(rows > 0, "trace {id} not found");
-    rows
-}
-
-fn requests(metrics: &TraceLakeMetrics) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for op in telemetry::OPERATIONS {
-        for kind in telemetry::PATH_KINDS {
-            let n = metrics.request_count("memory", op, kind);
-            if n > 0 {
-                out.insert(format!("{op}/{kind}"), n);
-            }
-        }
-    }
-    out
 }
 
 fn per_lookup(
@@ -184,7 +157,7 @@ fn local(rt: &tokio::runtime::Runtime, base: &mut BTreeMap<String, u64>) -> Vec<
         let ctx = lake.session_context().expect("context");
         // The first query of a context plans its functions once.
         let ids = &fixture.sample_ids;
-        rt.block_on(lookup(&ctx, &ids[ids.len() - 1]));
+        rt.block_on(support::lookup_rows(&ctx, &ids[ids.len() - 1]));
         held.push(Held {
             commits,
             fixture: fixture.clone(),
@@ -200,10 +173,13 @@ fn local(rt: &tokio::runtime::Runtime, base: &mut BTreeMap<String, u64>) -> Vec<
     let mut rows = 0;
     let mut look = |k: usize, id: usize| {
         let h: &Held = &held[k];
-        rows = rt.block_on(lookup(&h.ctx, &h.fixture.sample_ids[id]));
+        rows = rt.block_on(support::lookup_rows(&h.ctx, &h.fixture.sample_ids[id]));
     };
-    let footer_cold = interleaved(FILE_COUNTS.len(), LOOKUPS, |k, i| look(k, i));
-    let footers_cold: Vec<u64> = held.iter().map(|h| h.lake.table().footer_memory()).collect();
+    let footer_cold = interleaved(FILE_COUNTS.len(), LOOKUPS, &mut look);
+    let footers_cold: Vec<u64> = held
+        .iter()
+        .map(|h| h.lake.table().footer_memory())
+        .collect();
     for h in &held {
         rt.block_on(async {
             h.ctx
@@ -221,7 +197,11 @@ fn local(rt: &tokio::runtime::Runtime, base: &mut BTreeMap<String, u64>) -> Vec<
         for (name, timings, footers) in [
             ("lookup_footer_cold", &footer_cold[k], footers_cold[k]),
             ("lookup_fresh", &fresh[k], h.lake.table().footer_memory()),
-            ("lookup_repeated", &repeated[k], h.lake.table().footer_memory()),
+            (
+                "lookup_repeated",
+                &repeated[k],
+                h.lake.table().footer_memory(),
+            ),
         ] {
             let mut a = Artifact::new(
                 &format!("files_{}_{name}", h.commits),
@@ -276,19 +256,19 @@ fn throttled(
         "TraceLake::open (15 ms a GET, 25 ms a LIST)",
     );
     open.timings = vec![started.elapsed()];
-    open.requests = requests(&metrics);
+    open.requests = support::requests(&metrics, "memory");
     open.table = table_json(commits, files);
     write(base, commits, "throttled_open", open);
 
     let ctx = lake.session_context().expect("context");
-    let before = requests(&metrics);
+    let before = support::requests(&metrics, "memory");
     let ids = &fixture.sample_ids;
     let cold_ids = &ids[2 * LOOKUPS..2 * LOOKUPS + COLD_LOOKUPS];
     let mut rows = 0;
     let cold = sample(COLD_LOOKUPS, |i| {
-        rows = rt.block_on(lookup(&ctx, &cold_ids[i]))
+        rows = rt.block_on(support::lookup_rows(&ctx, &cold_ids[i]))
     });
-    let after = requests(&metrics);
+    let after = support::requests(&metrics, "memory");
     let p50 = support::percentile(&cold, 50.0);
     let mut a = Artifact::new(
         &format!("files_{commits}_throttled_cold_lookup"),

@@ -226,26 +226,7 @@ fn lookup_after_optimize(c: &mut Criterion) {
         let before = rt.block_on(open(spans));
         // The same spans, compacted: a copy of the fixture, optimized, opened afresh.
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("spans");
-        support::copy_dir(&before.fixture.path, &path);
-        let compacted = rt.block_on(async {
-            let lake = TraceLake::open(path.to_str().unwrap())
-                .await
-                .expect("open copy");
-            lake.table().optimize().await.expect("optimize");
-            let lake = TraceLake::open(path.to_str().unwrap())
-                .await
-                .expect("open optimized");
-            let ctx = lake.session_context().expect("context");
-            Opened {
-                fixture: Fixture {
-                    path: path.clone(),
-                    ..before.fixture.clone()
-                },
-                lake,
-                ctx,
-            }
-        });
+        let compacted = compacted_copy(&rt, &before, dir.path(), None);
         let (before_artifact, after) = measure_lookup_pair(
             &rt,
             (&before, &format!("lookup_before_optimize_{label}")),
@@ -256,25 +237,28 @@ fn lookup_after_optimize(c: &mut Criterion) {
     }
 }
 
-/// `spans` spans of the fixture (24 commits), copied and optimized into files of up to 4 GiB
-/// (one file: the fixture's spans are all on one day).
-fn compacted_copy(rt: &tokio::runtime::Runtime, spans: usize, dir: &std::path::Path) -> Opened {
-    let before = rt.block_on(open(spans));
+/// A copy of `before`'s fixture under `dir`, optimized (into files of `target_file_size`
+/// when given) and opened afresh.
+fn compacted_copy(
+    rt: &tokio::runtime::Runtime,
+    before: &Opened,
+    dir: &std::path::Path,
+    target_file_size: Option<u64>,
+) -> Opened {
     let path = dir.join("spans");
     support::copy_dir(&before.fixture.path, &path);
     rt.block_on(async {
         let lake = TraceLake::open(path.to_str().unwrap())
             .await
             .expect("open copy");
-        lake.table()
-            .optimize()
-            .target_file_size(4 << 30)
-            .await
-            .expect("optimize");
+        let mut optimize = lake.table().optimize();
+        if let Some(bytes) = target_file_size {
+            optimize = optimize.target_file_size(bytes);
+        }
+        optimize.await.expect("optimize");
         let lake = TraceLake::open(path.to_str().unwrap())
             .await
             .expect("open optimized");
-        assert_eq!(lake.table().snapshot().num_files(), 1, "one compacted file");
         let ctx = lake.session_context().expect("context");
         Opened {
             fixture: Fixture {
@@ -287,6 +271,19 @@ fn compacted_copy(rt: &tokio::runtime::Runtime, spans: usize, dir: &std::path::P
     })
 }
 
+/// `spans` spans of the fixture (24 commits), copied and optimized into one file (files of
+/// up to 4 GiB; the fixture's spans are all on one day).
+fn one_file(rt: &tokio::runtime::Runtime, spans: usize, dir: &std::path::Path) -> Opened {
+    let before = rt.block_on(open(spans));
+    let compacted = compacted_copy(rt, &before, dir, Some(4 << 30));
+    assert_eq!(
+        compacted.lake.table().snapshot().num_files(),
+        1,
+        "one compacted file"
+    );
+    compacted
+}
+
 /// Lookup cost must not depend on the size of the file that holds the trace: the same lookup
 /// on one compacted file of 1M rows and on one of 10M rows.
 fn lookup_file_size(_c: &mut Criterion) {
@@ -295,9 +292,9 @@ fn lookup_file_size(_c: &mut Criterion) {
     }
     let rt = runtime();
     let small_dir = tempfile::tempdir().expect("temp dir");
-    let small = compacted_copy(&rt, 1_000_000, small_dir.path());
+    let small = one_file(&rt, 1_000_000, small_dir.path());
     let large_dir = tempfile::tempdir().expect("temp dir");
-    let large = compacted_copy(&rt, 10_000_000, large_dir.path());
+    let large = one_file(&rt, 10_000_000, large_dir.path());
     let (small_artifact, large_artifact) = measure_lookup_pair(
         &rt,
         (&small, "lookup_file_1m_rows"),

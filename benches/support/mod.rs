@@ -378,3 +378,36 @@ pub async fn load_into(
         }
     }
 }
+
+/// The backend requests counted so far in `metrics` for `backend` (`local`, `memory`, `s3`),
+/// by `operation/path_kind`.
+pub fn requests(
+    metrics: &tracelake::observe::TraceLakeMetrics,
+    backend: &str,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for op in tracelake::store::telemetry::OPERATIONS {
+        for kind in tracelake::store::telemetry::PATH_KINDS {
+            let n = metrics.request_count(backend, op, kind);
+            if n > 0 {
+                out.insert(format!("{op}/{kind}"), n);
+            }
+        }
+    }
+    out
+}
+
+/// `SELECT * FROM spans WHERE trace_id = '<id>'`: the rows it returns (at least one, or it
+/// panics: every id a bench looks up is in its table).
+pub async fn lookup_rows(ctx: &datafusion::prelude::SessionContext, id: &str) -> usize {
+    let batches = ctx
+        .sql(&format!("SELECT * FROM spans WHERE trace_id = '{id}'"))
+        .await
+        .expect("plan")
+        .collect()
+        .await
+        .expect("lookup");
+    let rows = batches.iter().map(|b| b.num_rows()).sum();
+    assert!(rows > 0, "trace {id} not found");
+    rows
+}
