@@ -53,6 +53,10 @@ pub enum TraceLakeError {
         source: Box<dyn StdError + Send + Sync>,
     },
 
+    /// A Ballista scheduler or executor could not be started, or a scheduler could not be
+    /// reached (see [`crate::distributed`]).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// A function that starts a background task was called outside a tokio runtime.
     #[error(
         "{0} needs a tokio runtime: call it from async code running on one (for example under #[tokio::main])"
@@ -143,7 +147,7 @@ impl TraceLakeError {
             | Self::OutOfRange { .. }
             | Self::NoRuntime(_)
             | Self::AppenderStopped => false,
-            Self::Busy(_) | Self::NotCommitted(_) => true,
+            Self::Busy(_) | Self::NotCommitted(_) | Self::Cluster(_) => true,
             Self::AppendFailed { transient, .. } => *transient,
             Self::Delta(e) => delta_is_transient(e),
             Self::ObjectStore(e) => object_store_is_transient(e),

@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod distributed;
 pub mod error;
 pub mod functions;
 pub mod observe;

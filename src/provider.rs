@@ -126,25 +126,52 @@ impl TableProvider for TraceTableProvider {
                 "spans only supports INSERT INTO (append); {insert_op} is not supported"
             );
         }
-        let sink = SpanSink {
-            table: self.table.clone(),
-            schema: schema::input_schema(),
-        };
+        let sink = SpanSink::new(SinkTable::Open(self.table.clone()));
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// The table an `INSERT` writes to: the one the provider holds, or (in a plan shipped to a
+/// Ballista executor) the one at a location, opened by the node that runs the write.
+#[derive(Debug)]
+pub(crate) enum SinkTable {
+    Open(Arc<TraceTable>),
+    Remote {
+        location: String,
+        lakes: Arc<crate::distributed::Lakes>,
+    },
+}
+
+impl SinkTable {
+    /// The table's location URL.
+    pub(crate) fn location(&self) -> String {
+        match self {
+            SinkTable::Open(table) => table.location().url.to_string(),
+            SinkTable::Remote { location, .. } => location.clone(),
+        }
     }
 }
 
 /// Writes an `INSERT INTO spans` as one Delta commit, all rows checked before anything is
 /// written.
 #[derive(Debug)]
-struct SpanSink {
-    table: Arc<TraceTable>,
+pub(crate) struct SpanSink {
+    pub(crate) table: SinkTable,
     schema: SchemaRef,
+}
+
+impl SpanSink {
+    pub(crate) fn new(table: SinkTable) -> Self {
+        Self {
+            table,
+            schema: schema::input_schema(),
+        }
+    }
 }
 
 impl DisplayAs for SpanSink {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "SpanSink({})", self.table.location().url)
+        write!(f, "SpanSink({})", self.table.location())
     }
 }
 
@@ -168,8 +195,11 @@ impl DataSink for SpanSink {
             offset += batch.num_rows();
             converted
         });
-        let outcome = self
-            .table
+        let table = match &self.table {
+            SinkTable::Open(table) => table.clone(),
+            SinkTable::Remote { location, lakes } => lakes.current(location).await?,
+        };
+        let outcome = table
             .append_stream(Box::pin(storage))
             .await
             .map_err(DataFusionError::from)?;

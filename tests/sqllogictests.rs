@@ -13,7 +13,14 @@
 //! cargo test --test sqllogictests                 # every file
 //! cargo test --test sqllogictests -- insert       # files whose path contains "insert"
 //! cargo test --test sqllogictests -- --complete   # rewrite expected output
+//! cargo test --test sqllogictests -- --distributed [NAME]  # on an in-process Ballista cluster
 //! ```
+//!
+//! With `--distributed`, each selected file runs once, on a Ballista standalone cluster (a
+//! scheduler and an executor in this process, on loopback) with tracelake registered
+//! ([`tracelake::distributed::standalone_context`]): the same statements and the same expected
+//! results as in one process. tracelake's own files run there, and the upstream files in
+//! [`UPSTREAM_DISTRIBUTED`] (those whose tables Ballista can ship; see docs/distributed.md).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,23 +44,33 @@ const UPSTREAM_FILES: &[&str] = &[
     "type_coercion.slt",
 ];
 
+/// Upstream files that also run with `--distributed`.
+const UPSTREAM_DISTRIBUTED: &[&str] = &[];
+
 struct Options {
     filters: Vec<String>,
     complete: bool,
+    distributed: bool,
 }
 
 fn options() -> Options {
     let mut filters = Vec::new();
     let mut complete = false;
+    let mut distributed = false;
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
             "--complete" => complete = true,
+            "--distributed" => distributed = true,
             // Flags cargo's test harness would take (`--nocapture`, `--test-threads=N`...).
             a if a.starts_with('-') => {}
             a => filters.push(a.to_string()),
         }
     }
-    Options { filters, complete }
+    Options {
+        filters,
+        complete,
+        distributed,
+    }
 }
 
 /// The `test_files` folder of the `datafusion-sqllogictest` crate this test was built with.
@@ -119,6 +136,14 @@ fn collect_files(opts: &Options) -> Result<Vec<SltFile>, String> {
     }
     files.sort_by(|a, b| a.display.cmp(&b.display));
     files.retain(|f| opts.filters.is_empty() || opts.filters.iter().any(|p| f.display.contains(p)));
+    if opts.distributed {
+        files.retain(|f| {
+            !f.upstream
+                || UPSTREAM_DISTRIBUTED
+                    .iter()
+                    .any(|name| f.path.file_name().is_some_and(|n| n == *name))
+        });
+    }
     Ok(files)
 }
 
@@ -127,8 +152,22 @@ fn collect_files(opts: &Options) -> Result<Vec<SltFile>, String> {
 async fn context_for(
     file: &SltFile,
     table_dir: &Path,
-    instrumented: bool,
+    mode: Mode,
 ) -> Result<SessionContext, String> {
+    if mode == Mode::Distributed {
+        let lake =
+            tracelake::TraceLake::create(table_dir.join("spans").to_str().unwrap_or_default())
+                .await
+                .map_err(|e| e.to_string())?;
+        return tracelake::distributed::standalone_context(
+            &lake,
+            SessionConfig::new().with_target_partitions(4),
+            tracelake::distributed::StandaloneOptions::default(),
+        )
+        .await
+        .map_err(|e| e.to_string());
+    }
+    let instrumented = mode == Mode::Instrumented;
     let ctx = if file.upstream {
         let relative = PathBuf::from(file.path.file_name().unwrap_or_default());
         TestContext::try_new_for_test_file(&relative)
@@ -150,9 +189,17 @@ async fn context_for(
     })
 }
 
-async fn run_file(file: &SltFile, complete: bool, instrumented: bool) -> Result<(), String> {
+/// The context a file runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Instrumented,
+    Distributed,
+}
+
+async fn run_file(file: &SltFile, complete: bool, mode: Mode) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let ctx = context_for(file, dir.path(), instrumented).await?;
+    let ctx = context_for(file, dir.path(), mode).await?;
     let relative = PathBuf::from(&file.display);
     let mut runner = sqllogictest::Runner::new(|| {
         let ctx = ctx.clone();
@@ -196,15 +243,21 @@ async fn main() -> ExitCode {
         }
     };
     let (mut passed, mut failed) = (0usize, 0usize);
-    let modes: &[bool] = if opts.complete {
-        &[false]
+    let modes: &[Mode] = if opts.distributed {
+        &[Mode::Distributed]
+    } else if opts.complete {
+        &[Mode::Plain]
     } else {
-        &[false, true]
+        &[Mode::Plain, Mode::Instrumented]
     };
     for file in &files {
-        for &instrumented in modes {
-            let label = if instrumented { " [instrumented]" } else { "" };
-            match run_file(file, opts.complete, instrumented).await {
+        for &mode in modes {
+            let label = match mode {
+                Mode::Plain => "",
+                Mode::Instrumented => " [instrumented]",
+                Mode::Distributed => " [distributed]",
+            };
+            match run_file(file, opts.complete && mode == Mode::Plain, mode).await {
                 Ok(()) => {
                     passed += 1;
                     println!("test {}{label} ... ok", file.display);

@@ -179,8 +179,8 @@ impl TraceLookup {
 /// The table `trace_tree(...)` returns.
 #[derive(Debug)]
 pub struct TraceTreeTable {
-    table: Arc<TraceTable>,
-    lookup: TraceLookup,
+    pub(crate) table: Arc<TraceTable>,
+    pub(crate) lookup: TraceLookup,
 }
 
 #[async_trait]
@@ -242,15 +242,19 @@ impl TableProvider for TraceTreeTable {
 #[derive(Debug)]
 pub struct TraceTreeExec {
     input: Arc<dyn ExecutionPlan>,
-    lookup: TraceLookup,
+    pub(crate) lookup: TraceLookup,
     /// Indices into [`trace_tree_schema`] of the output columns.
-    output: Vec<usize>,
+    pub(crate) output: Vec<usize>,
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
 }
 
 impl TraceTreeExec {
-    fn new(input: Arc<dyn ExecutionPlan>, lookup: TraceLookup, output: Vec<usize>) -> Result<Self> {
+    pub(crate) fn new(
+        input: Arc<dyn ExecutionPlan>,
+        lookup: TraceLookup,
+        output: Vec<usize>,
+    ) -> Result<Self> {
         let schema = Arc::new(trace_tree_schema().project(&output)?);
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),

@@ -246,14 +246,14 @@ pub async fn sql(ctx: &SessionContext, sql: &str) -> Result<DataFrame> {
 
 /// The root of an instrumented plan: runs its child under a `df.collect` span per partition.
 #[derive(Debug)]
-struct CollectExec {
+pub(crate) struct CollectExec {
     input: Arc<dyn ExecutionPlan>,
     /// The span current when the query was planned: `df.collect` nests under it.
     parent: tracing::Span,
 }
 
 impl CollectExec {
-    fn new(input: Arc<dyn ExecutionPlan>, parent: tracing::Span) -> Self {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, parent: tracing::Span) -> Self {
         Self { input, parent }
     }
 }

@@ -21,6 +21,7 @@ use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult, exec_err};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -49,11 +50,13 @@ const CONCURRENT_FILES: usize = 4;
 #[derive(Debug)]
 pub struct LookupExec {
     store: Arc<dyn ObjectStore>,
+    /// The URL `store` is registered under (what a plan shipped to another node names).
+    store_url: ObjectStoreUrl,
     /// Files with the row groups to read, in table order.
-    files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
-    ids: Arc<[String]>,
+    pub(crate) files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
+    pub(crate) ids: Arc<[String]>,
     /// Indices into the file schema of the columns to read, in output order.
-    projection: Vec<usize>,
+    pub(crate) projection: Vec<usize>,
     /// The output: SQL names and types.
     schema: SchemaRef,
     properties: Arc<PlanProperties>,
@@ -65,6 +68,7 @@ impl LookupExec {
     /// SQL fields of those columns, same order).
     pub(crate) fn new(
         store: Arc<dyn ObjectStore>,
+        store_url: ObjectStoreUrl,
         files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
         ids: Vec<String>,
         projection: Vec<usize>,
@@ -78,6 +82,7 @@ impl LookupExec {
         ));
         Self {
             store,
+            store_url,
             files,
             ids: ids.into(),
             projection,
@@ -85,6 +90,13 @@ impl LookupExec {
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+}
+
+impl LookupExec {
+    /// The URL the files' store is registered under.
+    pub(crate) fn store_url(&self) -> &ObjectStoreUrl {
+        &self.store_url
     }
 }
 

@@ -73,6 +73,7 @@ pub(crate) async fn scan_index(
         // Already in the SQL names and types.
         return Ok(Arc::new(LookupExec::new(
             store.clone(),
+            store_url.clone(),
             scan_plan.files,
             ids.clone(),
             projection,
@@ -211,4 +212,70 @@ fn parquet_scan(
         .with_projection_indices(Some(projection))?
         .build();
     Ok(DataSourceExec::from_data_source(config))
+}
+
+/// One file of a lookup shipped to another node: its path in the root store, its size, how
+/// many row groups it has and which of them to read.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ShippedFile {
+    pub(crate) path: String,
+    pub(crate) size: u64,
+    pub(crate) row_groups: usize,
+    pub(crate) read: Vec<usize>,
+}
+
+/// A lookup planned elsewhere ([`LookupExec`], whose footers stay with the node that planned
+/// it), read with DataFusion's standard parquet scan: the same files and row groups, the rows
+/// of `ids`, the file columns `projection` produced as the SQL columns `wanted`, in one
+/// partition. The files are read through the store registered under `store_url`.
+pub(crate) fn shipped_lookup_scan(
+    store_url: &ObjectStoreUrl,
+    files: &[ShippedFile],
+    ids: &[String],
+    projection: Vec<usize>,
+    wanted: &[usize],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let file_schema = file_schema();
+    if files.is_empty() {
+        let empty = Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)));
+        return to_sql(empty, wanted);
+    }
+    let mut group = Vec::with_capacity(files.len());
+    for shipped in files {
+        let mut access = ParquetAccessPlan::new_none(shipped.row_groups);
+        for &rg in &shipped.read {
+            if rg >= shipped.row_groups {
+                return datafusion::common::plan_err!(
+                    "shipped lookup names row group {rg} of {}, which has {}",
+                    shipped.path,
+                    shipped.row_groups
+                );
+            }
+            access.scan(rg);
+        }
+        let mut file = PartitionedFile::new(shipped.path.clone(), shipped.size);
+        file.extensions.insert(access);
+        group.push(file);
+    }
+    let id_column = file_schema.index_of(c::TRACE_ID)?;
+    let predicate = datafusion::physical_expr::expressions::in_list(
+        Arc::new(PhysicalColumn::new(c::TRACE_ID, id_column)),
+        ids.iter()
+            .map(|id| datafusion::physical_expr::expressions::lit(id.as_str()))
+            .collect(),
+        &false,
+        &file_schema,
+    )?;
+    let source = ParquetSource::new(file_schema)
+        .with_pushdown_filters(true)
+        .with_enable_page_index(true)
+        .with_bloom_filter_on_read(false)
+        .with_predicate(predicate);
+    let config = FileScanConfigBuilder::new(store_url.clone(), Arc::new(source))
+        .with_file_groups(vec![FileGroup::new(group)])
+        .with_projection_indices(Some(projection))?
+        .build();
+    // Like every scan of `spans`, this only prunes: the filters are applied again above it
+    // (and `trace_tree` keeps exactly its trace).
+    to_sql(DataSourceExec::from_data_source(config), wanted)
 }

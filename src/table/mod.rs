@@ -477,7 +477,7 @@ impl TraceTable {
         let state = TableState::from_delta(&table, &home, None)?;
         static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let store_url = ObjectStoreUrl::parse(format!("tracelake://table-{id}/"))?;
+        let store_url = ObjectStoreUrl::parse(crate::distributed::store_url(id, &location.url))?;
         Ok(Self {
             location,
             store_url,
@@ -507,7 +507,9 @@ impl TraceTable {
         &self.location
     }
 
-    /// The URL the root store is registered under for scans (unique to this instance).
+    /// The URL the root store is registered under for scans: unique to this instance, and
+    /// naming the table's location so that a Ballista executor can resolve it (see
+    /// [`crate::distributed`]).
     pub fn store_url(&self) -> &ObjectStoreUrl {
         &self.store_url
     }

@@ -9,6 +9,9 @@
 //! tracelake vacuum   [--table PATH] [--retention-hours N] [--dry-run]
 //! tracelake expire   [--table PATH] --older-than-days N
 //! tracelake stats    [--table PATH]
+//! tracelake scheduler --bind ADDR
+//! tracelake executor  --scheduler HOST:PORT --bind ADDR [--slots N] [--work-dir DIR]
+//! tracelake sql --cluster df://HOST:PORT [--table PATH] ...
 //! ```
 //!
 //! Every command accepts `--export-spans PATH` (every span as a JSON line), `--metrics PATH`
@@ -95,8 +98,33 @@ enum Command {
             conflicts_with = "sql"
         )]
         file: Option<std::path::PathBuf>,
+        /// Run the statements on the Ballista cluster whose scheduler is at
+        /// `df://HOST:PORT` (started with `tracelake scheduler`) instead of in this process.
+        #[arg(long, value_name = "df://HOST:PORT")]
+        cluster: Option<String>,
         /// The statement(s), separated by `;`.
         sql: Option<String>,
+    },
+    /// Run a Ballista scheduler that plans tracelake queries (see docs/distributed.md).
+    Scheduler {
+        /// The address of its gRPC service.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: std::net::SocketAddr,
+    },
+    /// Run a Ballista executor that runs tracelake query stages for a scheduler.
+    Executor {
+        /// The scheduler's HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// The address of its Arrow Flight service (its gRPC service takes the next port).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        bind: std::net::SocketAddr,
+        /// Concurrent tasks (default: the machine's cores).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        slots: Option<u64>,
+        /// Where shuffle files are written (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<String>,
     },
     /// Receive spans over OTLP (HTTP and gRPC) into a table; answer after each commit.
     Serve(serve::ServeArgs),
@@ -209,8 +237,32 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
             table,
             format,
             file,
+            cluster,
             sql,
-        } => shell::run(out, &table, sql, file, format, options).await?,
+        } => shell::run(out, &table, sql, file, format, cluster, options).await?,
+        Command::Scheduler { bind } => {
+            writeln!(out, "tracelake scheduler listening on {bind}")?;
+            out.flush()?;
+            tracelake::distributed::run_scheduler(bind, options.clone()).await?
+        }
+        Command::Executor {
+            scheduler,
+            bind,
+            slots,
+            work_dir,
+        } => {
+            let (host, port) = scheduler
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| format!("--scheduler must be HOST:PORT, got {scheduler:?}"))?;
+            let mut executor = tracelake::distributed::ExecutorOptions::new(host, port, bind);
+            executor.slots = slots.map(|s| s as usize);
+            executor.work_dir = work_dir;
+            writeln!(out, "tracelake executor on {bind}, scheduler {scheduler}")?;
+            out.flush()?;
+            tracelake::distributed::run_executor(executor, options.clone()).await?
+        }
         Command::Serve(args) => serve::run(out, args, options).await?,
         Command::Optimize {
             table,

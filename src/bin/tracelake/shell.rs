@@ -73,10 +73,21 @@ pub(crate) async fn run(
     sql: Option<String>,
     file: Option<PathBuf>,
     format: Format,
+    cluster: Option<String>,
     options: &TableOptions,
 ) -> CliResult<()> {
     let lake = TraceLake::open_with_options(table, options).await?;
-    let ctx = lake.session_context()?;
+    let ctx = match cluster {
+        Some(url) => {
+            tracelake::distributed::remote_context(
+                &lake,
+                &url,
+                datafusion::prelude::SessionConfig::new(),
+            )
+            .await?
+        }
+        None => lake.session_context()?,
+    };
     let text = match (sql, file) {
         (Some(sql), _) => sql,
         (None, Some(path)) if path.as_os_str() == "-" => read_stdin()?,
