@@ -34,9 +34,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use super::lakes::Lakes;
-use crate::functions::trace_tree::{
-    TraceLookup, TraceTreeExec, TraceTreeTable, trace_tree_schema,
-};
+use crate::functions::trace_tree::{TraceLookup, TraceTreeExec, TraceTreeTable, trace_tree_schema};
 use crate::observe::planner::CollectExec;
 use crate::provider::{SinkTable, SpanSink, TraceTableProvider};
 use crate::read::lookup_exec::LookupExec;

@@ -21,6 +21,7 @@
 //! How tracelake's plan pieces travel: [`TraceLogicalCodec`] and [`TracePhysicalCodec`].
 
 mod codec;
+mod errors;
 mod lakes;
 
 use std::net::SocketAddr;
@@ -28,22 +29,22 @@ use std::sync::Arc;
 
 use ballista::prelude::SessionConfigExt;
 use ballista_core::extension::SessionStateExt;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
 use datafusion::execution::FunctionRegistry;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
-use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
-use datafusion::execution::SessionStateBuilder;
-use datafusion::execution::context::SessionState;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{TraceLogicalCodec, TracePhysicalCodec};
+use lakes::LakeStores;
 pub use lakes::Lakes;
 pub(crate) use lakes::store_url;
-use lakes::LakeStores;
 
 use crate::error::{Result, TraceLakeError};
 use crate::table::TableOptions;
@@ -113,8 +114,9 @@ fn client_context(
     Ok(ctx)
 }
 
-/// The client's query planner: Ballista's, except for statements that read no data and that
-/// Ballista cannot ship (`DESCRIBE`), which are answered from the client's catalog.
+/// The client's query planner: Ballista's (its errors made readable, see [`errors`]), except
+/// for statements that read no data and that Ballista cannot ship (`DESCRIBE`), which are
+/// answered from the client's catalog.
 #[derive(Debug)]
 struct ClusterPlanner {
     ballista: Arc<dyn QueryPlanner + Send + Sync>,
@@ -132,9 +134,11 @@ impl QueryPlanner for ClusterPlanner {
                 .create_physical_plan(logical_plan, session_state)
                 .await
         } else {
-            self.ballista
+            let plan = self
+                .ballista
                 .create_physical_plan(logical_plan, session_state)
-                .await
+                .await?;
+            Ok(Arc::new(errors::ClusterErrorsExec::new(plan)))
         }
     }
 }
@@ -240,15 +244,16 @@ pub async fn standalone_context(
     client_context(lake, &lakes, url, config)
 }
 
-async fn connect_with_retry(
-    url: &str,
-) -> Result<SchedulerGrpcClient<tonic::transport::Channel>> {
+async fn connect_with_retry(url: &str) -> Result<SchedulerGrpcClient<tonic::transport::Channel>> {
     let mut attempts = 0;
     loop {
         match SchedulerGrpcClient::connect(url.to_string()).await {
             Ok(client) => return Ok(client),
             Err(e) if attempts >= 50 => {
-                return Err(cluster_error(&format!("cannot reach the scheduler at {url}"), e));
+                return Err(cluster_error(
+                    &format!("cannot reach the scheduler at {url}"),
+                    e,
+                ));
             }
             Err(_) => {
                 attempts += 1;
