@@ -102,16 +102,20 @@ async fn a_scheduler_and_two_executor_processes_answer_as_one_process_does() {
     let scheduler_port = free_port_pair();
     let mut nodes = Nodes(Vec::new());
     let scheduler_bind = format!("127.0.0.1:{scheduler_port}");
+    let spans_of = |node: &str| dir.path().join(format!("{node}.spans.jsonl"));
     nodes.0.push(
         Command::new(tracelake_bin())
-            .args(["scheduler", "--bind", &scheduler_bind])
+            .args(["scheduler", "--bind", &scheduler_bind, "--export-spans"])
+            .arg(spans_of("scheduler"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
     wait_for_port(scheduler_port, &mut nodes);
+    let mut metrics_ports = Vec::new();
     for i in 0..2 {
         let port = free_port_pair();
+        let metrics_port = free_port_pair();
         let work_dir = dir.path().join(format!("executor-{i}"));
         std::fs::create_dir_all(&work_dir).unwrap();
         nodes.0.push(
@@ -126,12 +130,18 @@ async fn a_scheduler_and_two_executor_processes_answer_as_one_process_does() {
                     "2",
                     "--work-dir",
                     work_dir.to_str().unwrap(),
+                    "--metrics-addr",
+                    &format!("127.0.0.1:{metrics_port}"),
+                    "--export-spans",
                 ])
+                .arg(spans_of(&format!("executor-{i}")))
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap(),
         );
         wait_for_port(port, &mut nodes);
+        wait_for_port(metrics_port, &mut nodes);
+        metrics_ports.push(metrics_port);
     }
 
     let config = SessionConfig::new().with_target_partitions(4);
@@ -233,6 +243,62 @@ async fn a_scheduler_and_two_executor_processes_answer_as_one_process_does() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(error.contains("trace_tree"), "{error}");
+
+    // Each node reports what it did: the executors read the data files (their object-store
+    // requests, served at /metrics), and every node's spans are written when it stops.
+    let data_reads: u64 = metrics_ports
+        .iter()
+        .map(|&port| data_gets(&http_get(port, "/metrics")))
+        .sum();
+    assert!(data_reads > 0, "the executors read no data file");
+    for child in &mut nodes.0 {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a node ended with {status} on SIGTERM");
+    }
+    let scheduler_spans = std::fs::read_to_string(spans_of("scheduler")).unwrap();
+    assert!(
+        scheduler_spans.contains("\"df.physical.plan\""),
+        "{scheduler_spans:.2000}"
+    );
+    let executor_spans: String = (0..2)
+        .map(|i| std::fs::read_to_string(spans_of(&format!("executor-{i}"))).unwrap())
+        .collect();
+    for name in ["\"df.collect\"", "\"object_store.request\""] {
+        assert!(
+            executor_spans.contains(name),
+            "no {name} span from the executors"
+        );
+    }
+}
+
+/// The body of `GET http://127.0.0.1:port{path}`.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+}
+
+/// Data-file reads counted in a Prometheus exposition.
+fn data_gets(exposition: &str) -> u64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with("tracelake_object_store_requests_total{"))
+        .filter(|l| l.contains("path_kind=\"parquet_data\"") && l.contains("operation=\"get"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@
 //! cargo test --test sqllogictests -- --distributed [NAME]  # on an in-process Ballista cluster
 //! ```
 //!
-//! With `--distributed`, each selected file runs once, on a Ballista standalone cluster (a
+//! tracelake's files also run a third time, on a Ballista standalone cluster (below); with
+//! `--distributed`, each selected file runs only there: on a Ballista standalone cluster (a
 //! scheduler and an executor in this process, on loopback) with tracelake registered
 //! ([`tracelake::distributed::standalone_context`]): the same statements and the same expected
 //! results as in one process. tracelake's own files run there, and the upstream files in
@@ -140,12 +141,7 @@ fn collect_files(opts: &Options) -> Result<Vec<SltFile>, String> {
     files.sort_by(|a, b| a.display.cmp(&b.display));
     files.retain(|f| opts.filters.is_empty() || opts.filters.iter().any(|p| f.display.contains(p)));
     if opts.distributed {
-        files.retain(|f| {
-            !f.upstream
-                || UPSTREAM_DISTRIBUTED
-                    .iter()
-                    .any(|name| f.path.file_name().is_some_and(|n| n == *name))
-        });
+        files.retain(runs_distributed);
     }
     Ok(files)
 }
@@ -190,6 +186,15 @@ async fn context_for(
     } else {
         ctx
     })
+}
+
+/// Whether `file` runs on the Ballista cluster too: tracelake's files, and the upstream files
+/// of [`UPSTREAM_DISTRIBUTED`].
+fn runs_distributed(file: &SltFile) -> bool {
+    !file.upstream
+        || UPSTREAM_DISTRIBUTED
+            .iter()
+            .any(|name| file.path.file_name().is_some_and(|n| n == *name))
 }
 
 /// The context a file runs in.
@@ -251,10 +256,13 @@ async fn main() -> ExitCode {
     } else if opts.complete {
         &[Mode::Plain]
     } else {
-        &[Mode::Plain, Mode::Instrumented]
+        &[Mode::Plain, Mode::Instrumented, Mode::Distributed]
     };
     for file in &files {
         for &mode in modes {
+            if mode == Mode::Distributed && !runs_distributed(file) {
+                continue;
+            }
             let label = match mode {
                 Mode::Plain => "",
                 Mode::Instrumented => " [instrumented]",

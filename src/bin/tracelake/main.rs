@@ -19,6 +19,7 @@
 //! (object-store settings such as `aws_region`; object_store's environment variables work too).
 
 mod demo;
+mod node;
 mod serve;
 mod shell;
 
@@ -110,6 +111,9 @@ enum Command {
         /// The address of its gRPC service.
         #[arg(long, default_value = "127.0.0.1:50050")]
         bind: std::net::SocketAddr,
+        /// Serve the node's Prometheus metrics at `http://ADDR/metrics`.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Run a Ballista executor that runs tracelake query stages for a scheduler.
     Executor {
@@ -125,6 +129,9 @@ enum Command {
         /// Where shuffle files are written (default: a temporary directory).
         #[arg(long)]
         work_dir: Option<String>,
+        /// Serve the node's Prometheus metrics at `http://ADDR/metrics`.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Receive spans over OTLP (HTTP and gRPC) into a table; answer after each commit.
     Serve(serve::ServeArgs),
@@ -240,16 +247,15 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
             cluster,
             sql,
         } => shell::run(out, &table, sql, file, format, cluster, options).await?,
-        Command::Scheduler { bind } => {
-            writeln!(out, "tracelake scheduler listening on {bind}")?;
-            out.flush()?;
-            tracelake::distributed::run_scheduler(bind, options.clone()).await?
+        Command::Scheduler { bind, metrics_addr } => {
+            node::scheduler(out, bind, metrics_addr, options).await?
         }
         Command::Executor {
             scheduler,
             bind,
             slots,
             work_dir,
+            metrics_addr,
         } => {
             let (host, port) = scheduler
                 .rsplit_once(':')
@@ -259,9 +265,7 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
             let mut executor = tracelake::distributed::ExecutorOptions::new(host, port, bind);
             executor.slots = slots.map(|s| s as usize);
             executor.work_dir = work_dir;
-            writeln!(out, "tracelake executor on {bind}, scheduler {scheduler}")?;
-            out.flush()?;
-            tracelake::distributed::run_executor(executor, options.clone()).await?
+            node::executor(out, &scheduler, executor, metrics_addr, options).await?
         }
         Command::Serve(args) => serve::run(out, args, options).await?,
         Command::Optimize {

@@ -86,7 +86,7 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
