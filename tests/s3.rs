@@ -143,3 +143,48 @@ async fn a_missing_table_on_s3_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The same queries on an in-process Ballista cluster whose nodes open the S3 table with
+/// their own credentials (`StandaloneOptions::table_options`) and read its files there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_on_s3_answers_the_same_on_a_ballista_cluster() {
+    let url = location("cluster");
+    let client_metrics = TraceLakeMetrics::new();
+    let lake = TraceLake::create_with_options(&url, &options(&client_metrics))
+        .await
+        .unwrap();
+    for seed in 0..3 {
+        lake.append_spans(&traces(seed, TraceShape::Fixed(5), 60, DAY0, 1_000_000_000))
+            .await
+            .unwrap();
+    }
+    let node_metrics = TraceLakeMetrics::new();
+    let mut standalone = tracelake::distributed::StandaloneOptions::default().executors(2);
+    standalone.table_options = options(&node_metrics);
+    let cluster = tracelake::distributed::standalone_context(
+        &lake,
+        datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+        standalone,
+    )
+    .await
+    .unwrap();
+    let local = lake.session_context().unwrap();
+    for sql in [
+        "SELECT service_name, count(*), count(DISTINCT trace_id) FROM spans GROUP BY 1 ORDER BY 1",
+        "SELECT trace_id, span_count FROM trace_summaries(NULL, NULL) ORDER BY trace_id LIMIT 5",
+    ] {
+        let show = |batches: Vec<arrow::array::RecordBatch>| {
+            arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string()
+        };
+        let expected = show(local.sql(sql).await.unwrap().collect().await.unwrap());
+        let got = show(cluster.sql(sql).await.unwrap().collect().await.unwrap());
+        assert_eq!(got, expected, "{sql}");
+    }
+    assert!(
+        node_metrics.operation_count("s3", "get_range") + node_metrics.operation_count("s3", "get")
+            > 0,
+        "the cluster's nodes read the table from S3 themselves"
+    );
+}
