@@ -128,17 +128,19 @@ fn distributed(_c: &mut Criterion) {
     let one = cluster(1);
     let two = cluster(2);
     let contexts: Vec<(&str, SessionContext)> = std::iter::once(("local", local))
-        .chain([("1_executor", &one), ("2_executors", &two)].map(|(name, c)| {
-            let url = format!("df://127.0.0.1:{}", c.scheduler_port);
-            let ctx = rt
-                .block_on(tracelake::distributed::remote_context(
-                    &lake,
-                    &url,
-                    config.clone(),
-                ))
-                .expect("cluster context");
-            (name, ctx)
-        }))
+        .chain(
+            [("1_executor", &one), ("2_executors", &two)].map(|(name, c)| {
+                let url = format!("df://127.0.0.1:{}", c.scheduler_port);
+                let ctx = rt
+                    .block_on(tracelake::distributed::remote_context(
+                        &lake,
+                        &url,
+                        config.clone(),
+                    ))
+                    .expect("cluster context");
+                (name, ctx)
+            }),
+        )
         .collect();
 
     let queries = [

@@ -60,16 +60,30 @@ fn cluster_error(what: &str, e: impl std::fmt::Display) -> TraceLakeError {
 /// `config` upgraded for Ballista, with tracelake's codecs (wrapping Ballista's), decoded
 /// tables opened from `lakes`.
 pub fn with_codecs(config: SessionConfig, lakes: &Arc<Lakes>) -> SessionConfig {
+    let (logical, physical) = codecs(lakes);
     config
         .upgrade_for_ballista()
-        .with_ballista_logical_extension_codec(Arc::new(TraceLogicalCodec::new(
+        .with_ballista_logical_extension_codec(logical)
+        .with_ballista_physical_extension_codec(physical)
+}
+
+/// tracelake's codecs around Ballista's, decoded tables opened from `lakes`.
+fn codecs(
+    lakes: &Arc<Lakes>,
+) -> (
+    Arc<dyn datafusion_proto::logical_plan::LogicalExtensionCodec>,
+    Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
+) {
+    (
+        Arc::new(TraceLogicalCodec::new(
             Arc::new(BallistaLogicalExtensionCodec::default()),
             lakes.clone(),
-        )))
-        .with_ballista_physical_extension_codec(Arc::new(TracePhysicalCodec::new(
+        )),
+        Arc::new(TracePhysicalCodec::new(
             Arc::new(BallistaPhysicalExtensionCodec::default()),
             lakes.clone(),
-        )))
+        )),
+    )
 }
 
 /// The session state of a scheduler or executor: `config` with tracelake's codecs,
@@ -268,6 +282,7 @@ async fn connect_with_retry(url: &str) -> Result<SchedulerGrpcClient<tonic::tran
 /// metrics).
 pub async fn run_scheduler(bind: SocketAddr, options: TableOptions) -> Result<()> {
     let lakes = Lakes::new(options);
+    let (logical, physical) = codecs(&lakes);
     let builder_lakes = lakes.clone();
     let producer_lakes = lakes.clone();
     let config = ballista_scheduler::config::SchedulerConfig {
@@ -281,14 +296,8 @@ pub async fn run_scheduler(bind: SocketAddr, options: TableOptions) -> Result<()
         override_config_producer: Some(Arc::new(move || {
             with_codecs(SessionConfig::new(), &producer_lakes)
         })),
-        override_logical_codec: Some(Arc::new(TraceLogicalCodec::new(
-            Arc::new(BallistaLogicalExtensionCodec::default()),
-            lakes.clone(),
-        ))),
-        override_physical_codec: Some(Arc::new(TracePhysicalCodec::new(
-            Arc::new(BallistaPhysicalExtensionCodec::default()),
-            lakes.clone(),
-        ))),
+        override_logical_codec: Some(logical),
+        override_physical_codec: Some(physical),
         ..Default::default()
     };
     let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&config)
@@ -330,6 +339,7 @@ impl ExecutorOptions {
 /// opened (for `INSERT`s) and data files read with `table_options`.
 pub async fn run_executor(options: ExecutorOptions, table_options: TableOptions) -> Result<()> {
     let lakes = Lakes::new(table_options);
+    let (logical, physical) = codecs(&lakes);
     let state = node_session_state(&lakes, SessionConfig::new())?;
     let runtime = state.runtime_env().clone();
     let config_lakes = lakes.clone();
@@ -348,14 +358,8 @@ pub async fn run_executor(options: ExecutorOptions, table_options: TableOptions)
         scheduler_port: options.scheduler.1,
         scheduler_connect_timeout_seconds: 30,
         work_dir: options.work_dir.clone(),
-        override_logical_codec: Some(Arc::new(TraceLogicalCodec::new(
-            Arc::new(BallistaLogicalExtensionCodec::default()),
-            lakes.clone(),
-        ))),
-        override_physical_codec: Some(Arc::new(TracePhysicalCodec::new(
-            Arc::new(BallistaPhysicalExtensionCodec::default()),
-            lakes.clone(),
-        ))),
+        override_logical_codec: Some(logical),
+        override_physical_codec: Some(physical),
         override_function_registry: Some(Arc::new((&state).into())),
         override_runtime_producer: Some(Arc::new(move |_| Ok(runtime.clone()))),
         override_config_producer: Some(Arc::new(move || {

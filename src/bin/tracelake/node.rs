@@ -44,6 +44,19 @@ async fn serve_metrics(addr: SocketAddr, options: &TableOptions) -> CliResult<So
     Ok(bound)
 }
 
+/// Serves the metrics on `addr` when given, and says where.
+async fn serve_metrics_if_asked(
+    out: &mut dyn Write,
+    addr: Option<SocketAddr>,
+    options: &TableOptions,
+) -> CliResult<()> {
+    if let Some(addr) = addr {
+        let bound = serve_metrics(addr, options).await?;
+        writeln!(out, "metrics on http://{bound}/metrics")?;
+    }
+    Ok(())
+}
+
 /// Runs `node` until it fails or a signal stops the process.
 async fn until_signal(
     node: impl std::future::Future<Output = tracelake::Result<()>>,
@@ -60,10 +73,7 @@ pub(crate) async fn scheduler(
     metrics_addr: Option<SocketAddr>,
     options: &TableOptions,
 ) -> CliResult<()> {
-    if let Some(addr) = metrics_addr {
-        let bound = serve_metrics(addr, options).await?;
-        writeln!(out, "metrics on http://{bound}/metrics")?;
-    }
+    serve_metrics_if_asked(out, metrics_addr, options).await?;
     writeln!(out, "tracelake scheduler listening on {bind}")?;
     out.flush()?;
     until_signal(run_scheduler(bind, options.clone())).await
@@ -76,10 +86,7 @@ pub(crate) async fn executor(
     metrics_addr: Option<SocketAddr>,
     options: &TableOptions,
 ) -> CliResult<()> {
-    if let Some(addr) = metrics_addr {
-        let bound = serve_metrics(addr, options).await?;
-        writeln!(out, "metrics on http://{bound}/metrics")?;
-    }
+    serve_metrics_if_asked(out, metrics_addr, options).await?;
     writeln!(
         out,
         "tracelake executor on {}, scheduler {scheduler}",
