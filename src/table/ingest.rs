@@ -8,9 +8,10 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StringBuilder, new_null_array,
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StringBuilder, UInt32Array,
+    new_null_array,
 };
-use arrow::compute::{cast, interleave_record_batch};
+use arrow::compute::{cast, concat_batches, take_record_batch};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 
 use crate::error::{Result, TraceLakeError};
@@ -297,9 +298,18 @@ const DAY_NS: i64 = 86_400_000_000_000;
 /// Trace ids here are validated lowercase hex, whose string order is the order of their
 /// 128-bit values: the sort compares integers, and the rows are gathered once.
 pub fn sort_for_storage(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+    sort_run(batches.to_vec())
+}
+
+/// [`sort_for_storage`], taking the batches: they are concatenated into one batch and dropped
+/// before the sorted batches are taken from it (`take` has a fast path for every column type,
+/// nested ones included, where gathering row by row from many batches does not), so the run
+/// is held at most twice.
+pub(crate) fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut keys: Vec<(i64, u128, i64, u32, u32)> = Vec::with_capacity(total);
-    for (b, batch) in batches.iter().enumerate() {
+    let mut keys: Vec<(i64, u128, i64, u32)> = Vec::with_capacity(total);
+    let mut row = 0u32;
+    for batch in &batches {
         let column = |name: &str| {
             batch
                 .column_by_name(name)
@@ -316,11 +326,12 @@ pub fn sort_for_storage(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
         for i in 0..batch.num_rows() {
             let start = starts.value(i);
             let id = u128::from_str_radix(ids.value(i), 16).unwrap_or_default();
-            keys.push((start.div_euclid(DAY_NS), id, start, b as u32, i as u32));
+            keys.push((start.div_euclid(DAY_NS), id, start, row));
+            row += 1;
         }
     }
     if keys.is_sorted() && batches.len() <= 1 {
-        return Ok(batches.to_vec());
+        return Ok(batches);
     }
     // A commit that fits one data page of one day gains nothing from sorting: a lookup decodes
     // the whole page anyway, and the page's statistics are the same in any order.
@@ -328,17 +339,19 @@ pub fn sort_for_storage(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
         && keys.first().map(|k| k.0) == keys.last().map(|k| k.0)
         && keys.iter().all(|k| Some(k.0) == keys.first().map(|f| f.0))
     {
-        return Ok(batches.to_vec());
+        return Ok(batches);
     }
     keys.sort_unstable();
-    let sources: Vec<&RecordBatch> = batches.iter().collect();
-    let order: Vec<(usize, usize)> = keys
-        .iter()
-        .map(|&(_, _, _, b, i)| (b as usize, i as usize))
-        .collect();
-    order
-        .chunks(SORTED_BATCH_ROWS)
-        .map(|chunk| Ok(interleave_record_batch(&sources, chunk)?))
+    let Some(first) = batches.first() else {
+        return Ok(batches);
+    };
+    let run = concat_batches(&first.schema(), &batches)?;
+    drop(batches);
+    keys.chunks(SORTED_BATCH_ROWS)
+        .map(|chunk| {
+            let indices = UInt32Array::from_iter_values(chunk.iter().map(|k| k.3));
+            Ok(take_record_batch(&run, &indices)?)
+        })
         .collect()
 }
 

@@ -832,8 +832,7 @@ impl TraceTable {
             let settings = settings.clone();
             tokio::spawn(
                 async move {
-                    let sorted = ingest::sort_for_storage(&run)?;
-                    drop(run);
+                    let sorted = ingest::sort_run(run)?;
                     write::write_files(&log_store, &settings, &sorted).await
                 }
                 .instrument(tracing::Span::current()),
