@@ -69,6 +69,34 @@ fn strings(array: &ArrayRef) -> &StringArray {
     array.as_string::<i32>()
 }
 
+/// Whether every value of `values` is `len` lowercase hex characters (or NULL, when not
+/// `required`): one tight pass over the value bytes for the common case, before the
+/// row-by-row pass that names the first bad row and lowercases.
+fn lowercase_hex_ids(values: &StringArray, len: usize, required: bool) -> bool {
+    const LOWER_HEX: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = matches!(b as u8, b'0'..=b'9' | b'a'..=b'f');
+            b += 1;
+        }
+        table
+    };
+    if required && values.null_count() > 0 {
+        return false;
+    }
+    let offsets = values.value_offsets();
+    let bytes = values.values();
+    let nulls = values.nulls();
+    (0..values.len()).all(|i| {
+        if nulls.is_some_and(|n| n.is_null(i)) {
+            return true;
+        }
+        let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+        end - start == len && bytes[start..end].iter().all(|&b| LOWER_HEX[b as usize])
+    })
+}
+
 /// An id column: required or not, checked for hex of `len` characters and lowercased.
 fn id_column(
     batch: &RecordBatch,
@@ -79,6 +107,9 @@ fn id_column(
 ) -> Result<ArrayRef> {
     let array = column(batch, name, offset)?;
     let values = strings(&array);
+    if lowercase_hex_ids(values, len, required) {
+        return Ok(array);
+    }
     let mut clean = true;
     for (i, v) in values.iter().enumerate() {
         match v {
@@ -374,6 +405,23 @@ mod tests {
     }
 
     const T: &str = "0AF7651916CD43DD8448EB211C80319C";
+
+    #[test]
+    fn clean_ids_are_recognized_in_one_pass() {
+        let ids = |v: Vec<Option<&str>>| StringArray::from(v);
+        assert!(lowercase_hex_ids(
+            &ids(vec![Some("0af7"), Some("ffff")]),
+            4,
+            true
+        ));
+        assert!(lowercase_hex_ids(&ids(vec![Some("0af7"), None]), 4, false));
+        assert!(!lowercase_hex_ids(&ids(vec![Some("0af7"), None]), 4, true));
+        assert!(!lowercase_hex_ids(&ids(vec![Some("0AF7")]), 4, true));
+        assert!(!lowercase_hex_ids(&ids(vec![Some("0af")]), 4, true));
+        assert!(!lowercase_hex_ids(&ids(vec![Some("0afg")]), 4, true));
+        assert!(!lowercase_hex_ids(&ids(vec![Some("")]), 4, false));
+        assert!(lowercase_hex_ids(&ids(vec![]), 4, true));
+    }
 
     #[test]
     fn ids_are_lowercased_and_defaults_filled() {
