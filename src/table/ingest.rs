@@ -11,7 +11,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, StringBuilder, UInt32Array,
     new_null_array,
 };
-use arrow::compute::{cast, concat_batches, take_record_batch};
+use arrow::compute::{cast, concat, interleave, take};
 use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 
 use crate::error::{Result, TraceLakeError};
@@ -332,10 +332,11 @@ pub fn sort_for_storage(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
     sort_run(batches.to_vec())
 }
 
-/// [`sort_for_storage`], taking the batches: they are concatenated into one batch and dropped
-/// before the sorted batches are taken from it (`take` has a fast path for every column type,
-/// nested ones included, where gathering row by row from many batches does not), so the run
-/// is held at most twice.
+/// [`sort_for_storage`], taking the batches. Each column is gathered with the kernel that is
+/// faster for its type: flat columns (ids, names, times) are concatenated once and `take`n,
+/// nested ones (attributes, events, links) are interleaved from the batches as they are
+/// (concatenating them would copy every attribute once more). The batches are dropped once
+/// the flat columns are concatenated, so the run is held at most twice.
 pub(crate) fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut keys: Vec<(i64, u128, i64, u32)> = Vec::with_capacity(total);
@@ -376,12 +377,54 @@ pub(crate) fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     let Some(first) = batches.first() else {
         return Ok(batches);
     };
-    let run = concat_batches(&first.schema(), &batches)?;
+    let schema = first.schema();
+    enum Gather {
+        Take(ArrayRef),
+        Interleave(Vec<ArrayRef>),
+    }
+    let gathers = (0..schema.fields().len())
+        .map(|c| {
+            let arrays: Vec<ArrayRef> = batches.iter().map(|b| b.column(c).clone()).collect();
+            if schema.field(c).data_type().is_nested() {
+                Ok(Gather::Interleave(arrays))
+            } else {
+                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+                Ok(Gather::Take(concat(&refs)?))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let starts: Vec<u32> = batches
+        .iter()
+        .scan(0u32, |at, b| {
+            let start = *at;
+            *at += b.num_rows() as u32;
+            Some(start)
+        })
+        .collect();
     drop(batches);
+    // The batch and row of each global row number, for interleaving.
+    let locate = |row: u32| {
+        let b = starts.partition_point(|&s| s <= row) - 1;
+        (b, (row - starts[b]) as usize)
+    };
     keys.chunks(SORTED_BATCH_ROWS)
         .map(|chunk| {
             let indices = UInt32Array::from_iter_values(chunk.iter().map(|k| k.3));
-            Ok(take_record_batch(&run, &indices)?)
+            let mut pairs: Option<Vec<(usize, usize)>> = None;
+            let columns = gathers
+                .iter()
+                .map(|g| match g {
+                    Gather::Take(array) => Ok(take(array.as_ref(), &indices, None)?),
+                    Gather::Interleave(arrays) => {
+                        let pairs = pairs.get_or_insert_with(|| {
+                            chunk.iter().map(|k| locate(k.3)).collect::<Vec<_>>()
+                        });
+                        let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+                        Ok(interleave(&refs, pairs)?)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(RecordBatch::try_new(schema.clone(), columns)?)
         })
         .collect()
 }

@@ -737,7 +737,7 @@ impl TraceTable {
         let started = std::time::Instant::now();
         let result = async {
             // Sorted before taking the lock: other commits of this process need not wait.
-            let storage = ingest::sort_for_storage(&storage)?;
+            let storage = ingest::sort_run(storage)?;
             let _guard = self.commit_lock.lock().await;
             tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
             if retry && let Some(txn) = txn {
