@@ -419,3 +419,39 @@ async fn tracelake_plan_nodes_travel_through_the_physical_codec() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_malformed_shipped_node_is_an_error_not_a_panic() {
+    use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
+    let lakes = tracelake::distributed::Lakes::new(TableOptions::default());
+    let node = tracelake::distributed::node_session_state(&lakes, SessionConfig::new()).unwrap();
+    let codec = node.config().ballista_physical_extension_codec();
+    let store = "tracelake://table-0-66696c653a2f2f2f746d702f/";
+    let payloads = [
+        // A column of spans that does not exist.
+        format!(
+            r#"tracelake:{{"node":"lookup","store_url":"{store}","files":[],"ids":["a"],"projection":[0],"columns":[999]}}"#
+        ),
+        // A file column that does not exist.
+        format!(
+            r#"tracelake:{{"node":"lookup","store_url":"{store}","files":[],"ids":["a"],"projection":[999],"columns":[0]}}"#
+        ),
+        // A row group past the file's.
+        format!(
+            r#"tracelake:{{"node":"lookup","store_url":"{store}","files":[{{"path":"x.parquet","size":1,"row_groups":1,"read":[3]}}],"ids":["a"],"projection":[0],"columns":[0]}}"#
+        ),
+        // Not JSON, and a tree node without its input.
+        "tracelake:{not json".to_string(),
+        r#"tracelake:{"node":"trace_tree","trace_id":"a","start":null,"end":null,"output":[0]}"#
+            .to_string(),
+    ];
+    for payload in payloads {
+        let result = codec.try_decode(
+            payload.as_bytes(),
+            &[],
+            &node.task_ctx(),
+            &DefaultPhysicalProtoConverter {},
+        );
+        assert!(result.is_err(), "{payload} decoded");
+    }
+}

@@ -236,6 +236,21 @@ pub(crate) fn shipped_lookup_scan(
     wanted: &[usize],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     let file_schema = file_schema();
+    let sql_columns = sql_schema().fields().len();
+    if let Some(bad) = wanted.iter().find(|&&i| i >= sql_columns) {
+        return datafusion::common::plan_err!(
+            "shipped lookup names column {bad} of spans, which has {sql_columns}"
+        );
+    }
+    if let Some(bad) = projection
+        .iter()
+        .find(|&&i| i >= file_schema.fields().len())
+    {
+        return datafusion::common::plan_err!(
+            "shipped lookup names file column {bad}, files have {}",
+            file_schema.fields().len()
+        );
+    }
     if files.is_empty() {
         let empty = Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)));
         return to_sql(empty, wanted);

@@ -339,6 +339,12 @@ pub fn sort_for_storage(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
 /// the flat columns are concatenated, so the run is held at most twice.
 pub(crate) fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if u32::try_from(total).is_err() {
+        return Err(TraceLakeError::InvalidArgument(format!(
+            "one commit holds at most {} rows, got {total}: append in smaller commits",
+            u32::MAX
+        )));
+    }
     let mut keys: Vec<(i64, u128, i64, u32)> = Vec::with_capacity(total);
     let mut row = 0u32;
     for batch in &batches {
