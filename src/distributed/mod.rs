@@ -181,7 +181,7 @@ fn scheduler_http_url(url: &str) -> Result<String> {
 /// A `SessionContext` whose queries run on the Ballista cluster whose scheduler is at
 /// `scheduler` (`df://HOST:PORT`), with `lake` registered as [`TraceLake::register`] does.
 /// The cluster's nodes must reach the lake's location with their own credentials. Queries
-/// return the same rows as in one process; `EXPLAIN` shows Ballista's distributed plan.
+/// return the same rows as in one process (`EXPLAIN` shows the plan without Ballista's stages).
 ///
 /// Fails if the URL is not `df://HOST[:PORT]` or the scheduler cannot be reached.
 pub async fn remote_context(
