@@ -252,11 +252,9 @@ async fn a_scheduler_and_two_executor_processes_answer_as_one_process_does() {
         .sum();
     assert!(data_reads > 0, "the executors read no data file");
     for child in &mut nodes.0 {
-        let stopped = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(stopped.success());
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: `kill` only sends a signal to the child this test started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         let status = child.wait().unwrap();
         assert!(status.success(), "a node ended with {status} on SIGTERM");
     }
