@@ -74,8 +74,7 @@ impl TableProvider for TraceTableProvider {
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        // Filters prune files and row groups below; DataFusion re-applies them exactly.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        Ok(crate::read::filters::pushdown(filters))
     }
 
     async fn scan(

@@ -202,6 +202,37 @@ async fn lookups_return_exactly_what_a_full_scan_returns() {
         .unwrap()
         .to_string();
     assert!(explained.contains("LookupExec"), "{explained}");
+    // The lookup keeps exactly the rows of its ids: no filter (and no repartition feeding
+    // one) runs above it.
+    assert!(
+        !explained.contains("FilterExec") && !explained.contains("RepartitionExec"),
+        "{explained}"
+    );
+    // Filters next to the trace-id one still apply, two trace-id filters are both honoured,
+    // and a limit applies to the trace's rows.
+    let (a, b) = (&ids[0], &ids[1]);
+    for filter in [
+        format!("trace_id = '{a}' AND parent_span_id IS NOT NULL"),
+        format!("trace_id = '{a}' AND trace_id = '{b}'"),
+        format!("trace_id = '{a}' AND trace_id IN ('{a}', '{b}')"),
+        format!("trace_id IN ('{a}', '{b}') AND (trace_id = '{b}' OR name = 'none')"),
+        format!("(trace_id = '{a}' OR trace_id = '{b}') AND duration_ns >= 0"),
+    ] {
+        let lookup = format!("SELECT span_id, trace_id FROM spans WHERE {filter}");
+        let scan = format!(
+            "SELECT span_id, trace_id FROM spans WHERE {}",
+            filter.replace("trace_id", "concat(trace_id, '')")
+        );
+        assert_eq!(
+            sorted_rows(&ctx, &lookup).await,
+            sorted_rows(&ctx, &scan).await,
+            "{lookup}"
+        );
+    }
+    let limited = format!(
+        "SELECT count(*) AS n FROM (SELECT span_id FROM spans WHERE trace_id = '{a}' LIMIT 2)"
+    );
+    assert_eq!(sorted_rows(&ctx, &limited).await, ["| 2 |"]);
     let (batches, m) = run(&ctx, &sql).await;
     assert!(rows(&batches) > 0);
     assert_eq!(m.rows_scanned, rows(&batches), "{m:?}");

@@ -231,7 +231,7 @@ impl TableProvider for ShippedSpans {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        Ok(crate::read::filters::pushdown(filters))
     }
 
     async fn scan(

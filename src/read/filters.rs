@@ -5,7 +5,7 @@
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, lit};
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, lit};
 
 use crate::schema::{self, col, storage_name};
 
@@ -97,9 +97,10 @@ pub(crate) fn translate_filter(expr: &Expr) -> Option<Expr> {
     }
 }
 
-/// The trace ids a scan is restricted to: a conjunct `trace_id = 'literal'` or
-/// `trace_id IN ('literal', ...)` of the pushed filters.
-pub(crate) fn lookup_ids(filters: &[Expr]) -> Option<Vec<String>> {
+/// The ids of `e` if it is `trace_id = 'x'`, `trace_id IN (...)`, or an OR of those
+/// (DataFusion rewrites short IN lists to ORs): `e` holds exactly for the rows whose trace id
+/// is one of them.
+fn id_list(e: &Expr) -> Option<Vec<String>> {
     fn string(e: &Expr) -> Option<String> {
         match e {
             Expr::Literal(v, _) => v.try_as_str().flatten().map(str::to_string),
@@ -109,42 +110,82 @@ pub(crate) fn lookup_ids(filters: &[Expr]) -> Option<Vec<String>> {
     fn is_trace_id(e: &Expr) -> bool {
         matches!(e, Expr::Column(c) if c.name == col::TRACE_ID)
     }
-    /// The ids of `e` if it is `trace_id = 'x'`, `trace_id IN (...)`, or an OR of those
-    /// (DataFusion rewrites short IN lists to ORs).
-    fn ids(e: &Expr) -> Option<Vec<String>> {
-        match e {
-            Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::Eq,
-                right,
-            }) => {
-                if is_trace_id(left) {
-                    string(right).map(|s| vec![s])
-                } else if is_trace_id(right) {
-                    string(left).map(|s| vec![s])
-                } else {
-                    None
-                }
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
+            if is_trace_id(left) {
+                string(right).map(|s| vec![s])
+            } else if is_trace_id(right) {
+                string(left).map(|s| vec![s])
+            } else {
+                None
             }
-            Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::Or,
-                right,
-            }) => {
-                let mut all = ids(left)?;
-                all.extend(ids(right)?);
-                Some(all)
-            }
-            Expr::InList(list) if !list.negated && is_trace_id(&list.expr) => {
-                list.list.iter().map(string).collect()
-            }
-            _ => None,
         }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Or,
+            right,
+        }) => {
+            let mut all = id_list(left)?;
+            all.extend(id_list(right)?);
+            Some(all)
+        }
+        Expr::InList(list) if !list.negated && is_trace_id(&list.expr) => {
+            list.list.iter().map(string).collect()
+        }
+        _ => None,
     }
+}
+
+/// The trace ids a scan is restricted to: a conjunct `trace_id = 'literal'` or
+/// `trace_id IN ('literal', ...)` of the pushed filters.
+pub(crate) fn lookup_ids(filters: &[Expr]) -> Option<Vec<String>> {
     filters
         .iter()
         .flat_map(|f| split_conjunction(f))
-        .find_map(ids)
+        .find_map(id_list)
+}
+
+/// Whether `filter` is the one trace-id filter of `filters` (no other conjunct of them
+/// restricts trace ids): then the scan keeps exactly its rows, whatever path it takes (the
+/// ids of [`lookup_ids`] are its ids), and DataFusion need not apply it again.
+pub(crate) fn is_exact_id_filter(filter: &Expr, filters: &[&Expr]) -> bool {
+    id_list(filter).is_some()
+        && filters
+            .iter()
+            .flat_map(|f| split_conjunction(f))
+            .filter(|c| id_list(c).is_some())
+            .count()
+            == 1
+}
+
+/// How `spans` takes each of `filters`: the one trace-id filter exactly (the scan keeps
+/// exactly its rows, so no filter runs above a lookup), every other one inexactly (it prunes
+/// files, row groups and pages below; DataFusion applies it again above).
+pub(crate) fn pushdown(filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
+    filters
+        .iter()
+        .map(|f| {
+            if is_exact_id_filter(f, filters) {
+                TableProviderFilterPushDown::Exact
+            } else {
+                TableProviderFilterPushDown::Inexact
+            }
+        })
+        .collect()
+}
+
+/// The ids of the one trace-id filter of `filters` that the scan must apply exactly (see
+/// [`is_exact_id_filter`]).
+pub(crate) fn exact_ids(filters: &[Expr]) -> Option<Vec<String>> {
+    let refs: Vec<&Expr> = filters.iter().collect();
+    filters
+        .iter()
+        .find(|f| is_exact_id_filter(f, &refs))
+        .and_then(id_list)
 }
 
 /// Bounds on `start_time` (unix ns, inclusive) that every row of a scan satisfies.

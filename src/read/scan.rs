@@ -21,11 +21,12 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column as PhysicalColumn};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use object_store::ObjectStore;
 
 use super::file_schema;
-use super::filters::{lookup_ids, start_bounds, translate_filter};
+use super::filters::{exact_ids, lookup_ids, start_bounds, translate_filter};
 use super::index::{ScanPlan, TraceIdIndex};
 use super::lookup_exec::LookupExec;
 use super::reader::IndexedReaderFactory;
@@ -63,37 +64,89 @@ pub(crate) async fn scan_index(
         None => index.plan_all(store, &bounds).await?,
     };
     let file_schema = file_schema();
-    let projection = wanted
-        .iter()
-        .map(|&i| file_schema.index_of(storage_name(sql.field(i).name())))
-        .collect::<Result<Vec<_>, _>>()?;
+    let file_projection = |wanted: &[usize]| {
+        wanted
+            .iter()
+            .map(|&i| file_schema.index_of(storage_name(sql.field(i).name())))
+            .collect::<Result<Vec<_>, _>>()
+    };
     if let Some(ids) = &ids
         && scan_plan.files.iter().all(|(file, _)| file.native)
     {
-        // Already in the SQL names and types.
+        // Already in the SQL names and types, and exactly the rows of `ids`.
         return Ok(Arc::new(LookupExec::new(
             store.clone(),
             store_url.clone(),
             scan_plan.files,
             ids.clone(),
-            projection,
+            file_projection(&wanted)?,
             Arc::new(sql.project(&wanted)?),
         )));
     }
-    let plan = if scan_plan.files.is_empty() {
-        Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?))) as _
-    } else {
-        parquet_scan(
-            state,
-            store,
-            store_url,
-            &scan_plan,
-            ids.as_deref(),
-            &storage_filters,
-            projection,
-        )?
+    let build = |wanted: &[usize]| {
+        let projection = file_projection(wanted)?;
+        let plan = if scan_plan.files.is_empty() {
+            Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?))) as _
+        } else {
+            parquet_scan(
+                state,
+                store,
+                store_url,
+                &scan_plan,
+                ids.as_deref(),
+                &storage_filters,
+                projection,
+            )?
+        };
+        to_sql(plan, wanted)
     };
-    to_sql(plan, &wanted)
+    match exact_ids(filters) {
+        Some(ids) => only_ids(&wanted, &ids, build),
+        None => build(&wanted),
+    }
+}
+
+/// The rows of `ids` of the plan `build` makes for some SQL columns (indices into the SQL
+/// schema), as the SQL columns `wanted`: the scan side of a trace-id filter DataFusion was
+/// told is applied exactly. `trace_id` is read for the filter when `wanted` lacks it.
+fn only_ids(
+    wanted: &[usize],
+    ids: &[String],
+    build: impl FnOnce(&[usize]) -> DfResult<Arc<dyn ExecutionPlan>>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let trace_id = sql_schema().index_of(c::TRACE_ID)?;
+    let mut read = wanted.to_vec();
+    let position = match wanted.iter().position(|&i| i == trace_id) {
+        Some(p) => p,
+        None => {
+            read.push(trace_id);
+            wanted.len()
+        }
+    };
+    let plan = build(&read)?;
+    let schema = plan.schema();
+    let predicate = datafusion::physical_expr::expressions::in_list(
+        Arc::new(PhysicalColumn::new(c::TRACE_ID, position)),
+        ids.iter()
+            .map(|id| datafusion::physical_expr::expressions::lit(id.as_str()))
+            .collect(),
+        &false,
+        &schema,
+    )?;
+    let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, plan)?);
+    if read.len() == wanted.len() {
+        return Ok(filtered);
+    }
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..wanted.len())
+        .map(|i| {
+            let field = schema.field(i);
+            (
+                Arc::new(PhysicalColumn::new(field.name(), i)) as Arc<dyn PhysicalExpr>,
+                field.name().clone(),
+            )
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, filtered)?))
 }
 
 /// Plans a scan through deltalake's provider `delta` (storage schema), for versions the index
@@ -109,14 +162,25 @@ pub(crate) async fn scan_delta(
     let wanted = wanted(projection);
     let storage_filters: Vec<Expr> = filters.iter().filter_map(translate_filter).collect();
     let delta_schema = delta.schema();
-    let storage_projection = wanted
+    let exact = exact_ids(filters);
+    let mut read = wanted.clone();
+    let trace_id = sql.index_of(c::TRACE_ID)?;
+    if exact.is_some() && !read.contains(&trace_id) {
+        read.push(trace_id);
+    }
+    let storage_projection = read
         .iter()
         .map(|&i| delta_schema.index_of(storage_name(sql.field(i).name())))
         .collect::<Result<Vec<_>, _>>()?;
+    // With an exact trace-id filter, the limit applies after it (above this scan).
+    let limit = if exact.is_some() { None } else { limit };
     let plan = delta
         .scan(state, Some(&storage_projection), &storage_filters, limit)
         .await?;
-    to_sql(plan, &wanted)
+    match exact {
+        Some(ids) => only_ids(&wanted, &ids, |read| to_sql(plan, read)),
+        None => to_sql(plan, &wanted),
+    }
 }
 
 /// Storage names and types to the SQL ones.
@@ -251,46 +315,113 @@ pub(crate) fn shipped_lookup_scan(
             file_schema.fields().len()
         );
     }
-    if files.is_empty() {
-        let empty = Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)));
-        return to_sql(empty, wanted);
-    }
-    let mut group = Vec::with_capacity(files.len());
-    for shipped in files {
-        let mut access = ParquetAccessPlan::new_none(shipped.row_groups);
-        for &rg in &shipped.read {
-            if rg >= shipped.row_groups {
-                return datafusion::common::plan_err!(
-                    "shipped lookup names row group {rg} of {}, which has {}",
-                    shipped.path,
-                    shipped.row_groups
-                );
-            }
-            access.scan(rg);
-        }
-        let mut file = PartitionedFile::new(shipped.path.clone(), shipped.size);
-        file.extensions.insert(access);
-        group.push(file);
-    }
     let id_column = file_schema.index_of(c::TRACE_ID)?;
-    let predicate = datafusion::physical_expr::expressions::in_list(
-        Arc::new(PhysicalColumn::new(c::TRACE_ID, id_column)),
-        ids.iter()
-            .map(|id| datafusion::physical_expr::expressions::lit(id.as_str()))
-            .collect(),
-        &false,
-        &file_schema,
-    )?;
-    let source = ParquetSource::new(file_schema)
-        .with_pushdown_filters(true)
-        .with_enable_page_index(true)
-        .with_bloom_filter_on_read(false)
-        .with_predicate(predicate);
-    let config = FileScanConfigBuilder::new(store_url.clone(), Arc::new(source))
-        .with_file_groups(vec![FileGroup::new(group)])
-        .with_projection_indices(Some(projection))?
-        .build();
-    // Like every scan of `spans`, this only prunes: the filters are applied again above it
-    // (and `trace_tree` keeps exactly its trace).
-    to_sql(DataSourceExec::from_data_source(config), wanted)
+    // Exactly the rows of `ids` (the trace-id filter is not applied again above the scan).
+    only_ids(wanted, ids, |read| {
+        let mut projection = projection;
+        if read.len() > wanted.len() {
+            projection.push(id_column);
+        }
+        if files.is_empty() {
+            let empty = Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)));
+            return to_sql(empty, read);
+        }
+        let mut group = Vec::with_capacity(files.len());
+        for shipped in files {
+            let mut access = ParquetAccessPlan::new_none(shipped.row_groups);
+            for &rg in &shipped.read {
+                if rg >= shipped.row_groups {
+                    return datafusion::common::plan_err!(
+                        "shipped lookup names row group {rg} of {}, which has {}",
+                        shipped.path,
+                        shipped.row_groups
+                    );
+                }
+                access.scan(rg);
+            }
+            let mut file = PartitionedFile::new(shipped.path.clone(), shipped.size);
+            file.extensions.insert(access);
+            group.push(file);
+        }
+        let predicate = datafusion::physical_expr::expressions::in_list(
+            Arc::new(PhysicalColumn::new(c::TRACE_ID, id_column)),
+            ids.iter()
+                .map(|id| datafusion::physical_expr::expressions::lit(id.as_str()))
+                .collect(),
+            &false,
+            &file_schema,
+        )?;
+        let source = ParquetSource::new(file_schema.clone())
+            .with_pushdown_filters(true)
+            .with_enable_page_index(true)
+            .with_bloom_filter_on_read(false)
+            .with_predicate(predicate);
+        let config = FileScanConfigBuilder::new(store_url.clone(), Arc::new(source))
+            .with_file_groups(vec![FileGroup::new(group)])
+            .with_projection_indices(Some(projection))?
+            .build();
+        to_sql(DataSourceExec::from_data_source(config), read)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, RecordBatch};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::prelude::SessionContext;
+
+    /// `only_ids` keeps exactly the rows of the ids, as the wanted columns, whether or not
+    /// they include `trace_id`: the guarantee behind reporting the trace-id filter as exact on
+    /// the paths that are not `LookupExec` (other files, deletion vectors, shipped lookups).
+    #[tokio::test]
+    async fn only_ids_keeps_exactly_the_rows_of_the_ids() {
+        let spans = crate::synth::traces(
+            3,
+            crate::synth::TraceShape::Fixed(4),
+            6,
+            1_700_000_000_000_000_000,
+            1_000_000_000,
+        );
+        let batch = crate::span::spans_to_batch(&spans).unwrap();
+        let sql = sql_schema();
+        let ids = vec![spans[0].trace_id.clone(), spans[9].trace_id.clone()];
+        let ctx = SessionContext::new();
+        let name = sql.index_of(c::NAME).unwrap();
+        let span_id = sql.index_of(c::SPAN_ID).unwrap();
+        let trace_id = sql.index_of(c::TRACE_ID).unwrap();
+        for wanted in [vec![name, span_id], vec![span_id, trace_id, name]] {
+            let plan = only_ids(&wanted, &ids, |read| {
+                let columns = read
+                    .iter()
+                    .map(|&i| batch.column_by_name(sql.field(i).name()).unwrap().clone())
+                    .collect();
+                let projected = RecordBatch::try_new(Arc::new(sql.project(read)?), columns)?;
+                let schema = projected.schema();
+                Ok(MemorySourceConfig::try_new_exec(&[vec![projected]], schema, None)? as _)
+            })
+            .unwrap();
+            let out = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+                .await
+                .unwrap();
+            let out = arrow::compute::concat_batches(&out[0].schema(), &out).unwrap();
+            assert_eq!(out.schema().as_ref(), &sql.project(&wanted).unwrap());
+            let mut got: Vec<&str> = out
+                .column_by_name(c::SPAN_ID)
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .map(Option::unwrap)
+                .collect();
+            got.sort();
+            let mut expected: Vec<&str> = spans
+                .iter()
+                .filter(|s| ids.contains(&s.trace_id))
+                .map(|s| s.span_id.as_str())
+                .collect();
+            expected.sort();
+            assert_eq!(expected.len(), 8);
+            assert_eq!(got, expected);
+        }
+    }
 }

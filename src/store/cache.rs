@@ -47,7 +47,7 @@ struct Entry {
 /// A byte-bounded cache of immutable objects. See the module docs.
 pub struct ObjectCache {
     inner: Arc<dyn ObjectStore>,
-    cache: moka::future::Cache<Key, Entry>,
+    cache: moka::future::Cache<Key, Entry, foldhash::fast::RandomState>,
     capacity: u64,
     metrics: TraceLakeMetrics,
     /// How many entries each path has in the cache: a write invalidates only paths found
@@ -87,13 +87,15 @@ impl ObjectCache {
         let removed = paths.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
-            .eviction_listener(move |key: Arc<Key>, _, _| count_path(&removed, &key.path, false))
+            .eviction_listener(move |key: Arc<Key>, _, _| count_path(&removed, &key.path, 1, false))
             .weigher(|key: &Key, entry: &Entry| {
                 let size = entry.bytes.len() + key.path.as_ref().len() + 64;
                 u32::try_from(size).unwrap_or(u32::MAX)
             })
             .support_invalidation_closures()
-            .build();
+            // A parquet read looks up one key per page it reads: a fast hash (keys are
+            // object paths and ranges of this table, not attacker-chosen).
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             inner,
             cache,
@@ -109,14 +111,24 @@ impl ObjectCache {
     }
 
     fn report(&self, path: &Path, hit: bool) {
-        tracing::Span::current().record(names::ATTR_OS_CACHE_HIT, hit);
-        self.metrics
-            .cache
-            .get_or_create(&CacheLabels {
-                path_kind: path_kind(path),
-                result: if hit { "hit" } else { "miss" },
-            })
-            .inc();
+        self.report_many(path, usize::from(hit), usize::from(!hit));
+    }
+
+    /// Records `hits` and `misses` of lookups in `path`: `object_store.cache.hit` on the
+    /// current request span (true when every lookup hit) and the counters.
+    fn report_many(&self, path: &Path, hits: usize, misses: usize) {
+        tracing::Span::current().record(names::ATTR_OS_CACHE_HIT, misses == 0);
+        for (result, n) in [("hit", hits), ("miss", misses)] {
+            if n > 0 {
+                self.metrics
+                    .cache
+                    .get_or_create(&CacheLabels {
+                        path_kind: path_kind(path),
+                        result,
+                    })
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     /// The entry for `key`, from the cache or from `load` (once for concurrent misses).
@@ -132,10 +144,10 @@ impl ObjectCache {
                 loaded.store(true, Ordering::Relaxed);
                 // Registered before the entry exists, so a write racing the load still
                 // invalidates it.
-                count_path(&self.paths, &path, true);
+                count_path(&self.paths, &path, 1, true);
                 let entry = load.await;
                 if entry.is_err() {
-                    count_path(&self.paths, &path, false);
+                    count_path(&self.paths, &path, 1, false);
                 }
                 entry
             })
@@ -168,19 +180,20 @@ impl ObjectCache {
     }
 }
 
-/// Counts an entry of `path` in (`add`) or out of `paths`.
+/// Counts `n` entries of `path` in (`add`) or out of `paths`.
 fn count_path(
     paths: &std::sync::Mutex<std::collections::HashMap<Path, usize>>,
     path: &Path,
+    n: usize,
     add: bool,
 ) {
     let Ok(mut paths) = paths.lock() else {
         return;
     };
     if add {
-        *paths.entry(path.clone()).or_default() += 1;
+        *paths.entry(path.clone()).or_default() += n;
     } else if let Some(count) = paths.get_mut(path) {
-        *count = count.saturating_sub(1);
+        *count = count.saturating_sub(n);
         if *count == 0 {
             paths.remove(path);
         }
@@ -276,23 +289,19 @@ impl ObjectStore for ObjectCache {
         let mut missing: Vec<Range<u64>> = Vec::new();
         for range in ranges {
             let hit = self.cache.get(&key(range)).await.map(|e| e.bytes);
-            self.report(location, hit.is_some());
             if hit.is_none() {
                 missing.push(range.clone());
             }
             out.push(hit);
         }
+        self.report_many(location, ranges.len() - missing.len(), missing.len());
         if !missing.is_empty() {
             // Registered before the fetch, so a write racing it still invalidates the entries.
-            for _ in &missing {
-                count_path(&self.paths, location, true);
-            }
+            count_path(&self.paths, location, missing.len(), true);
             let fetched = match self.inner.get_ranges(location, &missing).await {
                 Ok(fetched) => fetched,
                 Err(e) => {
-                    for _ in &missing {
-                        count_path(&self.paths, location, false);
-                    }
+                    count_path(&self.paths, location, missing.len(), false);
                     return Err(e);
                 }
             };
