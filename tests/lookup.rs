@@ -229,6 +229,23 @@ async fn lookups_return_exactly_what_a_full_scan_returns() {
             "{lookup}"
         );
     }
+    // trace_tree reads its trace in one partition: nothing between the tree and the lookup.
+    let tree = arrow::util::pretty::pretty_format_batches(
+        &ctx.sql(&format!("EXPLAIN SELECT * FROM trace_tree('{a}')"))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+    .to_string();
+    assert!(
+        tree.contains("TraceTreeExec")
+            && tree.contains("LookupExec")
+            && !tree.contains("RepartitionExec"),
+        "{tree}"
+    );
     let limited = format!(
         "SELECT count(*) AS n FROM (SELECT span_id FROM spans WHERE trace_id = '{a}' LIMIT 2)"
     );

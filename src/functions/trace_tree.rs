@@ -302,6 +302,16 @@ impl ExecutionPlan for TraceTreeExec {
         vec![&self.input]
     }
 
+    /// One trace is read whole into one batch: splitting the lookup below over partitions
+    /// (a round-robin repartition on a multi-core session) would only add tasks.
+    fn required_input_distribution(&self) -> Vec<datafusion::physical_plan::Distribution> {
+        vec![datafusion::physical_plan::Distribution::SinglePartition]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
