@@ -7,6 +7,7 @@
 //! cargo run --profile bench --example phases -- commits [N] [SPANS]   # default 300 x 800
 //! cargo run --profile bench --example phases -- scale [SPANS] [COMMITS]   # default 1M in 24
 //! cargo run --profile bench --example phases -- hot   # the Tier 0 hot query, planning and execution
+//! cargo run --profile bench --example phases -- layout   # the leaner attribute layout, measured
 //! cargo run --profile bench --example phases -- open [SPANS] [COMMITS] [N]   # N opens (default 50)
 //! ```
 //!
@@ -391,11 +392,264 @@ fn number(args: &mut impl Iterator<Item = String>, name: &str, default: usize) -
         .unwrap_or(default)
 }
 
+/// An attribute map as `map<key, struct<type, value>>`, `value` the text of the typed value
+/// (arrays and bytes rendered as text): the leaner layout `layout` measures.
+fn lean_map(map: &arrow::array::MapArray) -> arrow::array::MapArray {
+    use arrow::array::{Array, AsArray, StringBuilder, StructArray};
+    use arrow::datatypes::{DataType, Field, Fields, Float64Type, Int64Type};
+    use std::sync::Arc;
+    let entries = map.entries();
+    let values = entries.column(1).as_struct();
+    let types = values.column(0).as_string::<i32>();
+    let strings = values.column(1).as_string::<i32>();
+    let ints = values.column(2).as_primitive::<Int64Type>();
+    let doubles = values.column(3).as_primitive::<Float64Type>();
+    let bools = values.column(4).as_boolean();
+    let bytes = values.column(5).as_binary::<i32>();
+    let arrays = values.column(6);
+    let mut text = StringBuilder::new();
+    for i in 0..values.len() {
+        if values.is_null(i) {
+            text.append_null();
+        } else if strings.is_valid(i) {
+            text.append_value(strings.value(i));
+        } else if ints.is_valid(i) {
+            text.append_value(ints.value(i).to_string());
+        } else if doubles.is_valid(i) {
+            text.append_value(doubles.value(i).to_string());
+        } else if bools.is_valid(i) {
+            text.append_value(bools.value(i).to_string());
+        } else if bytes.is_valid(i) {
+            text.append_value(format!("{:02x?}", bytes.value(i)));
+        } else if arrays.is_valid(i) {
+            text.append_value(format!("{:?}", arrays.as_list::<i32>().value(i)));
+        } else {
+            text.append_null();
+        }
+    }
+    let value_fields = Fields::from(vec![
+        Field::new("type", DataType::Utf8, true),
+        Field::new("value", DataType::Utf8, true),
+    ]);
+    let value = StructArray::new(
+        value_fields.clone(),
+        vec![Arc::new(types.clone()), Arc::new(text.finish())],
+        values.nulls().cloned(),
+    );
+    let entry_fields = Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Struct(value_fields), true),
+    ]);
+    let entries = StructArray::new(
+        entry_fields.clone(),
+        vec![entries.column(0).clone(), Arc::new(value)],
+        None,
+    );
+    arrow::array::MapArray::new(
+        Arc::new(Field::new(
+            "key_value",
+            DataType::Struct(entry_fields),
+            false,
+        )),
+        map.offsets().clone(),
+        entries,
+        map.nulls().cloned(),
+        false,
+    )
+}
+
+/// `batch` with every attribute map (top level, and inside events and links) in the lean
+/// layout of [`lean_map`].
+fn lean_batch(batch: &arrow::array::RecordBatch) -> arrow::array::RecordBatch {
+    use arrow::array::{Array, ArrayRef, AsArray, ListArray, StructArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    fn lean(column: &ArrayRef) -> ArrayRef {
+        match column.data_type() {
+            DataType::Map(..) => Arc::new(lean_map(column.as_map())),
+            DataType::List(_) => {
+                let list = column.as_list::<i32>();
+                let items = lean(list.values());
+                let field = Arc::new(Field::new("element", items.data_type().clone(), true));
+                Arc::new(ListArray::new(
+                    field,
+                    list.offsets().clone(),
+                    items,
+                    list.nulls().cloned(),
+                ))
+            }
+            DataType::Struct(fields) => {
+                let s = column.as_struct();
+                let children: Vec<ArrayRef> = s.columns().iter().map(lean).collect();
+                let fields: Vec<Field> = fields
+                    .iter()
+                    .zip(&children)
+                    .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), true))
+                    .collect();
+                Arc::new(StructArray::new(
+                    fields.into(),
+                    children,
+                    s.nulls().cloned(),
+                ))
+            }
+            _ => column.clone(),
+        }
+    }
+    let columns: Vec<ArrayRef> = batch.columns().iter().map(lean).collect();
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(f, c)| Field::new(f.name(), c.data_type().clone(), f.is_nullable()))
+        .collect();
+    arrow::array::RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("lean batch")
+}
+
+/// The leaner attribute layout, measured before building it. The 1M spans of `ingest`,
+/// sorted as one commit, are written with tracelake's writer properties to memory as they
+/// are stored now and with every attribute map as [`lean_map`]; then the rows of 240 traces
+/// are read from each file as `LookupExec` reads them (the trace's row group, the pages of its
+/// rows from the page index, a row filter on `trace_id`, every column).
+fn layout() {
+    use arrow::array::AsArray;
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::{
+        ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+        RowFilter, RowSelection, RowSelector,
+    };
+    let batches = support::ingest_batches();
+    let mut storage = Vec::new();
+    let mut rows = 0;
+    for batch in &batches {
+        storage.push(ingest::to_storage(batch, rows).expect("valid"));
+        rows += batch.num_rows();
+    }
+    let sorted = ingest::sort_for_storage(&storage).expect("sort");
+    drop(storage);
+    let t = Instant::now();
+    let lean: Vec<_> = sorted.iter().map(lean_batch).collect();
+    let conversion = t.elapsed();
+    let all = arrow::compute::concat_batches(&sorted[0].schema(), &sorted).expect("concat");
+    let trace_ids = all
+        .column_by_name("trace_id")
+        .expect("trace_id")
+        .as_string::<i32>()
+        .clone();
+    let rows_total = all.num_rows();
+    drop(all);
+    println!(
+        "1M spans, one sorted commit; lean conversion {:.0} ms",
+        conversion.as_secs_f64() * 1e3
+    );
+    for (label, data) in [("stored now", &sorted), ("lean attributes", &lean)] {
+        let mut writes = Vec::new();
+        let mut file = Vec::new();
+        for _ in 0..3 {
+            file = Vec::new();
+            let t = Instant::now();
+            let mut writer = parquet::arrow::ArrowWriter::try_new(
+                &mut file,
+                data[0].schema(),
+                Some(writer_properties()),
+            )
+            .expect("writer");
+            for batch in data.iter() {
+                writer.write(batch).expect("write");
+            }
+            writer.close().expect("close");
+            writes.push(t.elapsed());
+        }
+        let file = bytes::Bytes::from(file);
+        let metadata = ArrowReaderMetadata::load(
+            &file,
+            ArrowReaderOptions::new()
+                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required),
+        )
+        .expect("metadata");
+        let parquet = metadata.metadata().clone();
+        let leaves = parquet.file_metadata().schema_descr().num_columns();
+        let trace_leaf = (0..leaves)
+            .find(|&i| parquet.file_metadata().schema_descr().column(i).name() == "trace_id")
+            .expect("trace_id leaf");
+        let trace_root = parquet
+            .file_metadata()
+            .schema_descr()
+            .get_column_root_idx(trace_leaf);
+        let mut reads = Vec::new();
+        for k in 0..240 {
+            let row = (k * 4_099 + 17) % rows_total;
+            let id = trace_ids.value(row).to_string();
+            // The row group holding `row`, and the pages of that group holding the id's rows.
+            let (mut rg, mut first) = (0, 0usize);
+            while first + parquet.row_group(rg).num_rows() as usize <= row {
+                first += parquet.row_group(rg).num_rows() as usize;
+                rg += 1;
+            }
+            let group_rows = parquet.row_group(rg).num_rows() as usize;
+            let pages =
+                &parquet.offset_index().expect("offset index")[rg][trace_leaf].page_locations;
+            let mut selectors = Vec::new();
+            for (p, page) in pages.iter().enumerate() {
+                let start = page.first_row_index as usize;
+                let end = pages
+                    .get(p + 1)
+                    .map_or(group_rows, |n| n.first_row_index as usize);
+                let lo = (0..group_rows)
+                    .find(|&r| trace_ids.value(first + r) == id)
+                    .unwrap_or(0);
+                let hi = (lo..group_rows)
+                    .take_while(|&r| trace_ids.value(first + r) == id)
+                    .last()
+                    .unwrap_or(lo);
+                selectors.push(if start <= hi && lo < end {
+                    RowSelector::select(end - start)
+                } else {
+                    RowSelector::skip(end - start)
+                });
+            }
+            let descr = parquet.file_metadata().schema_descr_ptr();
+            let wanted = id.clone();
+            let t = Instant::now();
+            let predicate = ArrowPredicateFn::new(
+                ProjectionMask::roots(&descr, [trace_root]),
+                move |batch: arrow::array::RecordBatch| {
+                    let ids = batch.column(0).as_string::<i32>();
+                    Ok(ids
+                        .iter()
+                        .map(|v| Some(v == Some(wanted.as_str())))
+                        .collect())
+                },
+            );
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), metadata.clone())
+                    .with_row_groups(vec![rg])
+                    .with_row_selection(RowSelection::from(selectors))
+                    .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+                    .build()
+                    .expect("reader");
+            let mut n = 0;
+            for batch in reader {
+                n += batch.expect("batch").num_rows();
+            }
+            reads.push(t.elapsed());
+            assert!(n > 0, "trace {id} not found");
+        }
+        println!(
+            "  {label:16} {leaves} leaves, {:.1} MB, write p50 {:.0} ms, read of one trace p50 {:.3} ms",
+            file.len() as f64 / 1e6,
+            p50_ms(writes),
+            p50_ms(reads)
+        );
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("ingest") => ingest_phases(),
         Some("hot") => hot(),
+        Some("layout") => layout(),
         Some("open") => {
             let spans = number(&mut args, "SPANS", 1_000_000);
             let commits = number(&mut args, "COMMITS", 24);
