@@ -423,5 +423,23 @@ mod tests {
             assert_eq!(expected.len(), 8);
             assert_eq!(got, expected);
         }
+        // No ids (a malformed shipped lookup could name none): no rows, no panic.
+        let plan = only_ids(&[span_id], &[], |read| {
+            let columns = read
+                .iter()
+                .map(|&i| batch.column_by_name(sql.field(i).name()).unwrap().clone())
+                .collect();
+            let projected = RecordBatch::try_new(Arc::new(sql.project(read)?), columns)?;
+            let schema = projected.schema();
+            Ok(MemorySourceConfig::try_new_exec(&[vec![projected]], schema, None)? as _)
+        });
+        if let Ok(plan) = plan {
+            let out = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await;
+            assert_eq!(
+                out.map(|b| b.iter().map(|b| b.num_rows()).sum::<usize>())
+                    .ok(),
+                Some(0)
+            );
+        }
     }
 }
