@@ -106,6 +106,22 @@ pub(crate) async fn scan_index(
     }
 }
 
+/// `trace_id IN (ids)`, `trace_id` being column `index` of `schema`.
+fn id_in_list(
+    index: usize,
+    ids: &[String],
+    schema: &arrow::datatypes::Schema,
+) -> DfResult<Arc<dyn PhysicalExpr>> {
+    datafusion::physical_expr::expressions::in_list(
+        Arc::new(PhysicalColumn::new(c::TRACE_ID, index)),
+        ids.iter()
+            .map(|id| datafusion::physical_expr::expressions::lit(id.as_str()))
+            .collect(),
+        &false,
+        schema,
+    )
+}
+
 /// The rows of `ids` of the plan `build` makes for some SQL columns (indices into the SQL
 /// schema), as the SQL columns `wanted`: the scan side of a trace-id filter DataFusion was
 /// told is applied exactly. `trace_id` is read for the filter when `wanted` lacks it.
@@ -125,14 +141,7 @@ fn only_ids(
     };
     let plan = build(&read)?;
     let schema = plan.schema();
-    let predicate = datafusion::physical_expr::expressions::in_list(
-        Arc::new(PhysicalColumn::new(c::TRACE_ID, position)),
-        ids.iter()
-            .map(|id| datafusion::physical_expr::expressions::lit(id.as_str()))
-            .collect(),
-        &false,
-        &schema,
-    )?;
+    let predicate = id_in_list(position, ids, &schema)?;
     let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, plan)?);
     if read.len() == wanted.len() {
         return Ok(filtered);
@@ -343,14 +352,7 @@ pub(crate) fn shipped_lookup_scan(
             file.extensions.insert(access);
             group.push(file);
         }
-        let predicate = datafusion::physical_expr::expressions::in_list(
-            Arc::new(PhysicalColumn::new(c::TRACE_ID, id_column)),
-            ids.iter()
-                .map(|id| datafusion::physical_expr::expressions::lit(id.as_str()))
-                .collect(),
-            &false,
-            &file_schema,
-        )?;
+        let predicate = id_in_list(id_column, ids, &file_schema)?;
         let source = ParquetSource::new(file_schema.clone())
             .with_pushdown_filters(true)
             .with_enable_page_index(true)
