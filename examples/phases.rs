@@ -589,19 +589,20 @@ fn layout() {
             let group_rows = parquet.row_group(rg).num_rows() as usize;
             let pages =
                 &parquet.offset_index().expect("offset index")[rg][trace_leaf].page_locations;
+            // The id's rows in the group (sorted by trace id: one range).
+            let lo = (0..group_rows)
+                .find(|&r| trace_ids.value(first + r) == id)
+                .unwrap_or(0);
+            let hi = (lo..group_rows)
+                .take_while(|&r| trace_ids.value(first + r) == id)
+                .last()
+                .unwrap_or(lo);
             let mut selectors = Vec::new();
             for (p, page) in pages.iter().enumerate() {
                 let start = page.first_row_index as usize;
                 let end = pages
                     .get(p + 1)
                     .map_or(group_rows, |n| n.first_row_index as usize);
-                let lo = (0..group_rows)
-                    .find(|&r| trace_ids.value(first + r) == id)
-                    .unwrap_or(0);
-                let hi = (lo..group_rows)
-                    .take_while(|&r| trace_ids.value(first + r) == id)
-                    .last()
-                    .unwrap_or(lo);
                 selectors.push(if start <= hi && lo < end {
                     RowSelector::select(end - start)
                 } else {

@@ -132,6 +132,20 @@ async fn lookups_open_one_file_and_row_group_before_and_after_compaction() {
 
 /// The rows of `sql`, formatted and sorted (order-insensitive comparison, nested columns
 /// included).
+/// The text of `EXPLAIN sql`.
+async fn explain(ctx: &SessionContext, sql: &str) -> String {
+    let plan = ctx
+        .sql(&format!("EXPLAIN {sql}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string()
+}
+
 async fn sorted_rows(ctx: &SessionContext, sql: &str) -> Vec<String> {
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
     let text = arrow::util::pretty::pretty_format_batches(&batches)
@@ -191,16 +205,7 @@ async fn lookups_return_exactly_what_a_full_scan_returns() {
     // The lookup is the direct read, and reads only the matching rows.
     let id = &ids[0];
     let sql = format!("SELECT * FROM spans WHERE trace_id = '{id}'");
-    let plan = ctx
-        .sql(&format!("EXPLAIN {sql}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let explained = arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
+    let explained = explain(&ctx, &sql).await;
     assert!(explained.contains("LookupExec"), "{explained}");
     // The lookup keeps exactly the rows of its ids: no filter (and no repartition feeding
     // one) runs above it.
@@ -230,16 +235,7 @@ async fn lookups_return_exactly_what_a_full_scan_returns() {
         );
     }
     // trace_tree reads its trace in one partition: nothing between the tree and the lookup.
-    let tree = arrow::util::pretty::pretty_format_batches(
-        &ctx.sql(&format!("EXPLAIN SELECT * FROM trace_tree('{a}')"))
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap(),
-    )
-    .unwrap()
-    .to_string();
+    let tree = explain(&ctx, &format!("SELECT * FROM trace_tree('{a}')")).await;
     assert!(
         tree.contains("TraceTreeExec")
             && tree.contains("LookupExec")
@@ -259,16 +255,7 @@ async fn lookups_return_exactly_what_a_full_scan_returns() {
         "SELECT * FROM spans WHERE trace_id = lower('{}')",
         id.to_uppercase()
     );
-    let explained = arrow::util::pretty::pretty_format_batches(
-        &ctx.sql(&format!("EXPLAIN {folded}"))
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap(),
-    )
-    .unwrap()
-    .to_string();
+    let explained = explain(&ctx, &folded).await;
     assert!(explained.contains("LookupExec"), "{explained}");
     assert_eq!(
         sorted_rows(&ctx, &folded).await,

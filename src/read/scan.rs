@@ -389,20 +389,21 @@ mod tests {
         let sql = sql_schema();
         let ids = vec![spans[0].trace_id.clone(), spans[9].trace_id.clone()];
         let ctx = SessionContext::new();
+        // The spans' SQL columns `read`, in memory.
+        let in_memory = |read: &[usize]| -> DfResult<Arc<dyn ExecutionPlan>> {
+            let columns = read
+                .iter()
+                .map(|&i| batch.column_by_name(sql.field(i).name()).unwrap().clone())
+                .collect();
+            let projected = RecordBatch::try_new(Arc::new(sql.project(read)?), columns)?;
+            let schema = projected.schema();
+            Ok(MemorySourceConfig::try_new_exec(&[vec![projected]], schema, None)? as _)
+        };
         let name = sql.index_of(c::NAME).unwrap();
         let span_id = sql.index_of(c::SPAN_ID).unwrap();
         let trace_id = sql.index_of(c::TRACE_ID).unwrap();
         for wanted in [vec![name, span_id], vec![span_id, trace_id, name]] {
-            let plan = only_ids(&wanted, &ids, |read| {
-                let columns = read
-                    .iter()
-                    .map(|&i| batch.column_by_name(sql.field(i).name()).unwrap().clone())
-                    .collect();
-                let projected = RecordBatch::try_new(Arc::new(sql.project(read)?), columns)?;
-                let schema = projected.schema();
-                Ok(MemorySourceConfig::try_new_exec(&[vec![projected]], schema, None)? as _)
-            })
-            .unwrap();
+            let plan = only_ids(&wanted, &ids, in_memory).unwrap();
             let out = datafusion::physical_plan::collect(plan, ctx.task_ctx())
                 .await
                 .unwrap();
@@ -426,15 +427,7 @@ mod tests {
             assert_eq!(got, expected);
         }
         // No ids (a malformed shipped lookup could name none): no rows, no panic.
-        let plan = only_ids(&[span_id], &[], |read| {
-            let columns = read
-                .iter()
-                .map(|&i| batch.column_by_name(sql.field(i).name()).unwrap().clone())
-                .collect();
-            let projected = RecordBatch::try_new(Arc::new(sql.project(read)?), columns)?;
-            let schema = projected.schema();
-            Ok(MemorySourceConfig::try_new_exec(&[vec![projected]], schema, None)? as _)
-        });
+        let plan = only_ids(&[span_id], &[], in_memory);
         if let Ok(plan) = plan {
             let out = datafusion::physical_plan::collect(plan, ctx.task_ctx()).await;
             assert_eq!(
