@@ -329,110 +329,240 @@ const DAY_NS: i64 = 86_400_000_000_000;
 /// Trace ids here are validated lowercase hex, whose string order is the order of their
 /// 128-bit values: the sort compares integers, and the rows are gathered once.
 pub fn sort_for_storage(batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
-    sort_run(batches.to_vec())
+    SortedRun::new(batches.to_vec())?.collect()
 }
 
-/// [`sort_for_storage`], taking the batches. Each column is gathered with the kernel that is
-/// faster for its type: flat columns (ids, names, times) are concatenated once and `take`n,
-/// nested ones (attributes, events, links) are interleaved from the batches as they are
-/// (concatenating them would copy every attribute once more). The batches are dropped once
-/// the flat columns are concatenated, so the run is held at most twice.
-pub(crate) fn sort_run(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    if u32::try_from(total).is_err() {
-        return Err(TraceLakeError::InvalidArgument(format!(
-            "one commit holds at most {} rows, got {total}: append in smaller commits",
-            u32::MAX
-        )));
-    }
-    let mut keys: Vec<(i64, u128, i64, u32)> = Vec::with_capacity(total);
-    let mut row = 0u32;
-    for batch in &batches {
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| TraceLakeError::SchemaMismatch(format!("missing {name}")))
+/// The sorted batches of one commit, gathered one batch of [`SORTED_BATCH_ROWS`] at a time,
+/// so that a writer can encode a batch while the next one is gathered (see
+/// [`sort_in_background`]).
+///
+/// Each column is gathered with the kernel that is faster for its type: flat columns (ids,
+/// names, times) are concatenated once and `take`n, nested ones (attributes, events, links)
+/// are interleaved from the batches as they are (concatenating them would copy every
+/// attribute once more). The input's flat columns are dropped once concatenated, its nested
+/// ones once the last batch is gathered: a run is held once, plus the sorted batches that
+/// the caller still holds.
+pub(crate) struct SortedRun {
+    state: RunState,
+}
+
+enum RunState {
+    /// Already in order, or too small to gain from sorting: the batches as they came.
+    AsIs(std::vec::IntoIter<RecordBatch>),
+    Gather {
+        schema: arrow::datatypes::SchemaRef,
+        /// The global row number of each output row, in output order.
+        order: Vec<u32>,
+        /// Output rows already produced.
+        done: usize,
+        gathers: Vec<Gather>,
+        /// The global row number of each input batch's first row.
+        starts: Vec<u32>,
+    },
+}
+
+enum Gather {
+    Take(ArrayRef),
+    Interleave(Vec<ArrayRef>),
+}
+
+impl SortedRun {
+    /// Computes the order of the rows of `batches` (the gathering is done by the iterator).
+    pub(crate) fn new(batches: Vec<RecordBatch>) -> Result<Self> {
+        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if u32::try_from(total).is_err() {
+            return Err(TraceLakeError::InvalidArgument(format!(
+                "one commit holds at most {} rows, got {total}: append in smaller commits",
+                u32::MAX
+            )));
+        }
+        let as_is = |batches: Vec<RecordBatch>| SortedRun {
+            state: RunState::AsIs(batches.into_iter()),
         };
-        let ids = column(col::TRACE_ID)?
-            .as_string_opt::<i32>()
-            .ok_or_else(|| TraceLakeError::SchemaMismatch("trace_id is not a string".into()))?;
-        let starts = column(col::START_TIME_UNIX_NANO)?
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| {
-                TraceLakeError::SchemaMismatch("start_time_unix_nano is not a long".into())
-            })?;
-        for i in 0..batch.num_rows() {
-            let start = starts.value(i);
-            let id = u128::from_str_radix(ids.value(i), 16).unwrap_or_default();
-            keys.push((start.div_euclid(DAY_NS), id, start, row));
-            row += 1;
+        let mut keys: Vec<(i64, u128, i64, u32)> = Vec::with_capacity(total);
+        let mut row = 0u32;
+        for batch in &batches {
+            let column = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .ok_or_else(|| TraceLakeError::SchemaMismatch(format!("missing {name}")))
+            };
+            let ids = column(col::TRACE_ID)?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| TraceLakeError::SchemaMismatch("trace_id is not a string".into()))?;
+            let starts = column(col::START_TIME_UNIX_NANO)?
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| {
+                    TraceLakeError::SchemaMismatch("start_time_unix_nano is not a long".into())
+                })?;
+            for i in 0..batch.num_rows() {
+                let start = starts.value(i);
+                let id = u128::from_str_radix(ids.value(i), 16).unwrap_or_default();
+                keys.push((start.div_euclid(DAY_NS), id, start, row));
+                row += 1;
+            }
+        }
+        if keys.is_sorted() && batches.len() <= 1 {
+            return Ok(as_is(batches));
+        }
+        // A commit that fits one data page of one day gains nothing from sorting: a lookup
+        // decodes the whole page anyway, and the page's statistics are the same in any order.
+        if total <= super::PAGE_ROWS
+            && keys.first().map(|k| k.0) == keys.last().map(|k| k.0)
+            && keys.iter().all(|k| Some(k.0) == keys.first().map(|f| f.0))
+        {
+            return Ok(as_is(batches));
+        }
+        keys.sort_unstable();
+        let order: Vec<u32> = keys.iter().map(|k| k.3).collect();
+        drop(keys);
+        let Some(first) = batches.first() else {
+            return Ok(as_is(batches));
+        };
+        let schema = first.schema();
+        let gathers = (0..schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<ArrayRef> = batches.iter().map(|b| b.column(c).clone()).collect();
+                if schema.field(c).data_type().is_nested() {
+                    Ok(Gather::Interleave(arrays))
+                } else {
+                    let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+                    Ok(Gather::Take(concat(&refs)?))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let starts: Vec<u32> = batches
+            .iter()
+            .scan(0u32, |at, b| {
+                let start = *at;
+                *at += b.num_rows() as u32;
+                Some(start)
+            })
+            .collect();
+        Ok(SortedRun {
+            state: RunState::Gather {
+                schema,
+                order,
+                done: 0,
+                gathers,
+                starts,
+            },
+        })
+    }
+}
+
+impl Iterator for SortedRun {
+    type Item = Result<RecordBatch>;
+
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        let RunState::Gather {
+            schema,
+            order,
+            done,
+            gathers,
+            starts,
+        } = &mut self.state
+        else {
+            let RunState::AsIs(batches) = &mut self.state else {
+                return None;
+            };
+            return batches.next().map(Ok);
+        };
+        let chunk = order.get(*done..(*done + SORTED_BATCH_ROWS).min(order.len()))?;
+        if chunk.is_empty() {
+            return None;
+        }
+        *done += chunk.len();
+        // The batch and row of each global row number, for interleaving.
+        let locate = |row: u32| {
+            let b = starts.partition_point(|&s| s <= row) - 1;
+            (b, (row - starts[b]) as usize)
+        };
+        let indices = UInt32Array::from_iter_values(chunk.iter().copied());
+        let mut pairs: Option<Vec<(usize, usize)>> = None;
+        let columns = gathers
+            .iter()
+            .map(|g| match g {
+                Gather::Take(array) => Ok(take(array.as_ref(), &indices, None)?),
+                Gather::Interleave(arrays) => {
+                    let pairs = pairs.get_or_insert_with(|| {
+                        chunk.iter().map(|&r| locate(r)).collect::<Vec<_>>()
+                    });
+                    let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+                    Ok(interleave(&refs, pairs)?)
+                }
+            })
+            .collect::<Result<Vec<_>>>();
+        if *done == order.len() {
+            // The last batch: the input is no longer needed.
+            gathers.clear();
+        }
+        Some(columns.and_then(|c| Ok(RecordBatch::try_new(schema.clone(), c)?)))
+    }
+}
+
+/// The sorted batches of a commit, gathered on a blocking thread of the runtime while the
+/// caller writes the ones already handed over: sorting and encoding run on two cores. At most
+/// [`SORTED_AHEAD`] sorted batches wait for the writer.
+pub(crate) struct SortedChunks {
+    batches: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Sorted batches [`sort_in_background`] gathers ahead of the writer.
+const SORTED_AHEAD: usize = 2;
+
+/// Sorts `batches` as [`sort_for_storage`] does, on a blocking thread (see [`SortedChunks`]).
+pub(crate) fn sort_in_background(batches: Vec<RecordBatch>) -> SortedChunks {
+    let (send, receive) = tokio::sync::mpsc::channel(SORTED_AHEAD);
+    let span = tracing::Span::current();
+    let task = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let run = match SortedRun::new(batches) {
+            Ok(run) => run,
+            Err(e) => {
+                let _ = send.blocking_send(Err(e));
+                return;
+            }
+        };
+        for batch in run {
+            let failed = batch.is_err();
+            // The writer gave up (its own error): nothing more to sort.
+            if send.blocking_send(batch).is_err() || failed {
+                return;
+            }
+        }
+    });
+    SortedChunks {
+        batches: receive,
+        task: Some(task),
+    }
+}
+
+impl SortedChunks {
+    /// The next sorted batch; `None` once all are handed over. A sort that panicked is an
+    /// error here, never a silently shorter commit.
+    pub(crate) async fn next(&mut self) -> Option<Result<RecordBatch>> {
+        if let Some(batch) = self.batches.recv().await {
+            return Some(batch);
+        }
+        let task = self.task.take()?;
+        match task.await {
+            Ok(()) => None,
+            Err(e) => Some(Err(TraceLakeError::InvalidArgument(format!(
+                "sorting the rows of a commit failed: {e}"
+            )))),
         }
     }
-    if keys.is_sorted() && batches.len() <= 1 {
-        return Ok(batches);
+
+    /// All the sorted batches.
+    pub(crate) async fn collect(mut self) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        while let Some(batch) = self.next().await {
+            out.push(batch?);
+        }
+        Ok(out)
     }
-    // A commit that fits one data page of one day gains nothing from sorting: a lookup decodes
-    // the whole page anyway, and the page's statistics are the same in any order.
-    if total <= super::PAGE_ROWS
-        && keys.first().map(|k| k.0) == keys.last().map(|k| k.0)
-        && keys.iter().all(|k| Some(k.0) == keys.first().map(|f| f.0))
-    {
-        return Ok(batches);
-    }
-    keys.sort_unstable();
-    let Some(first) = batches.first() else {
-        return Ok(batches);
-    };
-    let schema = first.schema();
-    enum Gather {
-        Take(ArrayRef),
-        Interleave(Vec<ArrayRef>),
-    }
-    let gathers = (0..schema.fields().len())
-        .map(|c| {
-            let arrays: Vec<ArrayRef> = batches.iter().map(|b| b.column(c).clone()).collect();
-            if schema.field(c).data_type().is_nested() {
-                Ok(Gather::Interleave(arrays))
-            } else {
-                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
-                Ok(Gather::Take(concat(&refs)?))
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let starts: Vec<u32> = batches
-        .iter()
-        .scan(0u32, |at, b| {
-            let start = *at;
-            *at += b.num_rows() as u32;
-            Some(start)
-        })
-        .collect();
-    drop(batches);
-    // The batch and row of each global row number, for interleaving.
-    let locate = |row: u32| {
-        let b = starts.partition_point(|&s| s <= row) - 1;
-        (b, (row - starts[b]) as usize)
-    };
-    keys.chunks(SORTED_BATCH_ROWS)
-        .map(|chunk| {
-            let indices = UInt32Array::from_iter_values(chunk.iter().map(|k| k.3));
-            let mut pairs: Option<Vec<(usize, usize)>> = None;
-            let columns = gathers
-                .iter()
-                .map(|g| match g {
-                    Gather::Take(array) => Ok(take(array.as_ref(), &indices, None)?),
-                    Gather::Interleave(arrays) => {
-                        let pairs = pairs.get_or_insert_with(|| {
-                            chunk.iter().map(|k| locate(k.3)).collect::<Vec<_>>()
-                        });
-                        let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
-                        Ok(interleave(&refs, pairs)?)
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(RecordBatch::try_new(schema.clone(), columns)?)
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -626,5 +756,40 @@ mod tests {
         // Already sorted single batches are kept as they are.
         let once = sort_for_storage(&sorted[..1]).unwrap();
         assert_eq!(once[0], sorted[0]);
+    }
+
+    #[tokio::test]
+    async fn the_background_sort_hands_over_the_same_batches_and_its_errors() {
+        // 40,000 spans in three batches, in reverse trace order: several sorted batches of
+        // SORTED_BATCH_ROWS, gathered while the earlier ones are taken.
+        let spans: Vec<Span> = (0..40_000u32)
+            .rev()
+            .map(|i| span(&format!("{:032x}", i / 5), &format!("{:016x}", i + 1)))
+            .collect();
+        let stored: Vec<RecordBatch> = spans
+            .chunks(15_000)
+            .scan(0, |row, chunk| {
+                let batch = to_storage(&spans_to_batch(chunk).unwrap(), *row).unwrap();
+                *row += chunk.len();
+                Some(batch)
+            })
+            .collect();
+        let expected = sort_for_storage(&stored).unwrap();
+        assert_eq!(expected.len(), 40_000usize.div_ceil(SORTED_BATCH_ROWS));
+        let mut chunks = sort_in_background(stored.clone());
+        let mut got = Vec::new();
+        while let Some(batch) = chunks.next().await {
+            got.push(batch.unwrap());
+        }
+        assert_eq!(got, expected);
+        assert!(chunks.next().await.is_none(), "the end is reported once");
+
+        // A batch that does not fit: the error reaches the writer, not a shorter commit.
+        let broken = stored[0].project(&[0, 1]).unwrap();
+        let err = sort_in_background(vec![broken])
+            .collect()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
     }
 }

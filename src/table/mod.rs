@@ -736,8 +736,9 @@ impl TraceTable {
         );
         let started = std::time::Instant::now();
         let result = async {
-            // Sorted before taking the lock: other commits of this process need not wait.
-            let storage = ingest::sort_run(storage)?;
+            // Sorted on a thread of its own from here (before taking the lock: other commits
+            // of this process need not wait), while the writer encodes what is sorted.
+            let sorted = ingest::sort_in_background(storage);
             let _guard = self.commit_lock.lock().await;
             tracing::Span::current().record(names::ATTR_VERSION_BEFORE, self.version());
             if retry && let Some(txn) = txn {
@@ -766,7 +767,7 @@ impl TraceTable {
                 // deltalake's write operation enforces what the direct path does not.
                 let table = snapshot.delta_table(&self.log_store).await?.clone();
                 let written = table
-                    .write(storage)
+                    .write(sorted.collect().await?)
                     .with_save_mode(SaveMode::Append)
                     .with_partition_columns([col::SPAN_DATE])
                     .with_writer_properties(writer_properties())
@@ -776,8 +777,7 @@ impl TraceTable {
                 let (state, _) = self.follow_log(snapshot.state(), Some(version)).await?;
                 return Ok(self.install(state, Some(written)));
             }
-            let adds =
-                write::write_files(&self.log_store, &snapshot.state().write, &storage).await?;
+            let adds = write::write_files(&self.log_store, &snapshot.state().write, sorted).await?;
             self.commit_adds(snapshot.state(), adds, txn).await
         }
         .instrument(span.clone())
@@ -832,8 +832,8 @@ impl TraceTable {
             let settings = settings.clone();
             tokio::spawn(
                 async move {
-                    let sorted = ingest::sort_run(run)?;
-                    write::write_files(&log_store, &settings, &sorted).await
+                    let sorted = ingest::sort_in_background(run);
+                    write::write_files(&log_store, &settings, sorted).await
                 }
                 .instrument(tracing::Span::current()),
             )

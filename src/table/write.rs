@@ -20,6 +20,7 @@ use indexmap::IndexMap;
 use parquet::bloom_filter::Sbbf;
 use tracing::Instrument;
 
+use super::ingest::SortedChunks;
 use super::state::WriteSettings;
 use super::writer_properties;
 use crate::error::{Result, TraceLakeError};
@@ -103,11 +104,12 @@ impl DayFilters {
 }
 
 /// Writes `batches` (storage schema, sorted by `span_date`) as data files of the table behind
-/// `log_store`, with the statistics `settings` name; returns their `Add` actions.
+/// `log_store`, with the statistics `settings` name, encoding each batch as it arrives;
+/// returns their `Add` actions.
 pub(super) async fn write_files(
     log_store: &LogStoreRef,
     settings: &WriteSettings,
-    batches: &[RecordBatch],
+    mut batches: SortedChunks,
 ) -> Result<Vec<Action>> {
     async {
         let config = WriterConfig::new(
@@ -123,8 +125,9 @@ pub(super) async fn write_files(
         );
         let mut writer = DeltaWriter::new(log_store.object_store(None), config);
         let mut filters = DayFilters::default();
-        for batch in batches {
-            filters.add(batch)?;
+        while let Some(batch) = batches.next().await {
+            let batch = batch?;
+            filters.add(&batch)?;
             let dates = batch
                 .column_by_name(col::SPAN_DATE)
                 .and_then(|c| c.as_string_opt::<i32>())
