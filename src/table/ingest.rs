@@ -504,19 +504,29 @@ impl Iterator for SortedRun {
 /// The sorted batches of a commit, gathered on a blocking thread of the runtime while the
 /// caller writes the ones already handed over: sorting and encoding run on two cores. At most
 /// [`SORTED_AHEAD`] sorted batches wait for the writer.
-pub(crate) struct SortedChunks {
-    batches: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+pub(crate) struct SortedChunks(Chunks);
+
+enum Chunks {
+    Background {
+        batches: tokio::sync::mpsc::Receiver<Result<RecordBatch>>,
+        task: Option<tokio::task::JoinHandle<()>>,
+    },
+    /// Outside a Tokio runtime: sorted on the caller's thread, one batch per `next`.
+    Inline(Option<Result<SortedRun>>),
 }
 
 /// Sorted batches [`sort_in_background`] gathers ahead of the writer.
 const SORTED_AHEAD: usize = 2;
 
-/// Sorts `batches` as [`sort_for_storage`] does, on a blocking thread (see [`SortedChunks`]).
+/// Sorts `batches` as [`sort_for_storage`] does, on a blocking thread (see [`SortedChunks`]);
+/// on the caller's thread when there is no Tokio runtime to run it.
 pub(crate) fn sort_in_background(batches: Vec<RecordBatch>) -> SortedChunks {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return SortedChunks(Chunks::Inline(Some(SortedRun::new(batches))));
+    };
     let (send, receive) = tokio::sync::mpsc::channel(SORTED_AHEAD);
     let span = tracing::Span::current();
-    let task = tokio::task::spawn_blocking(move || {
+    let task = runtime.spawn_blocking(move || {
         let _entered = span.enter();
         let run = match SortedRun::new(batches) {
             Ok(run) => run,
@@ -533,25 +543,39 @@ pub(crate) fn sort_in_background(batches: Vec<RecordBatch>) -> SortedChunks {
             }
         }
     });
-    SortedChunks {
+    SortedChunks(Chunks::Background {
         batches: receive,
         task: Some(task),
-    }
+    })
 }
 
 impl SortedChunks {
     /// The next sorted batch; `None` once all are handed over. A sort that panicked is an
     /// error here, never a silently shorter commit.
     pub(crate) async fn next(&mut self) -> Option<Result<RecordBatch>> {
-        if let Some(batch) = self.batches.recv().await {
-            return Some(batch);
-        }
-        let task = self.task.take()?;
-        match task.await {
-            Ok(()) => None,
-            Err(e) => Some(Err(TraceLakeError::InvalidArgument(format!(
-                "sorting the rows of a commit failed: {e}"
-            )))),
+        match &mut self.0 {
+            Chunks::Background { batches, task } => {
+                if let Some(batch) = batches.recv().await {
+                    return Some(batch);
+                }
+                match task.take()?.await {
+                    Ok(()) => None,
+                    Err(e) => Some(Err(TraceLakeError::InvalidArgument(format!(
+                        "sorting the rows of a commit failed: {e}"
+                    )))),
+                }
+            }
+            Chunks::Inline(run) => match run {
+                Some(Ok(sorted)) => {
+                    let next = sorted.next();
+                    if next.is_none() {
+                        *run = None;
+                    }
+                    next
+                }
+                Some(Err(_)) => run.take().and_then(|r| r.err()).map(Err),
+                None => None,
+            },
         }
     }
 
@@ -786,10 +810,21 @@ mod tests {
 
         // A batch that does not fit: the error reaches the writer, not a shorter commit.
         let broken = stored[0].project(&[0, 1]).unwrap();
-        let err = sort_in_background(vec![broken])
+        let err = sort_in_background(vec![broken.clone()])
             .collect()
             .await
             .unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+
+        // Without a Tokio runtime (another executor), the sort runs on the caller's thread.
+        let inline = std::thread::spawn(move || {
+            let sorted = futures::executor::block_on(sort_in_background(stored).collect());
+            let broken = futures::executor::block_on(sort_in_background(vec![broken]).collect());
+            (sorted.unwrap(), broken.unwrap_err().to_string())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inline.0, expected);
+        assert!(inline.1.contains("missing"), "{}", inline.1);
     }
 }
