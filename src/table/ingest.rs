@@ -519,10 +519,13 @@ enum Chunks {
 const SORTED_AHEAD: usize = 2;
 
 /// Sorts `batches` as [`sort_for_storage`] does, on a blocking thread (see [`SortedChunks`]);
-/// on the caller's thread when there is no Tokio runtime to run it.
+/// on the caller's thread when they fit one sorted batch (nothing to overlap: small commits
+/// take no thread hop) or when there is no Tokio runtime to run it.
 pub(crate) fn sort_in_background(batches: Vec<RecordBatch>) -> SortedChunks {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return SortedChunks(Chunks::Inline(Some(SortedRun::new(batches))));
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let runtime = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if rows > SORTED_BATCH_ROWS => runtime,
+        _ => return SortedChunks(Chunks::Inline(Some(SortedRun::new(batches)))),
     };
     let (send, receive) = tokio::sync::mpsc::channel(SORTED_AHEAD);
     let span = tracing::Span::current();
@@ -808,18 +811,28 @@ mod tests {
         assert_eq!(got, expected);
         assert!(chunks.next().await.is_none(), "the end is reported once");
 
-        // A batch that does not fit: the error reaches the writer, not a shorter commit.
-        let broken = stored[0].project(&[0, 1]).unwrap();
-        let err = sort_in_background(vec![broken.clone()])
-            .collect()
-            .await
-            .unwrap_err();
+        // Batches that do not fit: the error reaches the writer, not a shorter commit.
+        let broken: Vec<RecordBatch> = stored[..2]
+            .iter()
+            .map(|b| b.project(&[0, 1]).unwrap())
+            .collect();
+        let chunks = sort_in_background(broken.clone());
+        assert!(matches!(chunks.0, Chunks::Background { .. }));
+        let err = chunks.collect().await.unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
+
+        // What fits one sorted batch is sorted on the caller's thread.
+        assert!(matches!(
+            sort_in_background(stored[..1].to_vec()).0,
+            Chunks::Inline(_)
+        ));
 
         // Without a Tokio runtime (another executor), the sort runs on the caller's thread.
         let inline = std::thread::spawn(move || {
-            let sorted = futures::executor::block_on(sort_in_background(stored).collect());
-            let broken = futures::executor::block_on(sort_in_background(vec![broken]).collect());
+            let chunks = sort_in_background(stored);
+            assert!(matches!(chunks.0, Chunks::Inline(_)));
+            let sorted = futures::executor::block_on(chunks.collect());
+            let broken = futures::executor::block_on(sort_in_background(broken).collect());
             (sorted.unwrap(), broken.unwrap_err().to_string())
         })
         .join()
