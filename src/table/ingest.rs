@@ -455,18 +455,15 @@ impl Iterator for SortedRun {
     type Item = Result<RecordBatch>;
 
     fn next(&mut self) -> Option<Result<RecordBatch>> {
-        let RunState::Gather {
-            schema,
-            order,
-            done,
-            gathers,
-            starts,
-        } = &mut self.state
-        else {
-            let RunState::AsIs(batches) = &mut self.state else {
-                return None;
-            };
-            return batches.next().map(Ok);
+        let (schema, order, done, gathers, starts) = match &mut self.state {
+            RunState::AsIs(batches) => return batches.next().map(Ok),
+            RunState::Gather {
+                schema,
+                order,
+                done,
+                gathers,
+                starts,
+            } => (schema, order, done, gathers, starts),
         };
         let chunk = order.get(*done..(*done + SORTED_BATCH_ROWS).min(order.len()))?;
         if chunk.is_empty() {
