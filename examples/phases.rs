@@ -119,6 +119,15 @@ fn lookup(spans: usize, optimized: bool) {
                 p50_ms(total)
             );
         }
+        let id = &fixture.sample_ids[per_query + 1];
+        let explained = ctx
+            .sql(&format!("EXPLAIN ANALYZE SELECT * FROM spans WHERE trace_id = '{id}'"))
+            .await
+            .expect("plan")
+            .collect()
+            .await
+            .expect("explain");
+        println!("{}", arrow::util::pretty::pretty_format_batches(&explained).expect("format"));
     });
 }
 
@@ -542,7 +551,20 @@ fn layout() {
         "1M spans, one sorted commit; lean conversion {:.0} ms",
         conversion.as_secs_f64() * 1e3
     );
-    for (label, data) in [("stored now", &sorted), ("lean attributes", &lean)] {
+    let no_dictionary = writer_properties()
+        .into_builder()
+        .set_dictionary_enabled(false)
+        .build();
+    let small_dictionary = writer_properties()
+        .into_builder()
+        .set_dictionary_page_size_limit(16 * 1024)
+        .build();
+    for (label, data, properties) in [
+        ("stored now", &sorted, writer_properties()),
+        ("no dictionary", &sorted, no_dictionary),
+        ("dict <= 16 KiB", &sorted, small_dictionary),
+        ("lean attributes", &lean, writer_properties()),
+    ] {
         let mut writes = Vec::new();
         let mut file = Vec::new();
         for _ in 0..3 {
@@ -551,7 +573,7 @@ fn layout() {
             let mut writer = parquet::arrow::ArrowWriter::try_new(
                 &mut file,
                 data[0].schema(),
-                Some(writer_properties()),
+                Some(properties.clone()),
             )
             .expect("writer");
             for batch in data.iter() {

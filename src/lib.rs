@@ -34,7 +34,7 @@ pub use error::{Result, TraceLakeError};
 pub use observe::TraceLakeMetrics;
 pub use provider::TraceTableProvider;
 pub use span::{AttributeValue, Event, Link, Span, SpanKind, StatusCode};
-pub use table::{AppendOutcome, TableOptions, TraceTable};
+pub use table::{AppendOutcome, DEFAULT_LOOKUP_CACHE_BYTES, TableOptions, TraceTable};
 
 /// How [`TraceLake::register_with`] registers a lake into a `SessionContext`.
 #[derive(Debug, Clone)]

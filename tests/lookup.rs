@@ -275,3 +275,76 @@ async fn lookups_return_exactly_what_a_full_scan_returns() {
         assert_eq!(m.bytes_scanned, 0, "{m:?}");
     }
 }
+
+/// A lookup asked again is served from the decoded cache of lookup rows: same rows, nothing
+/// read or decoded; any change to the ids or the columns is a read of its own; the budget is
+/// configurable and 0 turns the cache off.
+#[tokio::test]
+async fn a_repeated_lookup_is_served_from_the_decoded_cache_keyed_by_ids_and_columns() {
+    use tracelake::TableOptions;
+    for (budget, cached) in [(tracelake::DEFAULT_LOOKUP_CACHE_BYTES, true), (0, false)] {
+        let options = TableOptions {
+            lookup_cache_bytes: budget,
+            ..TableOptions::default()
+        };
+        let metrics = options.metrics.clone();
+        let lake = TraceLake::create_with_options(&format!("memory:///decoded-{budget}"), &options)
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for commit in 0..3u64 {
+            let spans = traces(commit, TraceShape::Fixed(5), 200, DAY0, 1_000_000_000);
+            ids.push(spans[17].trace_id.clone());
+            lake.append_spans(&spans).await.unwrap();
+        }
+        let ctx = lake.session_context().unwrap();
+        let (a, b) = (&ids[0], &ids[1]);
+        let star = format!("SELECT * FROM spans WHERE trace_id = '{a}'");
+        let (first, m) = run(&ctx, &star).await;
+        assert_eq!(rows(&first), 5);
+        assert_eq!((m.files_opened, m.decoded_cache_hits), (1, 0), "{m:?}");
+        let (again, m) = run(&ctx, &star).await;
+        assert_eq!(
+            arrow::util::pretty::pretty_format_batches(&again)
+                .unwrap()
+                .to_string(),
+            arrow::util::pretty::pretty_format_batches(&first)
+                .unwrap()
+                .to_string()
+        );
+        if cached {
+            assert_eq!((m.files_opened, m.decoded_cache_hits), (0, 1), "{m:?}");
+            assert_eq!(m.bytes_scanned, 0, "{m:?}");
+        } else {
+            assert_eq!((m.files_opened, m.decoded_cache_hits), (1, 0), "{m:?}");
+        }
+        // Other columns, other ids, a filter above the lookup: each its own entry, with its
+        // own rows (never the cached rows of another shape).
+        for (sql, expected) in [
+            (
+                format!("SELECT span_id FROM spans WHERE trace_id = '{a}'"),
+                5,
+            ),
+            (
+                format!("SELECT * FROM spans WHERE trace_id IN ('{a}', '{b}')"),
+                10,
+            ),
+            (format!("SELECT * FROM spans WHERE trace_id = '{b}'"), 5),
+        ] {
+            let (batches, m) = run(&ctx, &sql).await;
+            assert_eq!(rows(&batches), expected, "{sql}");
+            assert_eq!(m.decoded_cache_hits, 0, "{sql}: {m:?}");
+            assert!(m.files_opened >= 1, "{sql}: {m:?}");
+        }
+        let root = format!("SELECT * FROM spans WHERE trace_id = '{a}' AND parent_span_id IS NULL");
+        let (batches, m) = run(&ctx, &root).await;
+        assert_eq!(rows(&batches), 1);
+        assert_eq!(m.decoded_cache_hits, usize::from(cached), "{m:?}");
+        assert_eq!(metrics.lookup_cache_count("hit") > 0, cached);
+        if cached {
+            assert!(lake.table().lookup_cache_memory() <= budget);
+        } else {
+            assert_eq!(lake.table().lookup_cache_memory(), 0);
+        }
+    }
+}

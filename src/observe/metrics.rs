@@ -79,6 +79,7 @@ pub struct TraceLakeMetrics {
     pub(crate) bytes: Family<RequestLabels, Counter>,
     pub(crate) list_entries: Family<RequestLabels, Counter>,
     pub(crate) cache: Family<CacheLabels, Counter>,
+    pub(crate) lookup_cache: Family<ResultLabels, Counter>,
     pub(crate) commits: Family<ResultLabels, Counter>,
     pub(crate) commit_duration: Histogram,
     pub(crate) committed_spans: Counter,
@@ -102,6 +103,7 @@ impl TraceLakeMetrics {
             bytes: Family::default(),
             list_entries: Family::default(),
             cache: Family::default(),
+            lookup_cache: Family::default(),
             commits: Family::default(),
             commit_duration: duration_histogram(),
             committed_spans: Counter::default(),
@@ -137,6 +139,11 @@ impl TraceLakeMetrics {
             names::METRIC_CACHE_LOOKUPS,
             "Lookups in the object cache by path kind and result (hit or miss)",
             self.cache.clone(),
+        );
+        registry.register(
+            names::METRIC_LOOKUP_CACHE_LOOKUPS,
+            "Lookups in the decoded cache of lookup rows by result (hit or miss)",
+            self.lookup_cache.clone(),
         );
         registry.register(
             names::METRIC_COMMITS,
@@ -277,6 +284,24 @@ impl TraceLakeMetrics {
             .iter()
             .map(|k| self.request_count(backend, operation, k))
             .sum()
+    }
+
+    /// Counts a lookup in the decoded cache of lookup rows.
+    pub(crate) fn count_lookup_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.lookup_cache
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Lookups in the decoded cache of lookup rows counted so far with `result` (`hit` or
+    /// `miss`).
+    pub fn lookup_cache_count(&self, result: &str) -> u64 {
+        let result = if result == "hit" { "hit" } else { "miss" };
+        self.lookup_cache
+            .get(&ResultLabels { result })
+            .map(|c| c.get())
+            .unwrap_or(0)
     }
 
     /// Cache lookups counted so far with `result` (`hit` or `miss`), over every path kind.

@@ -152,6 +152,8 @@ pub const METRIC_OBJECT_STORE_BYTES: &str = "tracelake_object_store_bytes";
 pub const METRIC_OBJECT_STORE_LIST_ENTRIES: &str = "tracelake_object_store_list_entries";
 /// Counter: object cache lookups (`result` = `hit` or `miss`).
 pub const METRIC_CACHE_LOOKUPS: &str = "tracelake_cache_lookups";
+/// Counter: lookups in the decoded cache of lookup rows (`result` = `hit` or `miss`).
+pub const METRIC_LOOKUP_CACHE_LOOKUPS: &str = "tracelake_lookup_cache_lookups";
 /// Counter: Delta commits of appends (`result` = `ok` or `error`).
 pub const METRIC_COMMITS: &str = "tracelake_commits";
 /// Histogram: duration of an append's commit in seconds (writing files, the log, installing).
@@ -172,6 +174,7 @@ pub const METRIC_NAMES: &[&str] = &[
     METRIC_OBJECT_STORE_BYTES,
     METRIC_OBJECT_STORE_LIST_ENTRIES,
     METRIC_CACHE_LOOKUPS,
+    METRIC_LOOKUP_CACHE_LOOKUPS,
     METRIC_COMMITS,
     METRIC_COMMIT_DURATION,
     METRIC_COMMITTED_SPANS,

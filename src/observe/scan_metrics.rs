@@ -27,6 +27,9 @@ pub struct ScanMetrics {
     pub bytes_scanned: usize,
     /// Rows produced by the scan leaves.
     pub rows_scanned: usize,
+    /// Files whose rows of a lookup came from the decoded cache of lookup rows (decoded
+    /// before, neither read nor decoded again).
+    pub decoded_cache_hits: usize,
 }
 
 impl ScanMetrics {
@@ -62,6 +65,9 @@ impl ScanMetrics {
                         },
                         v if v.name() == "count_files_scanned" => out.files_scanned += v.as_usize(),
                         v if v.name() == "bytes_scanned" => out.bytes_scanned += v.as_usize(),
+                        v if v.name() == "decoded_cache_hits" => {
+                            out.decoded_cache_hits += v.as_usize()
+                        }
                         MetricValue::OutputRows(rows) if is_leaf => {
                             out.rows_scanned += rows.value()
                         }

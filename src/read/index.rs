@@ -25,6 +25,7 @@ use parquet::bloom_filter::Sbbf;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::statistics::Statistics;
 
+use super::decoded::DecodedCache;
 use super::file_schema;
 use super::filters::StartBounds;
 use super::reader::TailReader;
@@ -422,11 +423,13 @@ impl Drop for FileSlot {
 }
 
 /// Where a table's file slots live: the prefix of its files in the root store and the
-/// budget of the footers they hold.
+/// budget of the footers they hold, and the table's decoded cache of lookup rows.
 #[derive(Debug, Clone)]
 pub(crate) struct SlotHome {
     pub(crate) prefix: Path,
     pub(crate) budget: Arc<FooterBudget>,
+    /// The decoded rows of recent lookups (`None` when off), shared by every version.
+    pub(crate) decoded: Option<Arc<DecodedCache>>,
 }
 
 impl FileSlot {
@@ -579,6 +582,8 @@ pub(crate) struct TraceIdIndex {
     files: FileMap,
     /// The files' log filters side by side, built by the version's first lookup.
     filters: std::sync::OnceLock<FilterTable>,
+    /// The table's decoded cache of lookup rows (`None` when off).
+    decoded: Option<Arc<DecodedCache>>,
 }
 
 /// The files of a version with their log filters in one array: a lookup checks every file's
@@ -621,12 +626,18 @@ pub(crate) fn table_prefix(url: &url::Url) -> Path {
 }
 
 impl TraceIdIndex {
-    /// The index over `files`.
-    pub(crate) fn new(files: FileMap) -> Self {
+    /// The index over `files`, with the table's decoded cache of lookup rows.
+    pub(crate) fn new(files: FileMap, decoded: Option<Arc<DecodedCache>>) -> Self {
         Self {
             files,
             filters: std::sync::OnceLock::new(),
+            decoded,
         }
+    }
+
+    /// The table's decoded cache of lookup rows (`None` when off).
+    pub(crate) fn decoded(&self) -> Option<&Arc<DecodedCache>> {
+        self.decoded.as_ref()
     }
 
     /// The footer entries of `slots`, reading those not read yet; fails naming the first file

@@ -40,6 +40,7 @@ use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter, RowSelection, Ro
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 
+use super::decoded::{DecodedCache, DecodedKey};
 use super::index::IndexedFile;
 use super::reader::{IndexedReader, StoreReader};
 
@@ -59,13 +60,15 @@ pub struct LookupExec {
     pub(crate) projection: Vec<usize>,
     /// The output: SQL names and types.
     schema: SchemaRef,
+    /// The table's decoded cache of lookup rows (`None` when off, or when shipped).
+    decoded: Option<Arc<DecodedCache>>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl LookupExec {
     /// A lookup of `ids` in `files`, producing the file columns `projection` as `schema` (the
-    /// SQL fields of those columns, same order).
+    /// SQL fields of those columns, same order), keeping what each file gives in `decoded`.
     pub(crate) fn new(
         store: Arc<dyn ObjectStore>,
         store_url: ObjectStoreUrl,
@@ -73,6 +76,7 @@ impl LookupExec {
         ids: Vec<String>,
         projection: Vec<usize>,
         schema: SchemaRef,
+        decoded: Option<Arc<DecodedCache>>,
     ) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
@@ -87,6 +91,7 @@ impl LookupExec {
             ids: ids.into(),
             projection,
             schema,
+            decoded,
             properties,
             metrics: ExecutionPlanMetricsSet::new(),
         }
@@ -184,6 +189,8 @@ impl ExecutionPlan for LookupExec {
                     schema: self.schema.clone(),
                     batch_size,
                     bytes_scanned: metric().counter("bytes_scanned", partition),
+                    decoded: self.decoded.clone(),
+                    decoded_hits: metric().counter("decoded_cache_hits", partition),
                 }
             })
             .collect();
@@ -210,10 +217,36 @@ struct FileRead {
     schema: SchemaRef,
     batch_size: usize,
     bytes_scanned: Count,
+    decoded: Option<Arc<DecodedCache>>,
+    /// Files whose rows came from `decoded` (0 or 1).
+    decoded_hits: Count,
 }
 
 impl FileRead {
+    /// The file's rows of the wanted ids: from the decoded cache if this very read was done
+    /// before, else read (and kept there).
     async fn run(self) -> DfResult<Vec<RecordBatch>> {
+        let Some(decoded) = self.decoded.clone() else {
+            return self.read().await;
+        };
+        let key = DecodedKey {
+            location: self.file.location.clone(),
+            size: self.file.size,
+            row_groups: self.row_groups.clone(),
+            ids: self.ids.clone(),
+            projection: self.projection.clone(),
+        };
+        if let Some(batches) = decoded.get(&key).await {
+            self.decoded_hits.add(1);
+            return Ok(batches.to_vec());
+        }
+        let batches = self.read().await?;
+        decoded.insert(key, &batches).await;
+        Ok(batches)
+    }
+
+    /// Reads the file's rows of the wanted ids.
+    async fn read(self) -> DfResult<Vec<RecordBatch>> {
         let reader_metadata = self.file.reader.clone();
         let metadata = self.file.metadata().clone();
         let descr = metadata.file_metadata().schema_descr_ptr();

@@ -8,6 +8,7 @@
 //!
 //! [`LookupExec`]: lookup_exec::LookupExec
 
+pub(crate) mod decoded;
 pub(crate) mod filters;
 pub(crate) mod index;
 pub(crate) mod lookup_exec;

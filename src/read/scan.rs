@@ -81,6 +81,7 @@ pub(crate) async fn scan_index(
             ids.clone(),
             file_projection(&wanted)?,
             Arc::new(sql.project(&wanted)?),
+            index.decoded().cloned(),
         )));
     }
     let build = |wanted: &[usize]| {

@@ -42,6 +42,8 @@ use tracing::{Instrument, field};
 
 use crate::error::{Result, TraceLakeError};
 use crate::observe::{TraceLakeMetrics, names};
+pub use crate::read::decoded::DEFAULT_LOOKUP_CACHE_BYTES;
+use crate::read::decoded::DecodedCache;
 use crate::read::index::{FooterBudget, SlotHome, TraceIdIndex, table_prefix};
 use crate::schema::{self, col, storage_schema};
 use crate::span::{Span, spans_to_batch};
@@ -100,9 +102,9 @@ impl std::fmt::Debug for TableSnapshot {
 }
 
 impl TableSnapshot {
-    fn new(state: TableState, delta: Option<DeltaTable>) -> Self {
-        let index =
-            (state.deletion_vectors == 0).then(|| Arc::new(TraceIdIndex::new(state.files.clone())));
+    fn new(state: TableState, delta: Option<DeltaTable>, home: &SlotHome) -> Self {
+        let index = (state.deletion_vectors == 0)
+            .then(|| Arc::new(TraceIdIndex::new(state.files.clone(), home.decoded.clone())));
         // deltalake's table holds the whole log in memory (every file's statistics, tags and
         // partition values): it is kept only for versions whose scans or appends need it
         // (deletion vectors; tables only deltalake's writer may write); maintenance loads it
@@ -192,6 +194,10 @@ pub struct TableOptions {
     /// when a query needs them. Footers are read only for files a query cannot rule out by
     /// the log statistics, so this bounds the index whatever the number of files.
     pub footer_cache_bytes: u64,
+    /// Bytes of decoded lookup rows kept for lookups asked again: the rows one data file gave
+    /// a lookup of some trace ids with some columns, in the SQL types, keyed by all of that
+    /// (see docs/architecture.md, "The decoded cache"); 0 turns it off.
+    pub lookup_cache_bytes: u64,
     /// Rows an `INSERT INTO spans` (or [`TraceTable::append_stream`]) holds before sorting
     /// and writing them as data files of its commit: the statement's memory is bounded by
     /// this many rows whatever its size (1 to 100,000,000; each run writes at least one file
@@ -216,6 +222,7 @@ impl Default for TableOptions {
             root_store: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             footer_cache_bytes: DEFAULT_FOOTER_CACHE_BYTES,
+            lookup_cache_bytes: DEFAULT_LOOKUP_CACHE_BYTES,
             insert_run_rows: DEFAULT_INSERT_RUN_ROWS,
         }
     }
@@ -473,18 +480,21 @@ impl TraceTable {
         let home = SlotHome {
             prefix: table_prefix(&location.url),
             budget: FooterBudget::new(options.footer_cache_bytes),
+            decoded: DecodedCache::new(options.lookup_cache_bytes, metrics.clone()),
         };
         let state = TableState::from_delta(&table, &home, None)?;
         static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store_url = ObjectStoreUrl::parse(crate::distributed::store_url(id, &location.url))?;
+        let log_store = table.log_store();
+        let current = ArcSwap::from_pointee(TableSnapshot::new(state, Some(table), &home));
         Ok(Self {
             location,
             store_url,
-            log_store: table.log_store(),
+            log_store,
             home,
             insert_run_rows: options.insert_run_rows,
-            current: ArcSwap::from_pointee(TableSnapshot::new(state, Some(table))),
+            current,
             commit_lock: tokio::sync::Mutex::new(()),
             metrics,
             checkpointing: std::sync::Mutex::new(None),
@@ -495,6 +505,12 @@ impl TraceTable {
     /// at most [`TableOptions::footer_cache_bytes`] plus the footers queries are reading.
     pub fn footer_memory(&self) -> u64 {
         self.home.budget.used()
+    }
+
+    /// Bytes of decoded lookup rows held for lookups asked again, at most
+    /// [`TableOptions::lookup_cache_bytes`] (as of the cache's last housekeeping).
+    pub fn lookup_cache_memory(&self) -> u64 {
+        self.home.decoded.as_ref().map_or(0, |d| d.weighted_size())
     }
 
     /// The metrics this table reports into.
@@ -550,7 +566,7 @@ impl TraceTable {
             return before;
         }
         self.current
-            .store(Arc::new(TableSnapshot::new(state, delta)));
+            .store(Arc::new(TableSnapshot::new(state, delta, &self.home)));
         after
     }
 
