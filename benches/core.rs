@@ -1,7 +1,7 @@
 //! Tier 0 (`make bench.core`): the pull-request smoke suite, on a 100k-span fixture.
 //!
 //! Artifacts: `calibration` (the run's timing reference), `trace_tree_lookup_100k`,
-//! `cold_query`, `hot_query`, `refresh_sentinel` (queries after a background refresh: zero
+//! `lookup_cached_100k` (lookups asked again, from the decoded cache), `cold_query`, `hot_query`, `refresh_sentinel` (queries after a background refresh: zero
 //! LIST requests), `trace_tree_vs_recursive_100k`, `instrumented_vs_plain`,
 //! `append_vs_arrowwriter`.
 
@@ -62,9 +62,13 @@ fn table_json(f: &Fixture, lake: &TraceLake) -> serde_json::Value {
     json!({ "spans": f.spans, "files": stats.files, "commits": f.commits })
 }
 
+/// Opens the fixture with the decoded cache of lookup rows off: the lookups measured here
+/// repeat their ids (criterion's loop), and these figures are of the read and decode of a
+/// lookup (`lookup_cached_100k` measures the cache).
 async fn open(f: &Fixture, metrics: &TraceLakeMetrics) -> TraceLake {
     let options = TableOptions {
         metrics: metrics.clone(),
+        lookup_cache_bytes: 0,
         ..Default::default()
     };
     TraceLake::open_with_options(f.path.to_str().unwrap(), &options)
@@ -196,6 +200,51 @@ fn core(c: &mut Criterion) {
     lookup.extra =
         json!({"files_opened": scan.files_opened, "row_groups_read": scan.row_groups_read()});
     lookup.write();
+
+    // The same lookups asked again on a lake with the decoded cache of lookup rows on (the
+    // default): what a trace view opening a trace it showed before costs.
+    let cached_metrics = TraceLakeMetrics::new();
+    let cached_lake = rt
+        .block_on(TraceLake::open_with_options(
+            fx.path.to_str().unwrap(),
+            &TableOptions {
+                metrics: cached_metrics.clone(),
+                ..Default::default()
+            },
+        ))
+        .expect("open fixture");
+    let cached_ctx = cached_lake.session_context().unwrap();
+    let lookup_sql = |i: usize| {
+        format!(
+            "SELECT * FROM spans WHERE trace_id = '{}'",
+            ids[(i + 11) % ids.len()]
+        )
+    };
+    for i in 0..200 {
+        rt.block_on(run(&cached_ctx, &lookup_sql(i)));
+    }
+    let mut cached = Artifact::new(
+        "lookup_cached_100k",
+        BenchTier::Core,
+        "SELECT * FROM spans WHERE trace_id = '<id looked up before>'",
+    );
+    let before = support::requests(&cached_metrics, "local");
+    let (rows, scan) = rt.block_on(run(&cached_ctx, &lookup_sql(0)));
+    cached.requests = requests_between(&before, &cached_metrics);
+    cached.rows = rows as u64;
+    cached.bytes_read = scan.bytes_scanned as u64;
+    cached.timings = sample(200, |i| {
+        rt.block_on(run(&cached_ctx, &lookup_sql(i)));
+    });
+    cached.table = table.clone();
+    cached.reference = reference.clone();
+    cached.extra = json!({
+        "decoded_cache_hits": scan.decoded_cache_hits,
+        "lookup_cache_bytes": cached_lake.table().lookup_cache_memory(),
+    });
+    cached.write();
+    drop(cached_ctx);
+    drop(cached_lake);
 
     // Hot path: the same aggregate, warm cache.
     let mut hot = Artifact::new("hot_query", BenchTier::Core, HOT_SQL);

@@ -76,7 +76,7 @@ fn lookup(spans: usize, optimized: bool) {
         ];
         println!(
             "{spans} spans, 24 commits, p50 of up to {SAMPLES} lookups with fresh ids, then of \
-             the same ids again (their pages in the object cache) (ms):"
+             the same ids again (from the decoded cache of lookup rows) (ms):"
         );
         // Each query gets its own ids, so that its first pass finds none of their pages in
         // the object cache.
@@ -119,15 +119,6 @@ fn lookup(spans: usize, optimized: bool) {
                 p50_ms(total)
             );
         }
-        let id = &fixture.sample_ids[per_query + 1];
-        let explained = ctx
-            .sql(&format!("EXPLAIN ANALYZE SELECT * FROM spans WHERE trace_id = '{id}'"))
-            .await
-            .expect("plan")
-            .collect()
-            .await
-            .expect("explain");
-        println!("{}", arrow::util::pretty::pretty_format_batches(&explained).expect("format"));
     });
 }
 
