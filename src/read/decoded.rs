@@ -109,14 +109,15 @@ impl DecodedCache {
     /// few rows of a lookup in buffers sized for a whole batch (~110 KB for the 5 rows of a
     /// `SELECT *`), which a cache must not hold.
     pub(crate) async fn insert(&self, key: DecodedKey, batches: &[RecordBatch]) {
-        let Some(first) = batches.first() else {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let Some(first) = batches.first().filter(|_| rows > 0) else {
+            // The file holds none of the ids (a bloom-filter false positive): kept too.
             self.cache.insert(key, Arc::from([])).await;
             return;
         };
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         // Bounded before copying: the decoded batches are at least as large as the copy.
         let estimate: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        if rows == 0 || estimate as u64 > self.largest.saturating_mul(64) {
+        if estimate as u64 > self.largest.saturating_mul(64) {
             return;
         }
         let indices: Vec<(usize, usize)> = batches
@@ -182,6 +183,21 @@ mod tests {
         assert!(cache.get(&other_file).await.is_none());
         assert_eq!(metrics.lookup_cache_count("hit"), 1);
         assert_eq!(metrics.lookup_cache_count("miss"), 3);
+        // A file without the ids: an empty entry, found (nothing to read next time).
+        cache.insert(key(&["none"], vec![0]), &[]).await;
+        assert_eq!(
+            cache.get(&key(&["none"], vec![0])).await.map(|b| b.len()),
+            Some(0)
+        );
+        // What is kept is one batch of exactly the rows, in buffers of their own size.
+        let two = [rows(3)[0].clone(), rows(2)[0].clone()];
+        cache.insert(key(&["two"], vec![0]), &two).await;
+        let kept = cache.get(&key(&["two"], vec![0])).await.expect("kept");
+        assert_eq!((kept.len(), kept[0].num_rows()), (1, 5));
+        let wide = rows(8_192)[0].slice(0, 4);
+        cache.insert(key(&["sliced"], vec![0]), &[wide]).await;
+        let kept = cache.get(&key(&["sliced"], vec![0])).await.expect("kept");
+        assert!(kept[0].get_array_memory_size() < 1_024, "{kept:?}");
     }
 
     #[tokio::test]
