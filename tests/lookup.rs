@@ -346,6 +346,16 @@ async fn a_repeated_lookup_is_served_from_the_decoded_cache_keyed_by_ids_and_col
         assert_eq!(rows(&batches), 1);
         assert_eq!(m.decoded_cache_hits, usize::from(cached), "{m:?}");
         assert_eq!(metrics.lookup_cache_count("hit") > 0, cached);
+        // A hit hands its rows over in batches of at most the session's batch size.
+        let small = lake
+            .session_context_with_config(
+                datafusion::prelude::SessionConfig::new().with_batch_size(2),
+            )
+            .unwrap();
+        let (batches, m) = run(&small, &star).await;
+        assert_eq!(m.decoded_cache_hits, usize::from(cached), "{m:?}");
+        assert_eq!(rows(&batches), 5);
+        assert!(batches.iter().all(|b| b.num_rows() <= 2), "{batches:?}");
         if cached {
             assert!(lake.table().lookup_cache_memory() <= budget);
         } else {

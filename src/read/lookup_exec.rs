@@ -238,7 +238,16 @@ impl FileRead {
         };
         if let Some(batches) = decoded.get(&key).await {
             self.decoded_hits.add(1);
-            return Ok(batches.to_vec());
+            // Kept as one batch: handed over in batches of at most the session's size.
+            let size = self.batch_size.max(1);
+            return Ok(batches
+                .iter()
+                .flat_map(|batch| {
+                    (0..batch.num_rows())
+                        .step_by(size)
+                        .map(move |start| batch.slice(start, size.min(batch.num_rows() - start)))
+                })
+                .collect());
         }
         let batches = self.read().await?;
         decoded.insert(key, &batches).await;
