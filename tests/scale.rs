@@ -128,12 +128,13 @@ async fn a_small_footer_budget_bounds_the_memory_and_lookups_stay_correct() {
     assert_eq!(rows(&batches), 5);
 
     // The default budget keeps every footer of this table: a second pass of lookups reads
-    // only data pages.
+    // only data pages (the decoded cache off, so that the second pass reads them).
     let lake = TraceLake::open_with_options(
         "memory:///scale-budget",
         &TableOptions {
             root_store: Some(store.clone()),
             cache_bytes: 0,
+            lookup_cache_bytes: 0,
             ..Default::default()
         },
     )
@@ -155,10 +156,10 @@ async fn a_small_footer_budget_bounds_the_memory_and_lookups_stay_correct() {
         &format!("SELECT * FROM spans WHERE trace_id = '{}'", ids[3]),
     )
     .await;
-    // Data pages only: the row group's column chunks, in at most two requests (no footer is
-    // read again; reading them took one request per file).
+    // Data pages only, in one request (no footer is read again; reading them took one
+    // request per file): the trace's pages of every column at once.
     let data = store.count("get_range", "parquet_data") + store.count("get", "parquet_data");
-    assert!(data <= 2, "{:?}", store.calls());
+    assert_eq!(data, 1, "{:?}", store.calls());
 }
 
 #[tokio::test]
@@ -191,9 +192,9 @@ async fn a_cold_lookup_reads_the_footer_of_the_file_that_holds_the_trace_only() 
         .await;
         assert_eq!(rows(&batches), 5);
         assert_eq!(m.files_opened, 1);
-        // One request for the footer of the one file, at most two for its pages.
+        // One request for the footer of the one file, one for its pages.
         let data = store.count("get_range", "parquet_data") + store.count("get", "parquet_data");
-        assert!(data <= 3, "{:?}", store.calls());
+        assert_eq!(data, 2, "{:?}", store.calls());
     }
     // An id in no file reads nothing at all (a 0.1% false positive per file at most).
     store.reset_calls();

@@ -6,19 +6,21 @@
 //! for each row group the index points at, it selects the pages of `trace_id` whose min/max
 //! may hold a wanted id (page index held in memory), decodes `trace_id` there, and decodes the
 //! other projected columns only for the matching rows. The footers come from the index, so the
-//! only object-store reads are the data pages: one request for the `trace_id` pages and one for
-//! the other columns' pages, per file.
+//! only object-store reads are the data pages, in one request per file: the candidate pages
+//! of every projected column, fetched together before decoding (see [`FileRead::prefetch`]).
 //!
 //! The output has the SQL types and names of `spans` (the storage columns converted), so no
 //! projection sits above it.
 
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result as DfResult, exec_err};
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -262,7 +264,10 @@ impl FileRead {
         let Some(trace_id) = self.file.trace_id_column else {
             return exec_err!("{} has no trace_id column", self.file.location);
         };
-        let selection = page_selection(&metadata, &self.row_groups, trace_id, &self.ids);
+        let groups = page_selections(&metadata, &self.row_groups, trace_id, &self.ids);
+        let selection = groups
+            .as_ref()
+            .map(|groups| RowSelection::from(groups.concat()));
         if selection.as_ref().is_some_and(|s| !s.selects_any()) {
             return Ok(Vec::new());
         }
@@ -292,6 +297,11 @@ impl FileRead {
                 Ok(matching(values, &ids))
             },
         );
+        let projection = ProjectionMask::roots(&descr, roots.iter().copied());
+        let prefetched = match &groups {
+            Some(groups) => self.prefetch(&metadata, groups, &projection).await?,
+            None => Vec::new(),
+        };
         let reader = IndexedReader {
             inner: StoreReader::new(
                 self.store.clone(),
@@ -300,11 +310,12 @@ impl FileRead {
             ),
             metadata: Some(metadata.clone()),
             bytes_scanned: self.bytes_scanned.clone(),
+            prefetched,
         };
         let mut builder =
             ParquetRecordBatchStreamBuilder::new_with_metadata(reader, reader_metadata)
                 .with_row_groups(self.row_groups.clone())
-                .with_projection(ProjectionMask::roots(&descr, roots.iter().copied()))
+                .with_projection(projection)
                 .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
                 // A lookup reads a few pages of at most PAGE_ROWS rows: decoding buffers sized
                 // for the session's batch (8,192 rows) cost more than they hold (measured with
@@ -324,6 +335,62 @@ impl FileRead {
             .filter(|b| b.num_rows() > 0)
             .map(|batch| self.output(&batch, &order))
             .collect()
+    }
+
+    /// Every page the read may need, in one request: for each projected leaf of each planned
+    /// row group, the pages holding candidate rows (`groups`, from the `trace_id` page
+    /// index) and the dictionary page. Parquet's reader would ask for the `trace_id` pages,
+    /// decode them, then ask for the other columns' pages of the matching rows: two round
+    /// trips to the store per file, where one does (the matching rows are among the
+    /// candidates, so their pages are among these). Empty when the footer has no offset index.
+    async fn prefetch(
+        &self,
+        metadata: &ParquetMetaData,
+        groups: &[Vec<RowSelector>],
+        projection: &ProjectionMask,
+    ) -> DfResult<Vec<(Range<u64>, Bytes)>> {
+        let Some(offset_index) = metadata.offset_index() else {
+            return Ok(Vec::new());
+        };
+        let mut ranges: Vec<Range<u64>> = Vec::new();
+        for (&rg, selectors) in self.row_groups.iter().zip(groups) {
+            let selection = RowSelection::from(selectors.clone());
+            if !selection.selects_any() {
+                continue;
+            }
+            let (Some(group), Some(pages)) = (metadata.row_groups().get(rg), offset_index.get(rg))
+            else {
+                return Ok(Vec::new());
+            };
+            for (leaf, chunk) in group.columns().iter().enumerate() {
+                if !projection.leaf_included(leaf) {
+                    continue;
+                }
+                let Some(locations) = pages.get(leaf) else {
+                    return Ok(Vec::new());
+                };
+                let (start, _) = chunk.byte_range();
+                if let Some(first) = locations.page_locations.first()
+                    && first.offset as u64 != start
+                {
+                    ranges.push(start..first.offset as u64);
+                }
+                ranges.extend(selection.scan_ranges(&locations.page_locations));
+            }
+        }
+        ranges.sort_by_key(|r| (r.start, r.end));
+        ranges.dedup();
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        self.bytes_scanned.add(total as usize);
+        let bytes = self
+            .store
+            .get_ranges(&self.file.location, &ranges)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(ranges.into_iter().zip(bytes).collect())
     }
 
     /// The read columns in output order, with the SQL types.
@@ -364,19 +431,20 @@ fn matching(values: &StringArray, ids: &[String]) -> BooleanArray {
     }
 }
 
-/// The rows of `row_groups` (concatenated, in that order) on pages of `column` whose min/max
-/// may hold one of `ids`; `None` when the file has no page index for the column (every row of
-/// the row groups is then a candidate).
-fn page_selection(
+/// For each of `row_groups` (in that order), its rows on pages of `column` whose min/max may
+/// hold one of `ids`; `None` when the file has no page index for the column (every row of the
+/// row groups is then a candidate).
+fn page_selections(
     metadata: &ParquetMetaData,
     row_groups: &[usize],
     column: usize,
     ids: &[String],
-) -> Option<RowSelection> {
+) -> Option<Vec<Vec<RowSelector>>> {
     let column_index = metadata.column_index()?;
     let offset_index = metadata.offset_index()?;
-    let mut selectors = Vec::new();
+    let mut groups = Vec::with_capacity(row_groups.len());
     for &rg in row_groups {
+        let mut selectors = Vec::new();
         let rows = metadata.row_group(rg).num_rows().max(0) as usize;
         let pages = &offset_index.get(rg)?.get(column)?.page_locations;
         let ColumnIndexMetaData::BYTE_ARRAY(index) = column_index.get(rg)?.get(column)? else {
@@ -402,6 +470,7 @@ fn page_selection(
                 RowSelector::skip(count)
             });
         }
+        groups.push(selectors);
     }
-    Some(RowSelection::from(selectors))
+    Some(groups)
 }

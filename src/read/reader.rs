@@ -212,10 +212,32 @@ pub(crate) struct IndexedReader {
     pub(crate) inner: StoreReader,
     pub(crate) metadata: Option<Arc<ParquetMetaData>>,
     pub(crate) bytes_scanned: Count,
+    /// Ranges read ahead (and counted) by the caller, sorted by start: requests they cover
+    /// are answered from memory.
+    pub(crate) prefetched: Vec<(Range<u64>, Bytes)>,
+}
+
+impl IndexedReader {
+    /// The bytes of `range` if a prefetched range covers it.
+    fn prefetched(&self, range: &Range<u64>) -> Option<Bytes> {
+        let after = self
+            .prefetched
+            .partition_point(|(r, _)| r.start <= range.start);
+        let (covering, bytes) = self.prefetched.get(after.checked_sub(1)?)?;
+        if range.end > covering.end {
+            return None;
+        }
+        let start = usize::try_from(range.start - covering.start).ok()?;
+        let end = usize::try_from(range.end - covering.start).ok()?;
+        (end <= bytes.len()).then(|| bytes.slice(start..end))
+    }
 }
 
 impl AsyncFileReader for IndexedReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        if let Some(bytes) = self.prefetched(&range) {
+            return futures::future::ready(Ok(bytes)).boxed();
+        }
         self.bytes_scanned.add((range.end - range.start) as usize);
         self.inner.get_bytes(range)
     }
@@ -224,6 +246,10 @@ impl AsyncFileReader for IndexedReader {
         &mut self,
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        let held: Option<Vec<Bytes>> = ranges.iter().map(|r| self.prefetched(r)).collect();
+        if let Some(held) = held {
+            return futures::future::ready(Ok(held)).boxed();
+        }
         let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         self.bytes_scanned.add(total as usize);
         self.inner.get_byte_ranges(ranges)
@@ -264,6 +290,7 @@ impl ParquetFileReaderFactory for IndexedReaderFactory {
             inner: StoreReader::new(self.store.clone(), location, size),
             metadata: entry.map(|e| e.metadata().clone()),
             bytes_scanned: file_metrics.bytes_scanned,
+            prefetched: Vec::new(),
         }))
     }
 }
