@@ -115,7 +115,8 @@ impl DecodedCache {
             self.cache.insert(key, Arc::from([])).await;
             return;
         };
-        // Bounded before copying: the decoded batches are at least as large as the copy.
+        // A bound checked before copying: decoded batches hold up to ~8x their rows' size
+        // (batch-sized buffers), so batches 64 times over the limit cannot make an entry.
         let estimate: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
         if estimate as u64 > self.largest.saturating_mul(64) {
             return;
