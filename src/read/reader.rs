@@ -227,9 +227,9 @@ impl IndexedReader {
         if range.end > covering.end {
             return None;
         }
-        let start = usize::try_from(range.start - covering.start).ok()?;
-        let end = usize::try_from(range.end - covering.start).ok()?;
-        (end <= bytes.len()).then(|| bytes.slice(start..end))
+        let start = usize::try_from(range.start.checked_sub(covering.start)?).ok()?;
+        let end = usize::try_from(range.end.checked_sub(covering.start)?).ok()?;
+        (start <= end && end <= bytes.len()).then(|| bytes.slice(start..end))
     }
 }
 
