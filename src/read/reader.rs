@@ -294,3 +294,46 @@ impl ParquetFileReaderFactory for IndexedReaderFactory {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prefetched_ranges_answer_the_requests_they_cover_and_others_go_to_the_store() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let path = Path::from("t/f.parquet");
+        let data: Vec<u8> = (0..=255u8).collect();
+        store
+            .put(&path, Bytes::from(data.clone()).into())
+            .await
+            .unwrap();
+        let bytes_scanned = Count::new();
+        // Prefetched bytes that differ from the object's: an answer from memory shows.
+        let mut reader = IndexedReader {
+            inner: StoreReader::new(store, path, 256),
+            metadata: None,
+            bytes_scanned: bytes_scanned.clone(),
+            prefetched: vec![
+                (10..20, Bytes::from(vec![1u8; 10])),
+                (40..44, Bytes::from(vec![2u8; 4])),
+            ],
+        };
+        assert_eq!(reader.get_bytes(12..15).await.unwrap(), vec![1u8; 3]);
+        assert_eq!(
+            reader.get_byte_ranges(vec![40..44, 10..20]).await.unwrap(),
+            [vec![2u8; 4], vec![1u8; 10]]
+        );
+        assert_eq!(bytes_scanned.value(), 0);
+        // Not covered (across two ranges, past one, before all): read from the store.
+        for range in [15..42, 18..22, 0..5] {
+            let expected = data[range.start as usize..range.end as usize].to_vec();
+            assert_eq!(reader.get_bytes(range).await.unwrap(), expected);
+        }
+        assert_eq!(
+            reader.get_byte_ranges(vec![10..20, 50..52]).await.unwrap(),
+            [data[10..20].to_vec(), data[50..52].to_vec()]
+        );
+        assert_eq!(bytes_scanned.value(), 27 + 4 + 5 + 12);
+    }
+}
