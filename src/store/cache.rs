@@ -31,12 +31,59 @@ use crate::observe::metrics::{CacheLabels, TraceLakeMetrics};
 use crate::observe::names;
 
 /// What a cache entry holds: a byte range of an object, or a whole object with its meta.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// A parquet read looks up one key per page it reads (a lookup's `get_ranges` asks for ~140),
+/// so keys are cheap to make, hash and compare: the path is shared by every key of one call
+/// and hashed once per call.
+#[derive(Debug, Clone)]
 struct Key {
-    path: Path,
+    path: Arc<str>,
+    /// `path`'s hash, by [`path_hash`].
+    path_hash: u64,
     /// `None` for the whole object.
     range: Option<Range<u64>>,
 }
+
+impl Key {
+    fn new(path: Arc<str>, range: Option<Range<u64>>) -> Self {
+        Self {
+            path_hash: path_hash(&path),
+            path,
+            range,
+        }
+    }
+
+    /// The key of another range of the same object.
+    fn with_range(&self, range: Range<u64>) -> Self {
+        Self {
+            path: self.path.clone(),
+            path_hash: self.path_hash,
+            range: Some(range),
+        }
+    }
+}
+
+fn path_hash(path: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(path)
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.path_hash);
+        self.range.hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.path_hash == other.path_hash
+            && self.range == other.range
+            && (Arc::ptr_eq(&self.path, &other.path) || self.path == other.path)
+    }
+}
+
+impl Eq for Key {}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -52,7 +99,7 @@ pub struct ObjectCache {
     metrics: TraceLakeMetrics,
     /// How many entries each path has in the cache: a write invalidates only paths found
     /// here (new data files and log entries never are), without scanning the cache.
-    paths: Arc<std::sync::Mutex<std::collections::HashMap<Path, usize>>>,
+    paths: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>>,
 }
 
 impl fmt::Debug for ObjectCache {
@@ -83,13 +130,14 @@ impl ObjectCache {
         capacity_bytes: u64,
         metrics: TraceLakeMetrics,
     ) -> Self {
-        let paths: Arc<std::sync::Mutex<std::collections::HashMap<Path, usize>>> = Arc::default();
+        let paths: Arc<std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>> =
+            Arc::default();
         let removed = paths.clone();
         let cache = moka::future::Cache::builder()
             .max_capacity(capacity_bytes)
             .eviction_listener(move |key: Arc<Key>, _, _| count_path(&removed, &key.path, 1, false))
             .weigher(|key: &Key, entry: &Entry| {
-                let size = entry.bytes.len() + key.path.as_ref().len() + 64;
+                let size = entry.bytes.len() + key.path.len() + 64;
                 u32::try_from(size).unwrap_or(u32::MAX)
             })
             .support_invalidation_closures()
@@ -132,7 +180,7 @@ impl ObjectCache {
     }
 
     /// The entry for `key`, from the cache or from `load` (once for concurrent misses).
-    async fn cached<F>(&self, key: Key, load: F) -> Result<Entry>
+    async fn cached<F>(&self, location: &Path, key: Key, load: F) -> Result<Entry>
     where
         F: std::future::Future<Output = Result<Entry>>,
     {
@@ -159,7 +207,7 @@ impl ObjectCache {
                     source: shared.to_string().into(),
                 },
             });
-        self.report(&path, !loaded.load(Ordering::Relaxed));
+        self.report(location, !loaded.load(Ordering::Relaxed));
         result
     }
 
@@ -167,7 +215,7 @@ impl ObjectCache {
         let cached = self
             .paths
             .lock()
-            .map_or(true, |paths| paths.contains_key(path));
+            .map_or(true, |paths| paths.contains_key(path.as_ref()));
         if !cached {
             return;
         }
@@ -175,15 +223,15 @@ impl ObjectCache {
         // Only fails when invalidation closures are not enabled, which they are.
         let _ = self
             .cache
-            .invalidate_entries_if(move |key, _| key.path == path);
+            .invalidate_entries_if(move |key, _| &*key.path == path.as_ref());
         self.cache.run_pending_tasks().await;
     }
 }
 
 /// Counts `n` entries of `path` in (`add`) or out of `paths`.
 fn count_path(
-    paths: &std::sync::Mutex<std::collections::HashMap<Path, usize>>,
-    path: &Path,
+    paths: &std::sync::Mutex<std::collections::HashMap<Arc<str>, usize>>,
+    path: &Arc<str>,
     n: usize,
     add: bool,
 ) {
@@ -192,10 +240,10 @@ fn count_path(
     };
     if add {
         *paths.entry(path.clone()).or_default() += n;
-    } else if let Some(count) = paths.get_mut(path) {
+    } else if let Some(count) = paths.get_mut(&**path) {
         *count = count.saturating_sub(n);
         if *count == 0 {
-            paths.remove(path);
+            paths.remove(&**path);
         }
     }
 }
@@ -245,12 +293,9 @@ impl ObjectStore for ObjectCache {
             None => None,
             Some(_) => return self.inner.get_opts(location, options).await,
         };
-        let key = Key {
-            path: location.clone(),
-            range: range.clone(),
-        };
+        let key = Key::new(location.as_ref().into(), range.clone());
         let entry = self
-            .cached(key, async {
+            .cached(location, key, async {
                 let result = self.inner.get_opts(location, options).await?;
                 let meta = result.meta.clone();
                 Ok(Entry {
@@ -281,10 +326,8 @@ impl ObjectStore for ObjectCache {
         }
         // Hits from the cache; every miss in one inner request, so the inner store can
         // coalesce nearby ranges (a parquet read asks for many small ranges at once).
-        let key = |range: &Range<u64>| Key {
-            path: location.clone(),
-            range: Some(range.clone()),
-        };
+        let base = Key::new(location.as_ref().into(), None);
+        let key = |range: &Range<u64>| base.with_range(range.clone());
         let mut out: Vec<Option<Bytes>> = Vec::with_capacity(ranges.len());
         let mut missing: Vec<Range<u64>> = Vec::new();
         for range in ranges {
@@ -297,11 +340,11 @@ impl ObjectStore for ObjectCache {
         self.report_many(location, ranges.len() - missing.len(), missing.len());
         if !missing.is_empty() {
             // Registered before the fetch, so a write racing it still invalidates the entries.
-            count_path(&self.paths, location, missing.len(), true);
+            count_path(&self.paths, &base.path, missing.len(), true);
             let fetched = match self.inner.get_ranges(location, &missing).await {
                 Ok(fetched) => fetched,
                 Err(e) => {
-                    count_path(&self.paths, location, missing.len(), false);
+                    count_path(&self.paths, &base.path, missing.len(), false);
                     return Err(e);
                 }
             };
@@ -341,7 +384,7 @@ impl ObjectStore for ObjectCache {
             .inspect(move |deleted| {
                 if let Ok(path) = deleted {
                     let path = path.clone();
-                    let _ = cache.invalidate_entries_if(move |key, _| key.path == path);
+                    let _ = cache.invalidate_entries_if(move |key, _| &*key.path == path.as_ref());
                 }
             })
             .boxed()
@@ -396,12 +439,33 @@ mod tests {
         assert!(!is_immutable(&p("t/notes.txt")));
     }
 
+    #[test]
+    fn keys_are_equal_by_path_and_range_not_by_allocation() {
+        use std::hash::BuildHasher;
+        let hash = |k: &Key| foldhash::fast::FixedState::default().hash_one(k);
+        let a = Key::new("t/a.parquet".into(), Some(0..10));
+        let same = Key::new(String::from("t/a.parquet").into(), Some(0..10));
+        assert!(!Arc::ptr_eq(&a.path, &same.path));
+        assert_eq!(a, same);
+        assert_eq!(hash(&a), hash(&same));
+        assert_eq!(a.with_range(5..7), same.with_range(5..7));
+        assert_ne!(a, a.with_range(0..11));
+        assert_ne!(a, Key::new("t/a.parquet".into(), None));
+        assert_ne!(a, Key::new("t/b.parquet".into(), Some(0..10)));
+    }
+
     #[tokio::test]
     async fn only_paths_with_entries_are_invalidated_and_evictions_unregister() {
         let inner = Arc::new(InMemory::new());
         let cache = ObjectCache::new(inner.clone(), 4096, TraceLakeMetrics::new());
         let registered = |cache: &ObjectCache, p: &Path| {
-            cache.paths.lock().unwrap().get(p).copied().unwrap_or(0)
+            cache
+                .paths
+                .lock()
+                .unwrap()
+                .get(p.as_ref())
+                .copied()
+                .unwrap_or(0)
         };
         let a = Path::from("t/a.parquet");
         cache
