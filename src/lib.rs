@@ -33,6 +33,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 pub use error::{Result, TraceLakeError};
 pub use observe::TraceLakeMetrics;
 pub use provider::TraceTableProvider;
+pub use read::lookup_exec::LOOKUP_PREFETCH_BYTES;
 pub use span::{AttributeValue, Event, Link, Span, SpanKind, StatusCode};
 pub use table::{AppendOutcome, DEFAULT_LOOKUP_CACHE_BYTES, TableOptions, TraceTable};
 

@@ -215,3 +215,70 @@ async fn a_cold_lookup_reads_the_footer_of_the_file_that_holds_the_trace_only() 
         120 * 20 * 5
     );
 }
+
+#[tokio::test]
+async fn a_lookup_of_many_ids_fetches_a_large_file_row_group_by_row_group() {
+    // One file of 300,000 spans. A lookup of 400 ids spread over it has candidate pages in
+    // every row group, more bytes than a read fetches ahead of decoding (LOOKUP_PREFETCH_BYTES): they
+    // come one row group at a time, as parquet asks for them, with the same rows. A lookup of
+    // a few ids still fetches its pages in one request.
+    let store = TestStore::new();
+    let options = TableOptions {
+        root_store: Some(store.clone()),
+        cache_bytes: 0,
+        ..Default::default()
+    };
+    let lake = TraceLake::create_with_options("memory:///scale-many-ids", &options)
+        .await
+        .unwrap();
+    let spans = traces(7, TraceShape::Fixed(5), 60_000, DAY0, 1_000_000);
+    lake.append_spans(&spans).await.unwrap();
+    let ids: Vec<String> = spans
+        .iter()
+        .step_by(750)
+        .map(|s| s.trace_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 400);
+    let list = |ids: &[String]| {
+        ids.iter()
+            .map(|id| format!("'{id}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ctx = lake.session_context().unwrap();
+    // The footer is read once, by the first lookup.
+    run(
+        &ctx,
+        &format!("SELECT span_id FROM spans WHERE trace_id = '{}'", ids[0]),
+    )
+    .await;
+
+    // Stopped early by a LIMIT: the decoded cache keeps nothing of a read not finished.
+    let all = format!("SELECT * FROM spans WHERE trace_id IN ({})", list(&ids));
+    let (batches, _) = run(&ctx, &format!("{all} LIMIT 3")).await;
+    assert_eq!(rows(&batches), 3);
+
+    store.reset_calls();
+    let (batches, m) = run(&ctx, &all).await;
+    assert_eq!(rows(&batches), 2_000);
+    assert_eq!((m.files_opened, m.decoded_cache_hits), (1, 0));
+    let data = store.count("get_range", "parquet_data") + store.count("get", "parquet_data");
+    assert!(data > 1, "{:?}", store.calls());
+    assert!(
+        m.bytes_scanned as u64 > tracelake::LOOKUP_PREFETCH_BYTES,
+        "{} bytes read: the pages read are candidates, so the candidates must be over the bound",
+        m.bytes_scanned
+    );
+
+    let few = [ids[1].clone(), ids[150].clone(), ids[399].clone()];
+    store.reset_calls();
+    let (batches, m) = run(
+        &ctx,
+        &format!("SELECT * FROM spans WHERE trace_id IN ({})", list(&few)),
+    )
+    .await;
+    assert_eq!(rows(&batches), 15);
+    assert!(m.row_groups_matched >= 2, "{m:?}");
+    let data = store.count("get_range", "parquet_data") + store.count("get", "parquet_data");
+    assert_eq!(data, 1, "{:?}", store.calls());
+}

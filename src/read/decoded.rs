@@ -97,6 +97,15 @@ impl DecodedCache {
         }))
     }
 
+    /// The most decoded bytes a read stages (holds, as decoded) for one entry while its rows
+    /// stream out: four times the largest entry (a quarter of the budget). Decoded batches
+    /// hold more than their rows (page-sized buffers for a few rows), so staged batches are
+    /// copied compact before they are kept; batches over this bound are not kept (and no
+    /// longer held).
+    pub(crate) fn staging_limit(&self) -> usize {
+        usize::try_from(self.largest.saturating_mul(4)).unwrap_or(usize::MAX)
+    }
+
     /// The rows kept for `key`, counting a hit or a miss.
     pub(crate) async fn get(&self, key: &DecodedKey) -> Option<Arc<[RecordBatch]>> {
         let found = self.cache.get(key).await;
@@ -115,10 +124,9 @@ impl DecodedCache {
             self.cache.insert(key, Arc::from([])).await;
             return;
         };
-        // A bound checked before copying: decoded batches hold up to ~8x their rows' size
-        // (batch-sized buffers), so batches 64 times over the limit cannot make an entry.
+        // A bound checked before copying (see `staging_limit`).
         let estimate: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-        if estimate as u64 > self.largest.saturating_mul(64) {
+        if estimate > self.staging_limit() {
             return;
         }
         let indices: Vec<(usize, usize)> = batches

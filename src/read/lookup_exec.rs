@@ -46,8 +46,18 @@ use super::decoded::{DecodedCache, DecodedKey};
 use super::index::IndexedFile;
 use super::reader::{IndexedReader, StoreReader};
 
-/// Files of one lookup read at the same time (a lookup usually reads one or two).
+/// Files of one lookup opened (their pages fetched) at the same time (a lookup usually reads
+/// one or two).
 const CONCURRENT_FILES: usize = 4;
+
+/// The most bytes one file's read fetches ahead of decoding. A lookup of a few ids fetches a
+/// few pages per column (well under 1 MiB); a lookup of many ids (a long `IN` list) may have
+/// candidate pages in every row group of a large file: beyond this, the pages are fetched one
+/// row group at a time as parquet's reader asks for them, so what a read holds stays bounded.
+pub const LOOKUP_PREFETCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The rows of one file, as read or from the decoded cache.
+type BatchStream = futures::stream::BoxStream<'static, DfResult<RecordBatch>>;
 
 /// Reads the rows of the wanted trace ids from the row groups the index planned.
 #[derive(Debug)]
@@ -196,10 +206,11 @@ impl ExecutionPlan for LookupExec {
                 }
             })
             .collect();
+        // Up to CONCURRENT_FILES files are opened (their pages fetched) at once; their rows
+        // are decoded and handed over one file after the other, as they are asked for.
         let stream = futures::stream::iter(reads)
-            .map(FileRead::run)
+            .map(FileRead::open)
             .buffered(CONCURRENT_FILES)
-            .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
             .try_flatten()
             .inspect_ok(move |batch| baseline.record_output(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -226,8 +237,8 @@ struct FileRead {
 
 impl FileRead {
     /// The file's rows of the wanted ids: from the decoded cache if this very read was done
-    /// before, else read (and kept there).
-    async fn run(self) -> DfResult<Vec<RecordBatch>> {
+    /// before, else read (and kept there once the stream has ended).
+    async fn open(self) -> DfResult<BatchStream> {
         let Some(decoded) = self.decoded.clone() else {
             return self.read().await;
         };
@@ -242,22 +253,24 @@ impl FileRead {
             self.decoded_hits.add(1);
             // Kept as one batch: handed over in batches of at most the session's size.
             let size = self.batch_size.max(1);
-            return Ok(batches
+            let slices: Vec<DfResult<RecordBatch>> = batches
                 .iter()
                 .flat_map(|batch| {
-                    (0..batch.num_rows())
-                        .step_by(size)
-                        .map(move |start| batch.slice(start, size.min(batch.num_rows() - start)))
+                    (0..batch.num_rows()).step_by(size).map(move |start| {
+                        Ok(batch.slice(start, size.min(batch.num_rows() - start)))
+                    })
                 })
-                .collect());
+                .collect();
+            return Ok(futures::stream::iter(slices).boxed());
         }
-        let batches = self.read().await?;
-        decoded.insert(key, &batches).await;
-        Ok(batches)
+        let read = self.read().await?;
+        Ok(kept_in(decoded, key, read))
     }
 
-    /// Reads the file's rows of the wanted ids.
-    async fn read(self) -> DfResult<Vec<RecordBatch>> {
+    /// Reads the file's rows of the wanted ids: the pages are fetched here, the rows decoded
+    /// as the stream is polled (one row group's pages at a time when they were not
+    /// prefetched).
+    async fn read(self) -> DfResult<BatchStream> {
         let reader_metadata = self.file.reader.clone();
         let metadata = self.file.metadata().clone();
         let descr = metadata.file_metadata().schema_descr_ptr();
@@ -269,7 +282,7 @@ impl FileRead {
             .as_ref()
             .map(|groups| RowSelection::from(groups.concat()));
         if selection.as_ref().is_some_and(|s| !s.selects_any()) {
-            return Ok(Vec::new());
+            return Ok(futures::stream::empty().boxed());
         }
         // Parquet returns the projected root columns in file order.
         let mut roots = self.projection.clone();
@@ -324,17 +337,14 @@ impl FileRead {
         if let Some(selection) = selection {
             builder = builder.with_row_selection(selection);
         }
-        let batches: Vec<RecordBatch> = builder
+        let schema = self.schema.clone();
+        Ok(builder
             .build()
             .map_err(|e| DataFusionError::External(Box::new(e)))?
-            .try_collect()
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        batches
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|batch| self.output(&batch, &order))
-            .collect()
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+            .try_filter(|batch| futures::future::ready(batch.num_rows() > 0))
+            .and_then(move |batch| futures::future::ready(output(&schema, &batch, &order)))
+            .boxed())
     }
 
     /// Every page the read may need, in one request: for each projected leaf of each planned
@@ -342,7 +352,8 @@ impl FileRead {
     /// index) and the dictionary page. Parquet's reader would ask for the `trace_id` pages,
     /// decode them, then ask for the other columns' pages of the matching rows: two round
     /// trips to the store per file, where one does (the matching rows are among the
-    /// candidates, so their pages are among these). Empty when the footer has no offset index.
+    /// candidates, so their pages are among these). Empty when the footer has no offset index,
+    /// or when the pages come to more than [`LOOKUP_PREFETCH_BYTES`].
     async fn prefetch(
         &self,
         metadata: &ParquetMetaData,
@@ -384,6 +395,9 @@ impl FileRead {
             return Ok(Vec::new());
         }
         let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        if total > LOOKUP_PREFETCH_BYTES {
+            return Ok(Vec::new());
+        }
         self.bytes_scanned.add(total as usize);
         let bytes = self
             .store
@@ -392,27 +406,61 @@ impl FileRead {
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(ranges.into_iter().zip(bytes).collect())
     }
+}
 
-    /// The read columns in output order, with the SQL types.
-    fn output(&self, batch: &RecordBatch, order: &[usize]) -> DfResult<RecordBatch> {
-        let columns: Vec<ArrayRef> = order
-            .iter()
-            .zip(self.schema.fields())
-            .map(|(&i, field)| {
-                let column = batch.column(i);
-                if column.data_type() == field.data_type() {
-                    Ok(column.clone())
-                } else {
-                    Ok(cast(column, field.data_type())?)
+/// The read columns of `batch` in output order (`order`), with the SQL types of `schema`.
+fn output(schema: &SchemaRef, batch: &RecordBatch, order: &[usize]) -> DfResult<RecordBatch> {
+    let columns: Vec<ArrayRef> = order
+        .iter()
+        .zip(schema.fields())
+        .map(|(&i, field)| {
+            let column = batch.column(i);
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                Ok(cast(column, field.data_type())?)
+            }
+        })
+        .collect::<DfResult<_>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )?)
+}
+
+/// `stream`, its batches kept in `decoded` under `key` once it has ended. Meanwhile they are
+/// staged (held as decoded) up to the cache's staging limit; beyond it nothing is kept and the
+/// staged batches are let go. A stream dropped before its end (a `LIMIT` above) keeps nothing.
+fn kept_in(decoded: Arc<DecodedCache>, key: DecodedKey, stream: BatchStream) -> BatchStream {
+    let limit = decoded.staging_limit();
+    let staged = Some((key, Vec::new(), 0usize));
+    futures::stream::try_unfold(
+        (stream, staged, decoded),
+        move |(mut stream, mut staged, decoded)| async move {
+            match stream.next().await {
+                Some(batch) => {
+                    let batch = batch?;
+                    if let Some((_, batches, bytes)) = staged.as_mut() {
+                        *bytes = bytes.saturating_add(batch.get_array_memory_size());
+                        if *bytes > limit {
+                            staged = None;
+                        } else {
+                            batches.push(batch.clone());
+                        }
+                    }
+                    Ok(Some((batch, (stream, staged, decoded))))
                 }
-            })
-            .collect::<DfResult<_>>()?;
-        Ok(RecordBatch::try_new_with_options(
-            self.schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-        )?)
-    }
+                None => {
+                    if let Some((key, batches, _)) = staged {
+                        decoded.insert(key, &batches).await;
+                    }
+                    Ok(None)
+                }
+            }
+        },
+    )
+    .boxed()
 }
 
 /// Which of `values` are one of `ids`.
