@@ -490,6 +490,10 @@ fn page_selections(
 ) -> Option<Vec<Vec<RowSelector>>> {
     let column_index = metadata.column_index()?;
     let offset_index = metadata.offset_index()?;
+    // Sorted once: a page is a candidate if the first id at or above its min is within its
+    // max (a long `IN` list costs a binary search per page, not a pass over the ids).
+    let mut sorted: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes()).collect();
+    sorted.sort_unstable();
     let mut groups = Vec::with_capacity(row_groups.len());
     for &rg in row_groups {
         let mut selectors = Vec::new();
@@ -505,9 +509,10 @@ fn page_selections(
                 .map(|next| next.first_row_index.max(0) as usize)
                 .unwrap_or(rows);
             let wanted = match (index.min_value(page), index.max_value(page)) {
-                (Some(min), Some(max)) => ids
-                    .iter()
-                    .any(|id| id.as_bytes() >= min && id.as_bytes() <= max),
+                (Some(min), Some(max)) => {
+                    let first = sorted.partition_point(|id| *id < min);
+                    sorted.get(first).is_some_and(|id| *id <= max)
+                }
                 // A page of nulls holds no id; a page without statistics may hold any.
                 _ => !index.is_null_page(page),
             };
