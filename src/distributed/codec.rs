@@ -3,8 +3,11 @@
 //!
 //! - [`TraceLogicalCodec`]: the `spans` provider and the provider `trace_tree(...)` returns
 //!   travel as the table location (and the lookup); the node that decodes them opens the lake
-//!   there ([`Lakes`]). `trace_summaries` and `service_graph` are views over `spans`, which
-//!   DataFusion ships as their plans.
+//!   there ([`Lakes`]). `trace_search(...)` travels as its location and query, and searches
+//!   on the node that plans it. `attribute_keys(...)` and `attribute_values(...)` travel
+//!   the same way (their unnest does not survive DataFusion's plan serialization).
+//!   `trace_summaries` and `service_graph` are views over `spans`, which DataFusion ships as
+//!   their plans.
 //! - [`TracePhysicalCodec`]: [`LookupExec`] travels as its files, row groups and ids and is read
 //!   on the executor by DataFusion's standard parquet scan (footers stay on the scheduler);
 //!   `TraceTreeExec` as its lookup and columns; the instrumented collect node as nothing (it
@@ -34,6 +37,8 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 
 use super::lakes::Lakes;
+use crate::functions::search::{SearchQuery, TraceSearchTable, trace_search_schema};
+use crate::functions::tags::{TagQuery, TagTable};
 use crate::functions::trace_tree::{TraceLookup, TraceTreeExec, TraceTreeTable, trace_tree_schema};
 use crate::observe::planner::CollectExec;
 use crate::provider::{SinkTable, SpanSink, TraceTableProvider};
@@ -75,6 +80,14 @@ enum ProviderPayload {
         trace_id: String,
         start: Option<i64>,
         end: Option<i64>,
+    },
+    TraceSearch {
+        location: String,
+        query: SearchQuery,
+    },
+    Tags {
+        location: String,
+        query: TagQuery,
     },
 }
 
@@ -137,6 +150,20 @@ impl LogicalExtensionCodec for TraceLogicalCodec {
                 },
                 lakes,
             })),
+            Some(ProviderPayload::TraceSearch { location, query }) => {
+                Ok(Arc::new(ShippedTraceSearch {
+                    location,
+                    query,
+                    schema: trace_search_schema()?,
+                    lakes,
+                }))
+            }
+            Some(ProviderPayload::Tags { location, query }) => Ok(Arc::new(ShippedTags {
+                location,
+                query,
+                schema,
+                lakes,
+            })),
             None => self
                 .inner
                 .try_decode_table_provider(buf, table_ref, schema, ctx),
@@ -173,6 +200,26 @@ impl LogicalExtensionCodec for TraceLogicalCodec {
                 trace_id: t.lookup.trace_id.clone(),
                 start: t.lookup.start,
                 end: t.lookup.end,
+            }
+        } else if let Some(t) = any.downcast_ref::<TraceSearchTable>() {
+            ProviderPayload::TraceSearch {
+                location: t.table.location().url.to_string(),
+                query: t.query.clone(),
+            }
+        } else if let Some(t) = any.downcast_ref::<ShippedTraceSearch>() {
+            ProviderPayload::TraceSearch {
+                location: t.location.clone(),
+                query: t.query.clone(),
+            }
+        } else if let Some(t) = any.downcast_ref::<TagTable>() {
+            ProviderPayload::Tags {
+                location: t.table.location().url.to_string(),
+                query: t.query.clone(),
+            }
+        } else if let Some(t) = any.downcast_ref::<ShippedTags>() {
+            ProviderPayload::Tags {
+                location: t.location.clone(),
+                query: t.query.clone(),
             }
         } else {
             return self.inner.try_encode_table_provider(table_ref, node, buf);
@@ -302,6 +349,84 @@ impl TableProvider for ShippedTraceTree {
         }
         .scan(state, projection, filters, limit)
         .await
+    }
+}
+
+/// `trace_search(...)` as decoded on a scheduler: the search runs there, against the lake
+/// opened at `location`, when the query is planned.
+#[derive(Debug)]
+pub(crate) struct ShippedTraceSearch {
+    location: String,
+    query: SearchQuery,
+    schema: SchemaRef,
+    lakes: Arc<Lakes>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for ShippedTraceSearch {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let table = self.lakes.current(&self.location).await?;
+        TraceSearchTable::try_new(table, self.query.clone())?
+            .scan(state, projection, filters, limit)
+            .await
+    }
+}
+
+/// `attribute_keys(...)` / `attribute_values(...)` as decoded on a scheduler: planned there,
+/// against the lake opened at `location`.
+#[derive(Debug)]
+pub(crate) struct ShippedTags {
+    location: String,
+    query: TagQuery,
+    schema: SchemaRef,
+    lakes: Arc<Lakes>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for ShippedTags {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let table = self.lakes.current(&self.location).await?;
+        TagTable::try_new(table, self.query.clone())?
+            .scan(state, projection, filters, limit)
+            .await
     }
 }
 

@@ -101,3 +101,58 @@ pub fn count(
     }
     Ok(())
 }
+
+/// An optional string argument: a string constant, or `NULL` (`None`).
+pub fn optional_string(
+    function: &str,
+    position: usize,
+    name: &str,
+    expr: &Expr,
+) -> Result<Option<String>, DataFusionError> {
+    match literal(function, position, name, expr)? {
+        ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+            Ok(s.clone())
+        }
+        ScalarValue::Null => Ok(None),
+        other => plan_err!(
+            "{function} expects a string for argument {position} ({name}), got {} {other}",
+            other.data_type()
+        ),
+    }
+}
+
+/// A count argument: an integer constant from 1 to `max`; `NULL` means `default`.
+pub fn bounded_count(
+    function: &str,
+    position: usize,
+    name: &str,
+    expr: &Expr,
+    default: usize,
+    max: usize,
+) -> Result<usize, DataFusionError> {
+    let value = literal(function, position, name, expr)?;
+    if value.is_null() {
+        return Ok(default);
+    }
+    let number = match value {
+        ScalarValue::Int8(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int16(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int32(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::Int64(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt8(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt16(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt32(Some(v)) => Some(i128::from(*v)),
+        ScalarValue::UInt64(Some(v)) => Some(i128::from(*v)),
+        _ => None,
+    };
+    match number {
+        Some(n) if n >= 1 && n <= max as i128 => Ok(n as usize),
+        Some(n) => {
+            plan_err!("{function} expects {name} (argument {position}) from 1 to {max}, got {n}")
+        }
+        None => plan_err!(
+            "{function} expects an integer for argument {position} ({name}), got {} {value}",
+            value.data_type()
+        ),
+    }
+}

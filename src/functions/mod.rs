@@ -2,7 +2,9 @@
 //! them to a `SessionContext`.
 
 pub mod args;
+pub mod search;
 pub mod summaries;
+pub mod tags;
 pub mod trace_tree;
 pub mod tree;
 pub mod udfs;
@@ -14,10 +16,13 @@ use datafusion::prelude::SessionContext;
 use crate::table::TraceTable;
 
 /// The table functions that read one trace table: their base names.
-pub const TABLE_FUNCTIONS: [&str; 3] = [
+pub const TABLE_FUNCTIONS: [&str; 6] = [
     trace_tree::NAME,
     summaries::TRACE_SUMMARIES,
     summaries::SERVICE_GRAPH,
+    search::TRACE_SEARCH,
+    tags::ATTRIBUTE_KEYS,
+    tags::ATTRIBUTE_VALUES,
 ];
 
 /// The SQL name of table function `base` for a table registered as `table_name`: the bare
@@ -44,6 +49,18 @@ pub fn register(ctx: &SessionContext, table: &Arc<TraceTable>, table_name: &str)
     ctx.register_udtf(
         &table_function_name(table_name, summaries::SERVICE_GRAPH),
         Arc::new(summaries::ServiceGraphFunction::new(table.clone())),
+    );
+    ctx.register_udtf(
+        &table_function_name(table_name, search::TRACE_SEARCH),
+        Arc::new(search::TraceSearchFunction::new(table.clone())),
+    );
+    ctx.register_udtf(
+        &table_function_name(table_name, tags::ATTRIBUTE_KEYS),
+        Arc::new(tags::AttributeKeysFunction::new(table.clone())),
+    );
+    ctx.register_udtf(
+        &table_function_name(table_name, tags::ATTRIBUTE_VALUES),
+        Arc::new(tags::AttributeValuesFunction::new(table.clone())),
     );
     for udf in udfs::all() {
         ctx.register_udf(udf);

@@ -38,7 +38,7 @@ fn window(function: &str, exprs: &[Expr]) -> Result<(Option<i64>, Option<i64>)> 
 }
 
 /// `start_time` of `qualifier` within the window, if bounded.
-fn window_filter(qualifier: &str, start: Option<i64>, end: Option<i64>) -> Option<Expr> {
+pub(crate) fn window_filter(qualifier: &str, start: Option<i64>, end: Option<i64>) -> Option<Expr> {
     let t = || Expr::Column(Column::new(Some(qualifier), c::START_TIME));
     let ts = |ns: i64| {
         lit(ScalarValue::TimestampNanosecond(
@@ -54,7 +54,7 @@ fn window_filter(qualifier: &str, start: Option<i64>, end: Option<i64>) -> Optio
     }
 }
 
-fn spans_scan(table: &Arc<TraceTable>, alias: &str) -> Result<LogicalPlanBuilder> {
+pub(crate) fn spans_scan(table: &Arc<TraceTable>, alias: &str) -> Result<LogicalPlanBuilder> {
     LogicalPlanBuilder::scan(
         alias,
         provider_as_source(Arc::new(TraceTableProvider::new(table.clone()))),
@@ -64,6 +64,48 @@ fn spans_scan(table: &Arc<TraceTable>, alias: &str) -> Result<LogicalPlanBuilder
 
 fn nanos(e: Expr) -> Expr {
     cast(e, DataType::Int64)
+}
+
+/// The aggregates that describe one trace, grouped by `trace_id` over its spans: the root is
+/// the earliest span without a parent; a trace without one (its root not among the spans) is
+/// described by its earliest span. [`summary_columns`] projects them.
+pub(crate) fn summary_aggregates() -> Result<Vec<Expr>> {
+    let root_first = vec![
+        col(c::PARENT_SPAN_ID).is_null().sort(false, false),
+        col(c::START_TIME).sort(true, false),
+        col(c::SPAN_ID).sort(true, false),
+    ];
+    let is_error = case(col(c::STATUS_CODE))
+        .when(lit("ERROR"), lit(1i64))
+        .otherwise(lit(0i64))?;
+    Ok(vec![
+        first_value(col(c::SERVICE_NAME), root_first.clone()).alias("root_service_name"),
+        first_value(col(c::NAME), root_first).alias("root_span_name"),
+        min(col(c::START_TIME)).alias(c::START_TIME),
+        max(col(c::END_TIME)).alias(c::END_TIME),
+        count(lit(1i64)).alias("span_count"),
+        sum(is_error).alias("error_count"),
+        array_agg(col(c::SERVICE_NAME))
+            .distinct()
+            .build()?
+            .alias("services"),
+    ])
+}
+
+/// The summary columns of a trace, over the output of an aggregation by `trace_id` with
+/// [`summary_aggregates`].
+pub(crate) fn summary_columns() -> Vec<Expr> {
+    vec![
+        col(c::TRACE_ID),
+        col("root_service_name"),
+        col("root_span_name"),
+        col(c::START_TIME),
+        col(c::END_TIME),
+        (nanos(col(c::END_TIME)) - nanos(col(c::START_TIME))).alias(c::DURATION_NS),
+        col("span_count"),
+        col("error_count"),
+        array_sort(col("services"), lit("ASC"), lit("NULLS LAST")).alias("services"),
+    ]
 }
 
 /// `trace_summaries(start, end)`: one row per trace with spans starting in the window.
@@ -85,44 +127,9 @@ impl TableFunctionImpl for TraceSummariesFunction {
         if let Some(f) = window_filter("spans", start, end) {
             plan = plan.filter(f)?;
         }
-        // The root is the earliest span without a parent; a trace without one (its root
-        // outside the window) is described by its earliest span.
-        let root_first = vec![
-            col(c::PARENT_SPAN_ID).is_null().sort(false, false),
-            col(c::START_TIME).sort(true, false),
-            col(c::SPAN_ID).sort(true, false),
-        ];
-        let is_error = case(col(c::STATUS_CODE))
-            .when(lit("ERROR"), lit(1i64))
-            .otherwise(lit(0i64))?;
         let plan = plan
-            .aggregate(
-                vec![col(c::TRACE_ID)],
-                vec![
-                    first_value(col(c::SERVICE_NAME), root_first.clone())
-                        .alias("root_service_name"),
-                    first_value(col(c::NAME), root_first).alias("root_span_name"),
-                    min(col(c::START_TIME)).alias(c::START_TIME),
-                    max(col(c::END_TIME)).alias(c::END_TIME),
-                    count(lit(1i64)).alias("span_count"),
-                    sum(is_error).alias("error_count"),
-                    array_agg(col(c::SERVICE_NAME))
-                        .distinct()
-                        .build()?
-                        .alias("services"),
-                ],
-            )?
-            .project(vec![
-                col(c::TRACE_ID),
-                col("root_service_name"),
-                col("root_span_name"),
-                col(c::START_TIME),
-                col(c::END_TIME),
-                (nanos(col(c::END_TIME)) - nanos(col(c::START_TIME))).alias(c::DURATION_NS),
-                col("span_count"),
-                col("error_count"),
-                array_sort(col("services"), lit("ASC"), lit("NULLS LAST")).alias("services"),
-            ])?
+            .aggregate(vec![col(c::TRACE_ID)], summary_aggregates()?)?
+            .project(summary_columns())?
             .build()?;
         Ok(Arc::new(ViewTable::new(plan, None)))
     }

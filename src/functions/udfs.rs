@@ -470,3 +470,15 @@ pub fn all() -> Vec<ScalarUDF> {
     }));
     udfs
 }
+
+/// A call of the tracelake UDF `name` (one of [`all`]) on `args`, for plans built in code.
+pub(crate) fn call(
+    name: &str,
+    args: Vec<datafusion::logical_expr::Expr>,
+) -> Result<datafusion::logical_expr::Expr> {
+    all()
+        .into_iter()
+        .find(|udf| udf.name() == name)
+        .map(|udf| udf.call(args))
+        .ok_or_else(|| DataFusionError::Internal(format!("no tracelake function {name}")))
+}

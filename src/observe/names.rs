@@ -27,6 +27,8 @@ pub const DELTA_APPEND_WRITE: &str = "delta.append.write";
 pub const DELTA_APPEND_COMMIT: &str = "delta.append.commit";
 /// Building one trace's tree in `trace_tree`.
 pub const TRACE_TREE_BUILD: &str = "trace.tree.build";
+/// Finding the candidate traces of `trace_search`: the window read backwards in slices.
+pub const TRACE_SEARCH: &str = "trace.search";
 /// Converting rows to Arrow columns (the tree's output batch).
 pub const ARROW_CONVERT: &str = "arrow.convert";
 /// Parsing and table resolution in tracelake's `sql()` entry point.
@@ -81,6 +83,8 @@ pub const ATTR_PARTITION: &str = "query.partition";
 pub const ATTR_BATCHES: &str = "query.batches";
 /// Bytes (Arrow memory) a query returned.
 pub const ATTR_BYTES: &str = "query.bytes";
+/// Time slices `trace_search` read before it had its traces.
+pub const ATTR_SEARCH_SLICES: &str = "search.slices";
 /// The error, if the operation failed.
 pub const ATTR_ERROR: &str = "error";
 /// `http` or `grpc`: how an OTLP request arrived.
@@ -104,6 +108,7 @@ pub const SPAN_NAMES: &[&str] = &[
     DELTA_EXPIRE,
     DELTA_CHECKPOINT,
     TRACE_TREE_BUILD,
+    TRACE_SEARCH,
     ARROW_CONVERT,
     OBJECT_STORE_REQUEST,
     DF_TABLE_RESOLVE,
@@ -135,6 +140,7 @@ pub const ATTRIBUTE_KEYS: &[&str] = &[
     ATTR_PARTITION,
     ATTR_BATCHES,
     ATTR_BYTES,
+    ATTR_SEARCH_SLICES,
     ATTR_OTLP_PROTOCOL,
     ATTR_OTLP_ENCODING,
     ATTR_OTLP_REJECTED,

@@ -143,6 +143,32 @@ impl TableSnapshot {
         self.state.files.len()
     }
 
+    /// The latest span start (unix ns) any file of this version may hold at or before `upper`,
+    /// from the files' log statistics: `Ok(None)` when no file holds a span that early,
+    /// `Err(())` when a file has no statistics of its start times.
+    pub(crate) fn latest_start_until(&self, upper: i64) -> std::result::Result<Option<i64>, ()> {
+        let mut latest: Option<i64> = None;
+        for slot in self.state.files.values() {
+            let (lo, hi) = slot.log.starts.ok_or(())?;
+            if lo <= upper {
+                let candidate = hi.min(upper);
+                latest = Some(latest.map_or(candidate, |l| l.max(candidate)));
+            }
+        }
+        Ok(latest)
+    }
+
+    /// The earliest and latest span start (unix ns) of this version per the files' log
+    /// statistics (`None` when it has no file or a file has no such statistics).
+    pub(crate) fn start_extent(&self) -> Option<(i64, i64)> {
+        let mut extent: Option<(i64, i64)> = None;
+        for slot in self.state.files.values() {
+            let (lo, hi) = slot.log.starts?;
+            extent = Some(extent.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+        }
+        extent
+    }
+
     /// deltalake's table at this version (loaded on first use).
     async fn delta_table(&self, log_store: &LogStoreRef) -> Result<&DeltaTable> {
         let version = self.state.version;
