@@ -24,6 +24,8 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
 const SPANS: usize = 100_000;
+/// The Tier 0 search: the newest 20 traces with a matching span in a 10-minute window.
+const SEARCH_SQL: &str = "SELECT * FROM trace_search('attr_str(attributes, ''http.route'') = ''/checkout''', '2024-05-01T12:00:00Z', '2024-05-01T12:10:00Z', 20)";
 const COMMITS: usize = 24;
 
 /// Requests on the table's own backend (not the cache) between two snapshots of metrics.
@@ -260,6 +262,22 @@ fn core(c: &mut Criterion) {
     hot.table = table.clone();
     hot.reference = reference.clone();
     hot.write();
+
+    // Search: the 20 newest traces with a span on a route in a 10-minute window (the
+    // candidates found by time slices at planning, then 20 lookups).
+    let mut search = Artifact::new("trace_search_100k", BenchTier::Core, SEARCH_SQL);
+    rt.block_on(run(&ctx, SEARCH_SQL));
+    let before = support::requests(&metrics, "local");
+    let (rows, scan) = rt.block_on(run(&ctx, SEARCH_SQL));
+    search.requests = requests_between(&before, &metrics);
+    search.rows = rows as u64;
+    search.bytes_read = scan.bytes_scanned as u64;
+    search.timings = sample(30, |_| {
+        rt.block_on(run(&ctx, SEARCH_SQL));
+    });
+    search.table = table.clone();
+    search.reference = reference.clone();
+    search.write();
 
     // Cold: a fresh lake (empty cache) and a fresh context for every sample; the open is
     // not timed, the first query is.
