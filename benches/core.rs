@@ -25,7 +25,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 const SPANS: usize = 100_000;
 /// The Tier 0 search: the newest 20 traces with a matching span in a 10-minute window.
-const SEARCH_SQL: &str = "SELECT * FROM trace_search('attr_str(attributes, ''http.route'') = ''/checkout''', '2024-05-01T12:00:00Z', '2024-05-01T12:10:00Z', 20)";
+const SEARCH_SQL: &str = "SELECT * FROM trace_search('attr_str(resource_attributes, ''service.name'') = ''payments''', '2024-05-01T12:00:00Z', '2024-05-01T12:10:00Z', 20)";
 const COMMITS: usize = 24;
 
 /// Requests on the table's own backend (not the cache) between two snapshots of metrics.
