@@ -540,3 +540,77 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The spans of the legacy-layout fixture (`tests/fixtures/legacy-attributes`, written by
+/// tracelake 0.1 before the lean attribute layout): realistic traces (array attributes
+/// among them) and one span with every kind of attribute value, events and links. Two
+/// commits: the realistic traces, then the hand-made span.
+pub fn legacy_fixture_spans() -> (Vec<Span>, Vec<Span>) {
+    use tracelake::{AttributeValue as V, Event, Link, SpanKind, StatusCode};
+    let realistic = traces(
+        23,
+        TraceShape::Realistic,
+        12,
+        1_714_564_800_000_000_000,
+        60_000_000_000,
+    );
+    let every_value = vec![
+        ("s".to_string(), V::String("text".into())),
+        ("i".to_string(), V::Int(i64::MIN)),
+        ("d".to_string(), V::Double(f64::NAN)),
+        ("inf".to_string(), V::Double(f64::NEG_INFINITY)),
+        ("pi".to_string(), V::Double(std::f64::consts::PI)),
+        ("b".to_string(), V::Bool(false)),
+        ("bytes".to_string(), V::Bytes(vec![0, 159, 255])),
+        (
+            "mixed".to_string(),
+            V::Array(vec![
+                V::String("a\"b".into()),
+                V::Int(7),
+                V::Double(0.1),
+                V::Bool(true),
+                V::Bytes(vec![1, 2]),
+            ]),
+        ),
+        ("empty".to_string(), V::Array(vec![])),
+    ];
+    let span = Span {
+        trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        span_id: "b7ad6b7169203331".into(),
+        parent_span_id: None,
+        trace_state: Some("k=v".into()),
+        flags: Some(1),
+        name: "every value".into(),
+        kind: SpanKind::Server,
+        service_name: "fixture".into(),
+        start_time_unix_nano: 1_714_564_830_000_000_000,
+        end_time_unix_nano: 1_714_564_830_250_000_000,
+        status_code: StatusCode::Error,
+        status_message: Some("boom".into()),
+        scope_name: Some("scope".into()),
+        scope_version: Some("1.0".into()),
+        attributes: every_value.clone(),
+        resource_attributes: vec![
+            ("service.name".to_string(), V::String("fixture".into())),
+            ("tags".to_string(), V::Array(vec![V::String("x".into())])),
+        ],
+        events: vec![Event {
+            time_unix_nano: 1_714_564_830_100_000_000,
+            name: "exception".into(),
+            attributes: every_value.clone(),
+            dropped_attributes_count: 2,
+        }],
+        links: vec![Link {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            span_id: "00f067aa0ba902b7".into(),
+            trace_state: None,
+            flags: Some(0),
+            attributes: every_value,
+            dropped_attributes_count: 0,
+        }],
+        dropped_attributes_count: 1,
+        dropped_events_count: 0,
+        dropped_links_count: 3,
+    };
+    (realistic, vec![span])
+}
