@@ -15,6 +15,7 @@
 pub mod distributed;
 pub mod error;
 pub mod functions;
+pub(crate) mod layout;
 pub mod observe;
 pub mod otlp;
 pub mod provider;

@@ -4,8 +4,10 @@
 //! SQL sees `start_time` / `end_time` as `Timestamp(ns, "UTC")`. The Delta table stores them
 //! as `start_time_unix_nano` / `end_time_unix_nano` (`Int64`, a standard Delta `long` with
 //! min/max statistics), plus a hidden partition column `span_date` (`YYYY-MM-DD` of the start
-//! time, UTC). Every other column has the same name and type in both schemas. This module
-//! owns the two schemas and the names; it never touches storage.
+//! time, UTC), and holds attribute maps in the lean layout of [`AttributeLayout::Lean`]
+//! (tables created before it keep [`AttributeLayout::Nested`], the SQL types). Every other
+//! column has the same name and type in both schemas. This module owns the schemas and the
+//! names; it never touches storage.
 
 use std::sync::{Arc, LazyLock};
 
@@ -116,27 +118,76 @@ pub fn attribute_entries_field() -> Arc<Field> {
 /// `map<string, attribute value>`: the type of `attributes`, `resource_attributes` and the
 /// attributes of events and links.
 pub fn attribute_map_type() -> DataType {
-    DataType::Map(attribute_entries_field(), false)
+    attribute_map_type_of(AttributeLayout::Nested)
+}
+
+/// The type of an attribute map as `layout` stores it: [`attribute_map_type`] when nested;
+/// lean, `map<string, struct<type, string_value, int_value, double_value, bool_value,
+/// bytes_value>>`, an array held as JSON in `bytes_value` (see [`AttributeLayout::Lean`]).
+pub fn attribute_map_type_of(layout: AttributeLayout) -> DataType {
+    match layout {
+        AttributeLayout::Nested => DataType::Map(attribute_entries_field(), false),
+        AttributeLayout::Lean => DataType::Map(
+            Arc::new(Field::new(
+                MAP_ENTRIES,
+                DataType::Struct(Fields::from(vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", scalar_value_type(), true),
+                ])),
+                false,
+            )),
+            false,
+        ),
+    }
+}
+
+/// How a data file holds attribute maps (of spans, resources, events and links).
+///
+/// The SQL view is the same for both: `attributes` is a `map<string, struct<type,
+/// string_value, int_value, double_value, bool_value, bytes_value, array_value>>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AttributeLayout {
+    /// The SQL type as it is: each value a struct of every scalar type plus `array_value`, a
+    /// list of such structs (13 parquet leaves a map). Tables created before tracelake 0.2.
+    Nested,
+    /// The SQL type without `array_value` (7 leaves a map): an array is stored with
+    /// `type = 'array'` and its elements as a JSON array in `bytes_value`, each element an
+    /// object of the element struct's set fields (`{"type":"int","int_value":7}`; doubles as
+    /// strings, the shortest decimal that reads back exactly, or `"NaN"`, `"Infinity"`,
+    /// `"-Infinity"`; bytes as standard base64). Tables created since tracelake 0.2.
+    Lean,
 }
 
 /// The struct type of one span event.
 pub fn event_type() -> DataType {
+    event_type_of(AttributeLayout::Nested)
+}
+
+/// The struct type of one span event, its attributes as `layout` stores them.
+pub fn event_type_of(layout: AttributeLayout) -> DataType {
     DataType::Struct(Fields::from(vec![
         Field::new("time_unix_nano", DataType::Int64, true),
         Field::new("name", DataType::Utf8, true),
-        Field::new("attributes", attribute_map_type(), true),
+        Field::new("attributes", attribute_map_type_of(layout), true),
         Field::new("dropped_attributes_count", DataType::Int64, true),
     ]))
 }
 
 /// The struct type of one span link.
 pub fn link_type() -> DataType {
+    link_type_of(AttributeLayout::Nested)
+}
+
+/// The struct type of one span link, its attributes as `layout` stores them.
+pub fn link_type_of(layout: AttributeLayout) -> DataType {
     DataType::Struct(Fields::from(vec![
         Field::new("trace_id", DataType::Utf8, true),
         Field::new("span_id", DataType::Utf8, true),
         Field::new("trace_state", DataType::Utf8, true),
         Field::new("flags", DataType::Int64, true),
-        Field::new("attributes", attribute_map_type(), true),
+        Field::new("attributes", attribute_map_type_of(layout), true),
         Field::new("dropped_attributes_count", DataType::Int64, true),
     ]))
 }
@@ -167,8 +218,15 @@ fn same(name: &'static str, data_type: DataType, required: bool) -> ColumnDef {
 
 /// The column order is the storage order: the columns that lookups filter on come first, so
 /// they are the ones Delta keeps statistics for.
-fn columns() -> Vec<ColumnDef> {
+fn columns(layout: AttributeLayout) -> Vec<ColumnDef> {
     use col::*;
+    let stored = |name, sql: DataType, storage: DataType| ColumnDef {
+        name,
+        data_type: sql,
+        required: false,
+        storage_name: name,
+        storage_type: storage,
+    };
     vec![
         same(TRACE_ID, DataType::Utf8, true),
         same(SPAN_ID, DataType::Utf8, true),
@@ -197,10 +255,22 @@ fn columns() -> Vec<ColumnDef> {
         same(FLAGS, DataType::Int64, false),
         same(SCOPE_NAME, DataType::Utf8, false),
         same(SCOPE_VERSION, DataType::Utf8, false),
-        same(ATTRIBUTES, attribute_map_type(), false),
-        same(RESOURCE_ATTRIBUTES, attribute_map_type(), false),
-        same(EVENTS, list_of(event_type()), false),
-        same(LINKS, list_of(link_type()), false),
+        stored(
+            ATTRIBUTES,
+            attribute_map_type(),
+            attribute_map_type_of(layout),
+        ),
+        stored(
+            RESOURCE_ATTRIBUTES,
+            attribute_map_type(),
+            attribute_map_type_of(layout),
+        ),
+        stored(
+            EVENTS,
+            list_of(event_type()),
+            list_of(event_type_of(layout)),
+        ),
+        stored(LINKS, list_of(link_type()), list_of(link_type_of(layout))),
         same(DROPPED_ATTRIBUTES_COUNT, DataType::Int64, true),
         same(DROPPED_EVENTS_COUNT, DataType::Int64, true),
         same(DROPPED_LINKS_COUNT, DataType::Int64, true),
@@ -209,21 +279,26 @@ fn columns() -> Vec<ColumnDef> {
 
 static SQL_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(
-        columns()
+        columns(AttributeLayout::Nested)
             .into_iter()
             .map(|c| Field::new(c.name, c.data_type, true))
             .collect::<Vec<_>>(),
     ))
 });
 
-static STORAGE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let mut fields: Vec<Field> = columns()
+fn storage_schema_for(layout: AttributeLayout) -> SchemaRef {
+    let mut fields: Vec<Field> = columns(layout)
         .into_iter()
         .map(|c| Field::new(c.storage_name, c.storage_type, !c.required))
         .collect();
     fields.push(Field::new(col::SPAN_DATE, DataType::Utf8, false));
     Arc::new(Schema::new(fields))
-});
+}
+
+static STORAGE_SCHEMA: LazyLock<SchemaRef> =
+    LazyLock::new(|| storage_schema_for(AttributeLayout::Lean));
+static NESTED_STORAGE_SCHEMA: LazyLock<SchemaRef> =
+    LazyLock::new(|| storage_schema_for(AttributeLayout::Nested));
 
 /// The schema SQL sees for `spans`: every column of the OpenTelemetry span model.
 ///
@@ -243,9 +318,39 @@ pub fn input_schema() -> SchemaRef {
 }
 
 /// The schema of the Delta table: the SQL columns in the same order, times as `Int64` unix
-/// nanoseconds, plus the `span_date` partition column last.
+/// nanoseconds, attribute maps in the lean layout ([`AttributeLayout::Lean`]), plus the
+/// `span_date` partition column last. Tables created before the lean layout have
+/// [`storage_schema_of`]`(AttributeLayout::Nested)`.
 pub fn storage_schema() -> SchemaRef {
     STORAGE_SCHEMA.clone()
+}
+
+/// The schema of a Delta table whose files hold attribute maps in `layout`.
+pub fn storage_schema_of(layout: AttributeLayout) -> SchemaRef {
+    match layout {
+        AttributeLayout::Lean => STORAGE_SCHEMA.clone(),
+        AttributeLayout::Nested => NESTED_STORAGE_SCHEMA.clone(),
+    }
+}
+
+/// The attribute layout of a table or file of `schema` (its `attributes` column), if it is
+/// one of them.
+pub fn layout_of(schema: &Schema) -> Option<AttributeLayout> {
+    let attributes = schema.field_with_name(col::ATTRIBUTES).ok()?;
+    let DataType::Map(entries, _) = attributes.data_type() else {
+        return None;
+    };
+    let DataType::Struct(fields) = entries.data_type() else {
+        return None;
+    };
+    let DataType::Struct(value) = fields.get(1)?.data_type() else {
+        return None;
+    };
+    Some(if value.find("array_value").is_some() {
+        AttributeLayout::Nested
+    } else {
+        AttributeLayout::Lean
+    })
 }
 
 /// The storage column that holds a SQL column.

@@ -440,3 +440,170 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `SELECT *` of a table, ordered and rendered as text (NaN is not equal to itself in Arrow).
+async fn rendered(lake: &TraceLake) -> String {
+    let ctx = lake.session_context().unwrap();
+    let batches = ctx
+        .sql("SELECT * FROM spans ORDER BY trace_id, span_id")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+/// The parquet leaves of each data file of a local table, and whether any is an
+/// `array_value` leaf.
+fn leaves(table: &std::path::Path) -> Vec<(usize, bool)> {
+    let mut out = Vec::new();
+    for entry in walk(table) {
+        if entry.extension().is_some_and(|e| e == "parquet") {
+            let file = std::fs::File::open(&entry).unwrap();
+            let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+            use parquet::file::reader::FileReader;
+            let descr = reader.metadata().file_metadata().schema_descr_ptr();
+            let nested = descr
+                .columns()
+                .iter()
+                .any(|c| c.path().string().contains("array_value"));
+            out.push((descr.num_columns(), nested));
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A table written by tracelake 0.1 (attribute maps in the nested layout, 78 leaves a file)
+/// reads exactly as the same spans written now (lean, 54 leaves), and stays nested when
+/// appended to.
+#[tokio::test]
+async fn tables_of_the_nested_layout_read_the_same_and_stay_nested() {
+    let dir = common::scratch("legacy-layout");
+    let legacy = dir.join("legacy");
+    copy_dir(
+        &common::repo().join("tests/fixtures/legacy-attributes"),
+        &legacy,
+    );
+    assert!(leaves(&legacy).iter().all(|&(n, nested)| n == 78 && nested));
+    let old = TraceLake::open(legacy.to_str().unwrap()).await.unwrap();
+
+    let fresh = dir.join("fresh");
+    let new = TraceLake::create(fresh.to_str().unwrap()).await.unwrap();
+    let (realistic, every_value) = common::legacy_fixture_spans();
+    new.append_spans(&realistic).await.unwrap();
+    new.append_spans(&every_value).await.unwrap();
+    let fresh_leaves = leaves(&fresh);
+    assert_eq!(fresh_leaves.len(), 2);
+    assert!(fresh_leaves.iter().all(|&(n, nested)| n == 54 && !nested));
+
+    let expected = rendered(&new).await;
+    assert!(expected.contains("sku-"), "arrays are in the fixture");
+    assert_eq!(rendered(&old).await, expected);
+    // Lookups (LookupExec), trace_tree and attribute functions read both alike.
+    for sql in [
+        "SELECT attributes, events, links FROM spans WHERE trace_id = '0af7651916cd43dd8448eb211c80319c'",
+        "SELECT span_id, depth FROM trace_tree('0af7651916cd43dd8448eb211c80319c')",
+        "SELECT attr_str(attributes, 's'), attr_int(attributes, 'i'), attributes['mixed'] FROM spans WHERE name = 'every value'",
+    ] {
+        let render = |lake: TraceLake| async move {
+            let ctx = lake.session_context().unwrap();
+            let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+            arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            render(old.clone()).await,
+            render(new.clone()).await,
+            "{sql}"
+        );
+    }
+
+    // Appending to the old table keeps its layout (its Delta schema is the nested one).
+    let mut again = every_value.clone();
+    again[0].span_id = "b7ad6b7169203332".into();
+    old.append_spans(&again).await.unwrap();
+    let after = leaves(&legacy);
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|&(n, nested)| n == 78 && nested));
+    new.append_spans(&again).await.unwrap();
+    assert_eq!(rendered(&old).await, rendered(&new).await);
+}
+
+/// Another engine reads a lean table's attributes back, arrays included, following
+/// docs/architecture.md: Python `deltalake` and a few lines of Python.
+#[tokio::test]
+async fn python_deltalake_reads_lean_attributes_back() {
+    let clients = common::clients();
+    let dir = common::scratch("lean-python");
+    let (_, every_value) = common::legacy_fixture_spans();
+    for (name, source) in [
+        ("lean", None),
+        ("nested", Some("tests/fixtures/legacy-attributes")),
+    ] {
+        let path = dir.join(name);
+        match source {
+            Some(fixture) => copy_dir(&common::repo().join(fixture), &path),
+            None => {
+                let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
+                lake.append_spans(&every_value).await.unwrap();
+            }
+        }
+        let out = std::process::Command::new(&clients.python)
+            .arg(common::repo().join("tests/clients/delta_attributes.py"))
+            .arg(&path)
+            .arg(&every_value[0].span_id)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected: Vec<String> = every_value[0]
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={}", python_text(v)))
+            .collect();
+        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(got, expected, "{name}");
+    }
+}
+
+/// An attribute value as `tests/clients/delta_attributes.py` prints it.
+fn python_text(value: &tracelake::AttributeValue) -> String {
+    use tracelake::AttributeValue as V;
+    match value {
+        V::String(s) => format!("string:{s}"),
+        V::Int(i) => format!("int:{i}"),
+        V::Double(d) if d.is_nan() => "double:nan".into(),
+        V::Double(d) if d.is_infinite() => {
+            format!("double:{}inf", if *d < 0.0 { "-" } else { "" })
+        }
+        V::Double(d) => format!("double:{d:?}"),
+        V::Bool(b) => format!("bool:{b}"),
+        V::Bytes(b) => format!("bytes:{}", hex::encode(b)),
+        V::Array(items) => format!(
+            "[{}]",
+            items.iter().map(python_text).collect::<Vec<_>>().join(",")
+        ),
+    }
+}

@@ -31,6 +31,9 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr_common::physical_expr::proto_decode::PhysicalExprDecodeCtx;
+use datafusion::physical_expr_common::physical_expr::proto_encode::PhysicalExprEncodeCtx;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
@@ -42,6 +45,7 @@ use crate::functions::tags::{TagQuery, TagTable};
 use crate::functions::trace_tree::{TraceLookup, TraceTreeExec, TraceTreeTable, trace_tree_schema};
 use crate::observe::planner::CollectExec;
 use crate::provider::{SinkTable, SpanSink, TraceTableProvider};
+use crate::read::attributes::NestedAttributes;
 use crate::read::lookup_exec::LookupExec;
 use crate::read::scan::{ShippedFile, shipped_lookup_scan};
 use crate::schema::sql_schema;
@@ -560,6 +564,7 @@ impl PhysicalExtensionCodec for TracePhysicalCodec {
                         size: file.size,
                         row_groups: file.row_groups.len(),
                         read: read.clone(),
+                        layout: file.layout,
                     })
                     .collect(),
                 ids: lookup.ids.to_vec(),
@@ -587,4 +592,49 @@ impl PhysicalExtensionCodec for TracePhysicalCodec {
         };
         encode_payload(&payload, buf)
     }
+
+    fn try_decode_expr(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn PhysicalExpr>],
+        ctx: &PhysicalExprDecodeCtx<'_>,
+    ) -> DfResult<Arc<dyn PhysicalExpr>> {
+        let Some(payload) = decode_payload::<ExprPayload>(buf)? else {
+            return self.inner.try_decode_expr(buf, inputs, ctx);
+        };
+        match (payload, inputs) {
+            (ExprPayload::NestedAttributes { column }, [input]) => {
+                Ok(Arc::new(NestedAttributes::try_new(input.clone(), &column)?))
+            }
+            (_, inputs) => Err(DataFusionError::Plan(format!(
+                "a shipped nested_attributes expression has {} inputs, expected 1",
+                inputs.len()
+            ))),
+        }
+    }
+
+    fn try_encode_expr(
+        &self,
+        node: &Arc<dyn PhysicalExpr>,
+        buf: &mut Vec<u8>,
+        ctx: &PhysicalExprEncodeCtx<'_>,
+    ) -> DfResult<()> {
+        match node.as_ref().downcast_ref::<NestedAttributes>() {
+            Some(expr) => encode_payload(
+                &ExprPayload::NestedAttributes {
+                    column: expr.column().to_string(),
+                },
+                buf,
+            ),
+            None => self.inner.try_encode_expr(node, buf, ctx),
+        }
+    }
+}
+
+/// tracelake's physical expressions, shipped as what rebuilds them (their inputs travel as
+/// DataFusion's own expressions).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "expr", rename_all = "snake_case")]
+enum ExprPayload {
+    NestedAttributes { column: String },
 }

@@ -55,10 +55,38 @@ fn translate_time_comparison(column: &str, op: Operator, nanos: i64) -> Option<E
     Some(comparison.and(partition))
 }
 
+/// Whether `name` is a column whose stored type differs from its SQL type by layout.
+fn is_attribute_column(name: &str) -> bool {
+    matches!(
+        name,
+        col::ATTRIBUTES | col::RESOURCE_ATTRIBUTES | col::EVENTS | col::LINKS
+    )
+}
+
 /// Rewrites a filter on the SQL schema to one on the storage schema that every matching row
 /// also satisfies (it may be weaker: the filter is re-applied above the scan). `None` when
 /// nothing of it can be expressed on storage.
 pub(crate) fn translate_filter(expr: &Expr) -> Option<Expr> {
+    if let Expr::BinaryExpr(BinaryExpr {
+        left,
+        op: Operator::And,
+        right,
+    }) = expr
+    {
+        return match (translate_filter(left), translate_filter(right)) {
+            (Some(l), Some(r)) => Some(l.and(r)),
+            (one, other) => one.or(other),
+        };
+    }
+    // Attribute maps, events and links are stored in another type than SQL's (see
+    // `crate::layout`): a filter on them stays above the scan (nothing prunes by them here).
+    if expr
+        .column_refs()
+        .iter()
+        .any(|c| is_attribute_column(&c.name))
+    {
+        return None;
+    }
     let refs_time = expr.column_refs().iter().any(|c| is_time_column(&c.name));
     if !refs_time {
         return unqualify(expr.clone());

@@ -30,7 +30,7 @@ use super::file_schema;
 use super::filters::StartBounds;
 use super::reader::TailReader;
 use crate::error::{Result, TraceLakeError};
-use crate::schema::col;
+use crate::schema::{AttributeLayout, col};
 
 /// Footers read at the same time (when a version is installed, or by a query that needs
 /// several files not read yet).
@@ -72,6 +72,8 @@ pub(crate) struct IndexedFile {
     /// file tracelake writes): lookups then read it directly (see
     /// [`LookupExec`](super::lookup_exec::LookupExec)).
     pub(crate) native: bool,
+    /// How the file holds attribute maps (from its schema).
+    pub(crate) layout: AttributeLayout,
     /// Leaf (parquet) and root (Arrow) index of `trace_id`.
     pub(crate) trace_id_column: Option<usize>,
     pub(crate) trace_id_root: usize,
@@ -131,7 +133,8 @@ async fn read_footer(
     let loaded = ArrowReaderMetadata::load_async(&mut reader, options.clone())
         .await
         .map_err(|e| TraceLakeError::data_file(&location, e))?;
-    let expected = file_schema();
+    let layout = crate::schema::layout_of(loaded.schema()).unwrap_or(AttributeLayout::Lean);
+    let expected = file_schema(layout);
     // Files other writers produce may record other Arrow types for the same parquet columns
     // (deltalake's optimize records strings as Utf8View): they are read with tracelake's
     // types when parquet can (the same parquet columns), so lookups read them directly too.
@@ -221,6 +224,7 @@ async fn read_footer(
         size,
         reader: reader_metadata,
         native: native && column.is_some(),
+        layout,
         trace_id_column: column,
         trace_id_root,
         row_groups,

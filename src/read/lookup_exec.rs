@@ -417,6 +417,8 @@ fn output(schema: &SchemaRef, batch: &RecordBatch, order: &[usize]) -> DfResult<
             let column = batch.column(i);
             if column.data_type() == field.data_type() {
                 Ok(column.clone())
+            } else if crate::layout::holds_lean(column.data_type()) {
+                Ok(crate::layout::to_nested(column)?)
             } else {
                 Ok(cast(column, field.data_type())?)
             }

@@ -8,6 +8,7 @@
 //!
 //! [`LookupExec`]: lookup_exec::LookupExec
 
+pub(crate) mod attributes;
 pub(crate) mod decoded;
 pub(crate) mod filters;
 pub(crate) mod index;
@@ -19,11 +20,24 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 
-use crate::schema::{col, storage_schema};
+use crate::schema::{AttributeLayout, col, storage_schema_of};
 
-/// The columns stored in each parquet file: the storage schema without the partition column.
-pub(crate) fn file_schema() -> SchemaRef {
-    let storage = storage_schema();
+/// The columns stored in each parquet file of `layout`: the storage schema without the
+/// partition column. Both layouts have the same columns in the same order (only the types of
+/// the attribute maps differ), so a projection is the same list of indices in either.
+pub(crate) fn file_schema(layout: AttributeLayout) -> SchemaRef {
+    static LEAN: std::sync::LazyLock<SchemaRef> =
+        std::sync::LazyLock::new(|| without_partition(AttributeLayout::Lean));
+    static NESTED: std::sync::LazyLock<SchemaRef> =
+        std::sync::LazyLock::new(|| without_partition(AttributeLayout::Nested));
+    match layout {
+        AttributeLayout::Lean => LEAN.clone(),
+        AttributeLayout::Nested => NESTED.clone(),
+    }
+}
+
+fn without_partition(layout: AttributeLayout) -> SchemaRef {
+    let storage = storage_schema_of(layout);
     Arc::new(Schema::new(
         storage
             .fields()

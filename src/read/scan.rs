@@ -23,14 +23,16 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::union::UnionExec;
 use object_store::ObjectStore;
 
+use super::attributes::NestedAttributes;
 use super::file_schema;
 use super::filters::{exact_ids, lookup_ids, start_bounds, translate_filter};
-use super::index::{ScanPlan, TraceIdIndex};
+use super::index::{IndexedFile, TraceIdIndex};
 use super::lookup_exec::LookupExec;
 use super::reader::IndexedReaderFactory;
-use crate::schema::{col as c, sql_schema, storage_name};
+use crate::schema::{AttributeLayout, col as c, sql_schema, storage_name};
 
 /// The SQL columns a scan produces: indices into the SQL schema.
 fn wanted(projection: Option<&Vec<usize>>) -> Vec<usize> {
@@ -63,7 +65,8 @@ pub(crate) async fn scan_index(
         Some(ids) => index.plan(store, ids, &bounds).await?,
         None => index.plan_all(store, &bounds).await?,
     };
-    let file_schema = file_schema();
+    // Both layouts have the same columns in the same order: one projection serves either.
+    let file_schema = file_schema(AttributeLayout::Lean);
     let file_projection = |wanted: &[usize]| {
         wanted
             .iter()
@@ -86,20 +89,36 @@ pub(crate) async fn scan_index(
     }
     let build = |wanted: &[usize]| {
         let projection = file_projection(wanted)?;
-        let plan = if scan_plan.files.is_empty() {
-            Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?))) as _
-        } else {
-            parquet_scan(
+        if scan_plan.files.is_empty() {
+            let empty = Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)));
+            return to_sql(empty, wanted);
+        }
+        // One parquet scan for each attribute layout among the files (a table created
+        // before the lean layout has nested files only), each in the SQL types.
+        let mut plans = Vec::new();
+        for layout in [AttributeLayout::Lean, AttributeLayout::Nested] {
+            let files: Vec<_> = scan_plan
+                .files
+                .iter()
+                .filter(|(file, _)| file.layout == layout)
+                .cloned()
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            let plan = parquet_scan(
                 state,
                 store,
                 store_url,
-                &scan_plan,
+                &files,
+                layout,
                 ids.as_deref(),
                 &storage_filters,
-                projection,
-            )?
-        };
-        to_sql(plan, wanted)
+                projection.clone(),
+            )?;
+            plans.push(to_sql(plan, wanted)?);
+        }
+        UnionExec::try_new(plans)
     };
     match exact_ids(filters) {
         Some(ids) => only_ids(&wanted, &ids, build),
@@ -203,8 +222,11 @@ fn to_sql(plan: Arc<dyn ExecutionPlan>, wanted: &[usize]) -> DfResult<Arc<dyn Ex
         let index = input.index_of(storage_name(field.name()))?;
         let column: Arc<dyn PhysicalExpr> =
             Arc::new(PhysicalColumn::new(input.field(index).name(), index));
-        let expr: Arc<dyn PhysicalExpr> = if input.field(index).data_type() == field.data_type() {
+        let stored = input.field(index).data_type();
+        let expr: Arc<dyn PhysicalExpr> = if stored == field.data_type() {
             column
+        } else if crate::layout::holds_lean(stored) {
+            Arc::new(NestedAttributes::try_new(column, field.name())?)
         } else {
             Arc::new(CastExpr::new(column, field.data_type().clone(), None))
         };
@@ -213,23 +235,25 @@ fn to_sql(plan: Arc<dyn ExecutionPlan>, wanted: &[usize]) -> DfResult<Arc<dyn Ex
     Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
-/// DataFusion's parquet scan of the row groups of `plan`, with the storage columns
+/// DataFusion's parquet scan of the row groups of `scanned` (files of `layout`), with the storage columns
 /// `projection` (indices into the file schema), filtering rows to `ids` when given and pruning
 /// with `filters` (on the storage schema; conjuncts on `span_date`, which files do not hold,
 /// are left out: `start_time_unix_nano` carries the same bound). The footers come from the
 /// index.
+#[allow(clippy::too_many_arguments)]
 fn parquet_scan(
     state: &dyn Session,
     store: &Arc<dyn ObjectStore>,
     store_url: &ObjectStoreUrl,
-    plan: &ScanPlan,
+    scanned: &[(Arc<IndexedFile>, Vec<usize>)],
+    layout: AttributeLayout,
     ids: Option<&[String]>,
     filters: &[Expr],
     projection: Vec<usize>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let file_schema = file_schema();
-    let mut files = Vec::with_capacity(plan.files.len());
-    for (entry, row_groups) in &plan.files {
+    let file_schema = file_schema(layout);
+    let mut files = Vec::with_capacity(scanned.len());
+    for (entry, row_groups) in scanned {
         let mut access = ParquetAccessPlan::new_none(entry.row_groups.len());
         for &rg in row_groups {
             access.scan(rg);
@@ -258,8 +282,7 @@ fn parquet_scan(
         .and_then(|expr| state.create_physical_expr(expr, &df_schema).ok());
     let factory = IndexedReaderFactory {
         store: store.clone(),
-        files: plan
-            .files
+        files: scanned
             .iter()
             .map(|(f, _)| (f.location.clone(), f.clone()))
             .collect(),
@@ -296,6 +319,8 @@ pub(crate) struct ShippedFile {
     pub(crate) size: u64,
     pub(crate) row_groups: usize,
     pub(crate) read: Vec<usize>,
+    /// How the file holds attribute maps.
+    pub(crate) layout: AttributeLayout,
 }
 
 /// A lookup planned elsewhere ([`LookupExec`], whose footers stay with the node that planned
@@ -309,23 +334,21 @@ pub(crate) fn shipped_lookup_scan(
     projection: Vec<usize>,
     wanted: &[usize],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let file_schema = file_schema();
+    // Both layouts have the same columns in the same order.
+    let columns = file_schema(AttributeLayout::Lean);
     let sql_columns = sql_schema().fields().len();
     if let Some(bad) = wanted.iter().find(|&&i| i >= sql_columns) {
         return datafusion::common::plan_err!(
             "shipped lookup names column {bad} of spans, which has {sql_columns}"
         );
     }
-    if let Some(bad) = projection
-        .iter()
-        .find(|&&i| i >= file_schema.fields().len())
-    {
+    if let Some(bad) = projection.iter().find(|&&i| i >= columns.fields().len()) {
         return datafusion::common::plan_err!(
             "shipped lookup names file column {bad}, files have {}",
-            file_schema.fields().len()
+            columns.fields().len()
         );
     }
-    let id_column = file_schema.index_of(c::TRACE_ID)?;
+    let id_column = columns.index_of(c::TRACE_ID)?;
     // Exactly the rows of `ids` (the trace-id filter is not applied again above the scan).
     only_ids(wanted, ids, |read| {
         let mut projection = projection;
@@ -333,37 +356,46 @@ pub(crate) fn shipped_lookup_scan(
             projection.push(id_column);
         }
         if files.is_empty() {
-            let empty = Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)));
+            let empty = Arc::new(EmptyExec::new(Arc::new(columns.project(&projection)?)));
             return to_sql(empty, read);
         }
-        let mut group = Vec::with_capacity(files.len());
-        for shipped in files {
-            let mut access = ParquetAccessPlan::new_none(shipped.row_groups);
-            for &rg in &shipped.read {
-                if rg >= shipped.row_groups {
-                    return datafusion::common::plan_err!(
-                        "shipped lookup names row group {rg} of {}, which has {}",
-                        shipped.path,
-                        shipped.row_groups
-                    );
+        // One parquet scan for each attribute layout among the files.
+        let mut plans = Vec::new();
+        for layout in [AttributeLayout::Lean, AttributeLayout::Nested] {
+            let file_schema = file_schema(layout);
+            let mut group = Vec::new();
+            for shipped in files.iter().filter(|f| f.layout == layout) {
+                let mut access = ParquetAccessPlan::new_none(shipped.row_groups);
+                for &rg in &shipped.read {
+                    if rg >= shipped.row_groups {
+                        return datafusion::common::plan_err!(
+                            "shipped lookup names row group {rg} of {}, which has {}",
+                            shipped.path,
+                            shipped.row_groups
+                        );
+                    }
+                    access.scan(rg);
                 }
-                access.scan(rg);
+                let mut file = PartitionedFile::new(shipped.path.clone(), shipped.size);
+                file.extensions.insert(access);
+                group.push(file);
             }
-            let mut file = PartitionedFile::new(shipped.path.clone(), shipped.size);
-            file.extensions.insert(access);
-            group.push(file);
+            if group.is_empty() {
+                continue;
+            }
+            let predicate = id_in_list(id_column, ids, &file_schema)?;
+            let source = ParquetSource::new(file_schema.clone())
+                .with_pushdown_filters(true)
+                .with_enable_page_index(true)
+                .with_bloom_filter_on_read(false)
+                .with_predicate(predicate);
+            let config = FileScanConfigBuilder::new(store_url.clone(), Arc::new(source))
+                .with_file_groups(vec![FileGroup::new(group)])
+                .with_projection_indices(Some(projection.clone()))?
+                .build();
+            plans.push(to_sql(DataSourceExec::from_data_source(config), read)?);
         }
-        let predicate = id_in_list(id_column, ids, &file_schema)?;
-        let source = ParquetSource::new(file_schema.clone())
-            .with_pushdown_filters(true)
-            .with_enable_page_index(true)
-            .with_bloom_filter_on_read(false)
-            .with_predicate(predicate);
-        let config = FileScanConfigBuilder::new(store_url.clone(), Arc::new(source))
-            .with_file_groups(vec![FileGroup::new(group)])
-            .with_projection_indices(Some(projection))?
-            .build();
-        to_sql(DataSourceExec::from_data_source(config), read)
+        UnionExec::try_new(plans)
     })
 }
 

@@ -309,6 +309,11 @@ pub fn to_storage(batch: &RecordBatch, offset: usize) -> Result<RecordBatch> {
             | col::DROPPED_EVENTS_COUNT
             | col::DROPPED_LINKS_COUNT => count_column(batch, field.name(), offset)?,
             col::SPAN_DATE => Arc::new(span_dates.clone()),
+            col::ATTRIBUTES | col::RESOURCE_ATTRIBUTES | col::EVENTS | col::LINKS => {
+                let name = field.name();
+                crate::layout::to_lean(&column(batch, name, offset)?)
+                    .map_err(|e| TraceLakeError::SchemaMismatch(format!("column {name}: {e}")))?
+            }
             other => column(batch, other, offset)?,
         };
         debug_assert_eq!(array.data_type(), field.data_type(), "{}", field.name());

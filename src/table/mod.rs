@@ -326,7 +326,10 @@ fn not_a_trace_table(location: &TableLocation, reason: impl Into<String>) -> Tra
 fn check_trace_schema(location: &TableLocation, table: &DeltaTable) -> Result<()> {
     let snapshot = table.snapshot()?;
     let actual = snapshot.snapshot().arrow_schema();
-    let expected = storage_schema();
+    // Either attribute layout: tables created before the lean one keep the nested layout.
+    let expected = schema::storage_schema_of(
+        schema::layout_of(&actual).unwrap_or(schema::AttributeLayout::Lean),
+    );
     for field in expected.fields() {
         match actual.field_with_name(field.name()) {
             Err(_) => {
@@ -808,8 +811,15 @@ impl TraceTable {
             if !snapshot.state().write.direct {
                 // deltalake's write operation enforces what the direct path does not.
                 let table = snapshot.delta_table(&self.log_store).await?.clone();
+                let settings = &snapshot.state().write;
+                let batches = sorted
+                    .collect()
+                    .await?
+                    .into_iter()
+                    .map(|b| settings.for_files(b))
+                    .collect::<Result<Vec<_>>>()?;
                 let written = table
-                    .write(sorted.collect().await?)
+                    .write(batches)
                     .with_save_mode(SaveMode::Append)
                     .with_partition_columns([col::SPAN_DATE])
                     .with_writer_properties(writer_properties())

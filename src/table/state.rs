@@ -10,6 +10,7 @@
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use delta_kernel::table_features::ColumnMappingMode;
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
@@ -19,6 +20,7 @@ use object_store::path::Path;
 
 use crate::error::{Result, TraceLakeError};
 use crate::read::index::{FileMap, FileSlot, LogFile, SlotHome};
+use crate::schema::AttributeLayout;
 
 /// Field metadata keys of columns whose values a writer would have to compute or check.
 const ENFORCED_FIELD_METADATA: [&str; 2] = ["delta.generationExpression", "delta.invariants"];
@@ -46,6 +48,8 @@ pub(crate) struct WriteSettings {
     pub(crate) target_file_size: NonZeroU64,
     /// A checkpoint is written every this many commits.
     pub(crate) checkpoint_interval: u64,
+    /// How the table's files hold attribute maps (from the table's schema).
+    pub(crate) layout: AttributeLayout,
 }
 
 impl std::fmt::Debug for WriteSettings {
@@ -53,6 +57,7 @@ impl std::fmt::Debug for WriteSettings {
         f.debug_struct("WriteSettings")
             .field("direct", &self.direct)
             .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("layout", &self.layout)
             .finish_non_exhaustive()
     }
 }
@@ -86,7 +91,26 @@ impl WriteSettings {
             stats: WriterStatsConfig::from_config(state.snapshot().table_configuration()),
             target_file_size: properties.target_file_size(),
             checkpoint_interval: properties.checkpoint_interval().get(),
+            layout: crate::schema::layout_of(&state.snapshot().arrow_schema())
+                .unwrap_or(AttributeLayout::Lean),
         })
+    }
+
+    /// `batch` (storage columns, attribute maps lean as `to_storage` makes them) as this
+    /// table's files hold it.
+    pub(crate) fn for_files(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        match self.layout {
+            AttributeLayout::Lean => Ok(batch),
+            _ => {
+                let schema = crate::schema::storage_schema_of(self.layout);
+                let columns = batch
+                    .columns()
+                    .iter()
+                    .map(crate::layout::to_nested)
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok(RecordBatch::try_new(schema, columns)?)
+            }
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use super::state::WriteSettings;
 use super::writer_properties;
 use crate::error::{Result, TraceLakeError};
 use crate::observe::names;
-use crate::schema::{col, storage_schema};
+use crate::schema::{col, storage_schema_of};
 
 /// Files of at most this many distinct trace ids carry a filter of them in their log entry.
 pub(crate) const LOG_FILTER_MAX_IDS: usize = 4096;
@@ -113,7 +113,7 @@ pub(super) async fn write_files(
 ) -> Result<Vec<Action>> {
     async {
         let config = WriterConfig::new(
-            storage_schema(),
+            storage_schema_of(settings.layout),
             vec![col::SPAN_DATE.to_string()],
             Some(writer_properties()),
             // The table's `delta.targetFileSize` (deltalake's default otherwise), as the write
@@ -126,7 +126,7 @@ pub(super) async fn write_files(
         let mut writer = DeltaWriter::new(log_store.object_store(None), config);
         let mut filters = DayFilters::default();
         while let Some(batch) = batches.next().await {
-            let batch = batch?;
+            let batch = settings.for_files(batch?)?;
             filters.add(&batch)?;
             let dates = batch
                 .column_by_name(col::SPAN_DATE)

@@ -2,7 +2,7 @@
 # Installs the real clients the integration tests drive, once per checkout (idempotent):
 #   - Python packages into a virtualenv at target/clients/venv: the OpenTelemetry Python
 #     SDK with its OTLP/HTTP and OTLP/gRPC exporters, and Python `deltalake` (another Delta
-#     reader, to check that tracelake's tables stay standard);
+#     reader, to check that tracelake's tables stay standard) with `pyarrow`;
 #   - npm packages under target/clients/node: the OpenTelemetry JavaScript SDK with its
 #     OTLP/HTTP (JSON) exporter.
 # Needs python3 (with venv) and npm, and the package registries. The tests run it themselves
@@ -18,6 +18,7 @@ python_packages=(
   "opentelemetry-exporter-otlp-proto-http==1.45.2"
   "opentelemetry-exporter-otlp-proto-grpc==1.45.2"
   "deltalake==1.6.6"
+  "pyarrow==26.0.1"
 )
 node_packages=(
   "@opentelemetry/api@1.10.0"
