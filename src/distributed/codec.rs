@@ -45,6 +45,7 @@ use crate::functions::tags::{TagQuery, TagTable};
 use crate::functions::trace_tree::{TraceLookup, TraceTreeExec, TraceTreeTable, trace_tree_schema};
 use crate::observe::planner::CollectExec;
 use crate::provider::{SinkTable, SpanSink, TraceTableProvider};
+use crate::read::attribute_filter::{AttributePrunedExec, AttributePruning};
 use crate::read::attributes::NestedAttributes;
 use crate::read::lookup_exec::LookupExec;
 use crate::read::scan::{ShippedFile, shipped_lookup_scan};
@@ -456,6 +457,10 @@ enum NodePayload {
     SpanSink {
         location: String,
     },
+    AttributePruned {
+        row_groups: usize,
+        bytes: usize,
+    },
 }
 
 /// The physical codec: see the [module](self) documentation.
@@ -521,6 +526,12 @@ impl PhysicalExtensionCodec for TracePhysicalCodec {
                 let input = one_input(inputs, "TraceTreeExec")?;
                 Ok(Arc::new(TraceTreeExec::new(input, lookup, output)?))
             }
+            NodePayload::AttributePruned { row_groups, bytes } => {
+                Ok(Arc::new(AttributePrunedExec::new(
+                    one_input(inputs, "AttributePrunedExec")?,
+                    AttributePruning { row_groups, bytes },
+                )))
+            }
             NodePayload::Collect => Ok(Arc::new(CollectExec::new(
                 one_input(inputs, "TraceLakeCollectExec")?,
                 tracing::Span::current(),
@@ -577,6 +588,11 @@ impl PhysicalExtensionCodec for TracePhysicalCodec {
                 start: tree.lookup.start,
                 end: tree.lookup.end,
                 output: tree.output.clone(),
+            }
+        } else if let Some(pruned) = any.downcast_ref::<AttributePrunedExec>() {
+            NodePayload::AttributePruned {
+                row_groups: pruned.pruned.row_groups,
+                bytes: pruned.pruned.bytes,
             }
         } else if any.downcast_ref::<CollectExec>().is_some() {
             NodePayload::Collect

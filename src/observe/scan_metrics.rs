@@ -23,6 +23,11 @@ pub struct ScanMetrics {
     pub row_groups_pruned_statistics: usize,
     /// Row groups skipped by bloom filters.
     pub row_groups_pruned_bloom_filter: usize,
+    /// Row groups skipped before the scan because the bloom filters of their attribute keys
+    /// or string values rule out a filter on `attributes` or `resource_attributes`.
+    pub row_groups_pruned_attributes: usize,
+    /// Compressed bytes of the row groups skipped by attribute filters.
+    pub bytes_pruned_attributes: usize,
     /// Bytes read from data files.
     pub bytes_scanned: usize,
     /// Rows produced by the scan leaves.
@@ -64,6 +69,12 @@ impl ScanMetrics {
                             _ => {}
                         },
                         v if v.name() == "count_files_scanned" => out.files_scanned += v.as_usize(),
+                        v if v.name() == "row_groups_pruned_attributes" => {
+                            out.row_groups_pruned_attributes += v.as_usize()
+                        }
+                        v if v.name() == "bytes_pruned_attributes" => {
+                            out.bytes_pruned_attributes += v.as_usize()
+                        }
                         v if v.name() == "bytes_scanned" => out.bytes_scanned += v.as_usize(),
                         v if v.name() == "decoded_cache_hits" => {
                             out.decoded_cache_hits += v.as_usize()

@@ -8,6 +8,7 @@
 //!
 //! [`LookupExec`]: lookup_exec::LookupExec
 
+pub(crate) mod attribute_filter;
 pub(crate) mod attributes;
 pub(crate) mod decoded;
 pub(crate) mod filters;

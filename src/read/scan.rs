@@ -26,6 +26,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use object_store::ObjectStore;
 
+use super::attribute_filter::{AttributePrunedExec, AttributePruning, attribute_conditions, prune};
 use super::attributes::NestedAttributes;
 use super::file_schema;
 use super::filters::{exact_ids, lookup_ids, start_bounds, translate_filter};
@@ -61,9 +62,25 @@ pub(crate) async fn scan_index(
         .runtime_env()
         .register_object_store(store_url.as_ref(), store.clone());
     let bounds = start_bounds(filters);
-    let scan_plan = match &ids {
+    let mut scan_plan = match &ids {
         Some(ids) => index.plan(store, ids, &bounds).await?,
         None => index.plan_all(store, &bounds).await?,
+    };
+    // Row groups whose attribute bloom filters rule out a filter on attributes (a lookup by
+    // id reads one or two row groups already).
+    let pruned = match ids {
+        Some(_) => AttributePruning::default(),
+        None => {
+            let conditions = attribute_conditions(filters);
+            prune(store, &mut scan_plan, &conditions, &bounds).await?
+        }
+    };
+    let with_pruned = |plan: Arc<dyn ExecutionPlan>| -> Arc<dyn ExecutionPlan> {
+        if pruned.row_groups == 0 {
+            plan
+        } else {
+            Arc::new(AttributePrunedExec::new(plan, pruned))
+        }
     };
     // Both layouts have the same columns in the same order: one projection serves either.
     let file_schema = file_schema(AttributeLayout::Lean);
@@ -120,10 +137,11 @@ pub(crate) async fn scan_index(
         }
         UnionExec::try_new(plans)
     };
-    match exact_ids(filters) {
-        Some(ids) => only_ids(&wanted, &ids, build),
-        None => build(&wanted),
-    }
+    let plan = match exact_ids(filters) {
+        Some(ids) => only_ids(&wanted, &ids, build)?,
+        None => build(&wanted)?,
+    };
+    Ok(with_pruned(plan))
 }
 
 /// `trace_id IN (ids)`, `trace_id` being column `index` of `schema`.

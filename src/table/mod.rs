@@ -411,7 +411,89 @@ pub(crate) fn writer_properties() -> WriterProperties {
     for column in PLAIN_COLUMNS {
         builder = builder.set_column_dictionary_enabled((*column).into(), false);
     }
+    // Attribute leaves (maps, events, links): no statistics (min/max of mixed keys and values
+    // prune nothing, and they were a third of a small file's footer), bloom filters on the
+    // keys and string values of span and resource attributes instead (see
+    // `crate::read::attribute_filter`).
+    for path in attribute_leaves() {
+        builder = builder.set_column_statistics_enabled(path.clone(), EnabledStatistics::None);
+    }
+    for column in [col::ATTRIBUTES, col::RESOURCE_ATTRIBUTES] {
+        for (leaf, ndv) in [
+            (AttributeLeaf::Key, ATTRIBUTE_KEYS_NDV),
+            (AttributeLeaf::StringValue, ROW_GROUP_ROWS as u64 * 4),
+        ] {
+            let path = leaf.path(column);
+            builder = builder
+                .set_column_bloom_filter_enabled(path.clone(), true)
+                .set_column_bloom_filter_fpp(path.clone(), ATTRIBUTE_BLOOM_FPP)
+                .set_column_bloom_filter_max_ndv(path, ndv);
+        }
+    }
     builder.build()
+}
+
+/// The false-positive rate of the attribute bloom filters (folded to the values written).
+pub(crate) const ATTRIBUTE_BLOOM_FPP: f64 = 0.01;
+
+/// Distinct attribute keys a row group is sized for at most (the filter folds to fewer).
+const ATTRIBUTE_KEYS_NDV: u64 = 4_096;
+
+/// A leaf of an attribute map that has a bloom filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttributeLeaf {
+    Key,
+    StringValue,
+}
+
+impl AttributeLeaf {
+    /// The parquet path of this leaf in the map column `column`.
+    pub(crate) fn path(self, column: &str) -> parquet::schema::types::ColumnPath {
+        let mut parts = vec![column.to_string(), schema::MAP_ENTRIES.to_string()];
+        match self {
+            AttributeLeaf::Key => parts.push("key".into()),
+            AttributeLeaf::StringValue => {
+                parts.push("value".into());
+                parts.push("string_value".into());
+            }
+        }
+        parquet::schema::types::ColumnPath::new(parts)
+    }
+}
+
+/// The parquet paths of every leaf under the attribute, event and link columns, in either
+/// layout.
+fn attribute_leaves() -> &'static [parquet::schema::types::ColumnPath] {
+    static LEAVES: std::sync::LazyLock<Vec<parquet::schema::types::ColumnPath>> =
+        std::sync::LazyLock::new(|| {
+            let mut out = Vec::new();
+            for layout in [
+                schema::AttributeLayout::Lean,
+                schema::AttributeLayout::Nested,
+            ] {
+                let Ok(descr) = parquet::arrow::ArrowSchemaConverter::new()
+                    .convert(&schema::storage_schema_of(layout))
+                else {
+                    continue;
+                };
+                for column in descr.columns() {
+                    let path = column.path();
+                    if [
+                        col::ATTRIBUTES,
+                        col::RESOURCE_ATTRIBUTES,
+                        col::EVENTS,
+                        col::LINKS,
+                    ]
+                    .contains(&path.parts()[0].as_str())
+                        && !out.contains(path)
+                    {
+                        out.push(path.clone());
+                    }
+                }
+            }
+            out
+        });
+    &LEAVES
 }
 
 impl TraceTable {
