@@ -421,7 +421,7 @@ async fn attribute_filters_skip_row_groups_by_their_bloom_filters() {
         ),
         ("attr_str(attributes, 'user.id') = 'nobody'", 0, 4),
         // Nothing to prune by: every row group is read.
-        ("attr_str(attributes, 'user.id') IS NULL", 600 * 0, 0),
+        ("attr_str(attributes, 'user.id') IS NULL", 0, 0),
         (
             "attr_str(attributes, 'user.id') = 'u-needle' OR name = 'x'",
             1,

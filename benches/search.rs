@@ -1,0 +1,266 @@
+//! Search by what a trace contains (Tier 1 group `search`, `make bench.extended` or
+//! `TRACELAKE_BENCH_TIER=1 TRACELAKE_BENCH_GROUP=search cargo bench --profile bench --bench
+//! search`): the demo's generator (realistic traces over one hour, `http.route` and friends),
+//! 1M spans in 24 commits, the same spans after `optimize`, and (with
+//! `TRACELAKE_BENCH_SEARCH_10M=1`) 10M spans. One span of the table holds a unique
+//! `enduser.id` (the needle).
+//!
+//! Each figure is the p50 of 30 runs (the lookups: 200 fresh ids), with the scan metrics of
+//! one run in the artifact's `extra`: row groups read and pruned (by attributes), bytes.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use datafusion::prelude::SessionContext;
+use serde_json::json;
+use support::{Artifact, BenchTier, DAY0, enabled, group_selected, runtime, sample};
+use tracelake::synth::{TraceGenerator, TraceShape};
+use tracelake::{AttributeValue, TraceLake};
+
+const COMMITS: usize = 24;
+const HOUR: i64 = 3_600_000_000_000;
+const NEEDLE: &str = "needle-user-42";
+/// The 10-minute window of the windowed figures: 00:30 to 00:40 of the fixture's hour.
+const WINDOW: (&str, &str) = ("2024-05-01T00:30:00Z", "2024-05-01T00:40:00Z");
+
+/// The fixture: about `spans` spans of the demo's generator over one hour from `DAY0`, in
+/// [`COMMITS`] commits; reused when built already. Returns the path and sample trace ids.
+async fn fixture(spans: usize) -> (PathBuf, Vec<String>) {
+    let path = support::workspace()
+        .join("target/bench-fixtures")
+        .join(format!("demo-{spans}-c{COMMITS}"));
+    let ids_file = path.join("sample_ids.txt");
+    if let Ok(text) = std::fs::read_to_string(&ids_file) {
+        return (path, text.lines().map(str::to_string).collect());
+    }
+    let _ = std::fs::remove_dir_all(&path);
+    let lake = TraceLake::create(path.to_str().unwrap())
+        .await
+        .expect("create fixture");
+    let mut generator = TraceGenerator::new(7, TraceShape::Realistic);
+    let per_commit = spans / COMMITS;
+    // Traces start evenly over the hour: about 7 spans a trace.
+    let step = HOUR / (spans as i64 / 7).max(1);
+    let mut next_start = DAY0;
+    let mut ids = Vec::new();
+    for commit in 0..COMMITS {
+        let mut batch = Vec::with_capacity(per_commit + 64);
+        while batch.len() < per_commit {
+            batch.extend(generator.trace(next_start));
+            next_start += step;
+        }
+        if commit == COMMITS / 2 {
+            batch[per_commit / 2]
+                .attributes
+                .push(("enduser.id".into(), AttributeValue::String(NEEDLE.into())));
+        }
+        ids.extend(
+            batch
+                .iter()
+                .step_by(per_commit / 10)
+                .map(|s| s.trace_id.clone()),
+        );
+        lake.append_spans(&batch).await.expect("append fixture");
+    }
+    ids.sort_by_key(|id| {
+        id.bytes()
+            .rev()
+            .fold(0u64, |h, b| h.wrapping_mul(31) ^ b as u64)
+    });
+    ids.dedup();
+    std::fs::write(&ids_file, ids.join("\n")).expect("write ids");
+    (path, ids)
+}
+
+async fn open(path: &Path) -> (TraceLake, SessionContext) {
+    let options = tracelake::TableOptions {
+        lookup_cache_bytes: 0,
+        ..Default::default()
+    };
+    let lake = TraceLake::open_with_options(path.to_str().unwrap(), &options)
+        .await
+        .expect("open fixture");
+    let ctx = lake.session_context().expect("context");
+    (lake, ctx)
+}
+
+/// Runs `sql`: rows and scan metrics.
+async fn run(ctx: &SessionContext, sql: &str) -> (usize, tracelake::observe::ScanMetrics) {
+    let plan = ctx
+        .sql(sql)
+        .await
+        .expect("plan")
+        .create_physical_plan()
+        .await
+        .expect("physical plan");
+    let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+        .await
+        .expect("execute");
+    (
+        batches.iter().map(|b| b.num_rows()).sum(),
+        tracelake::observe::ScanMetrics::from_plan(&plan),
+    )
+}
+
+/// The queries of the group: (name, SQL).
+fn queries() -> Vec<(&'static str, String)> {
+    let route = "attr_str(attributes, 'http.route') = '/checkout'";
+    let window = format!(
+        "start_time >= '{}' AND start_time < '{}'",
+        WINDOW.0, WINDOW.1
+    );
+    vec![
+        ("generic_count", format!("SELECT count(*) FROM spans WHERE {route}")),
+        (
+            "generic_trace_ids",
+            format!("SELECT DISTINCT trace_id FROM spans WHERE {route} LIMIT 20"),
+        ),
+        (
+            "generic_trace_ids_window",
+            format!("SELECT DISTINCT trace_id FROM spans WHERE {route} AND {window} LIMIT 20"),
+        ),
+        (
+            "needle",
+            format!("SELECT * FROM spans WHERE attr_str(attributes, 'enduser.id') = '{NEEDLE}'"),
+        ),
+        (
+            "in_list",
+            "SELECT count(*) FROM spans WHERE attr_str(attributes, 'http.route') IN ('/checkout', '/cart')".into(),
+        ),
+        (
+            "like_prefix",
+            "SELECT count(*) FROM spans WHERE attr_str(attributes, 'http.route') LIKE '/check%'".into(),
+        ),
+        (
+            "int_range_and_service",
+            "SELECT count(*) FROM spans WHERE attr_int(attributes, 'http.response.status_code') >= 500 AND service_name = 'frontend'".into(),
+        ),
+        (
+            "is_not_null_and_name",
+            "SELECT count(*) FROM spans WHERE attr_str(attributes, 'db.system') IS NOT NULL AND name = 'postgres SELECT'".into(),
+        ),
+        (
+            "resource_and_status",
+            "SELECT count(*) FROM spans WHERE attr_str(resource_attributes, 'service.name') = 'payments' AND status_code = 'ERROR'".into(),
+        ),
+        (
+            "trace_search_window",
+            format!(
+                "SELECT * FROM trace_search('attr_str(attributes, ''http.route'') = ''/checkout''', '{}', '{}', 20)",
+                WINDOW.0, WINDOW.1
+            ),
+        ),
+    ]
+}
+
+/// Measures every query and the lookups on the table at `path`, naming artifacts with
+/// `label`.
+fn measure(rt: &tokio::runtime::Runtime, path: &Path, ids: &[String], label: &str) {
+    let (lake, ctx) = rt.block_on(open(path));
+    let stats = lake.stats().expect("stats");
+    let bytes: u64 = walk(path)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let table = json!({"spans": stats.spans, "files": stats.files, "commits": COMMITS});
+    let mut disk = Artifact::new(
+        &format!("search_bytes_per_span_{label}"),
+        BenchTier::Extended,
+        "data files",
+    );
+    disk.rows = stats.spans;
+    disk.table = table.clone();
+    disk.extra = json!({
+        "bytes": bytes,
+        "bytes_per_span": bytes as f64 / stats.spans.max(1) as f64,
+    });
+    disk.timings = vec![std::time::Duration::ZERO];
+    disk.write();
+    for (name, sql) in queries() {
+        let (rows, metrics) = rt.block_on(run(&ctx, &sql));
+        let timings = sample(30, |_| {
+            rt.block_on(run(&ctx, &sql));
+        });
+        let mut artifact =
+            Artifact::new(&format!("search_{name}_{label}"), BenchTier::Extended, &sql);
+        artifact.timings = timings;
+        artifact.rows = rows as u64;
+        artifact.bytes_read = metrics.bytes_scanned as u64;
+        artifact.table = table.clone();
+        artifact.extra = json!({
+            "files_opened": metrics.files_opened,
+            "row_groups_matched": metrics.row_groups_matched,
+            "row_groups_pruned_statistics": metrics.row_groups_pruned_statistics,
+            "row_groups_pruned_attributes": metrics.row_groups_pruned_attributes,
+            "bytes_pruned_attributes": metrics.bytes_pruned_attributes,
+        });
+        artifact.write();
+    }
+    for (name, template) in [
+        (
+            "lookup_select_star",
+            "SELECT * FROM spans WHERE trace_id = '{id}'",
+        ),
+        ("lookup_trace_tree", "SELECT * FROM trace_tree('{id}')"),
+    ] {
+        rt.block_on(run(&ctx, &template.replace("{id}", &ids[0])));
+        let mut rows = 0;
+        let timings = sample(200.min(ids.len()), |i| {
+            rows = rt
+                .block_on(run(&ctx, &template.replace("{id}", &ids[i % ids.len()])))
+                .0;
+        });
+        let mut artifact = Artifact::new(
+            &format!("search_{name}_{label}"),
+            BenchTier::Extended,
+            template,
+        );
+        artifact.timings = timings;
+        artifact.rows = rows as u64;
+        artifact.table = table.clone();
+        artifact.write();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn search(_c: &mut Criterion) {
+    if !enabled(BenchTier::Extended) || !group_selected("search") {
+        return;
+    }
+    let rt = runtime();
+    let (path, ids) = rt.block_on(fixture(1_000_000));
+    measure(&rt, &path, &ids, "1m");
+    // The same spans compacted: a copy, optimized.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("spans");
+    support::copy_dir(&path, &copy);
+    rt.block_on(async {
+        let lake = TraceLake::open(copy.to_str().unwrap())
+            .await
+            .expect("open copy");
+        lake.optimize().await.expect("optimize");
+    });
+    measure(&rt, &copy, &ids, "1m_optimized");
+    if std::env::var("TRACELAKE_BENCH_SEARCH_10M").is_ok_and(|v| v == "1") {
+        let (path, ids) = rt.block_on(fixture(10_000_000));
+        measure(&rt, &path, &ids, "10m");
+    }
+}
+
+criterion_group!(benches, search);
+criterion_main!(benches);
