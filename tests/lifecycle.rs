@@ -543,6 +543,18 @@ async fn tables_of_the_nested_layout_read_the_same_and_stay_nested() {
     assert!(after.iter().all(|&(n, nested)| n == 78 && nested));
     new.append_spans(&again).await.unwrap();
     assert_eq!(rendered(&old).await, rendered(&new).await);
+
+    // deltalake's optimize rewrites either layout as it is, losing nothing.
+    for lake in [&old, &new] {
+        let outcome = lake.optimize().await.unwrap();
+        assert!(outcome.files_removed >= 3, "{outcome:?}");
+    }
+    assert!(leaves(&fresh).iter().all(|&(n, nested)| n == 54 && !nested));
+    assert_eq!(rendered(&old).await, rendered(&new).await);
+    assert_eq!(rendered(&new).await, {
+        let ctx_lake = TraceLake::open(fresh.to_str().unwrap()).await.unwrap();
+        rendered(&ctx_lake).await
+    });
 }
 
 /// Another engine reads a lean table's attributes back, arrays included, following
