@@ -150,6 +150,7 @@ fn errors_are_clear_and_exit_non_zero() {
     let (ok, _, err) = tracelake(&["sql", "--table", dir.path().to_str().unwrap(), "SELECT 1"]);
     assert!(!ok);
     assert!(err.contains("is not a trace table"), "{err}");
+    assert!(err.contains("tracelake create --table PATH"), "{err}");
     let table = dir.path().join("t");
     let (ok, _, _) = tracelake(&["demo", "--table", table.to_str().unwrap(), "--traces", "5"]);
     assert!(ok);
@@ -164,6 +165,31 @@ fn errors_are_clear_and_exit_non_zero() {
         err.contains("trace_tree expects 32 hex characters"),
         "{err}"
     );
+}
+
+/// `tracelake create` makes an empty table that `sql` then reads (no spans), and refuses a
+/// location that holds a table already.
+#[test]
+fn create_makes_an_empty_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("empty");
+    let table = table.to_str().unwrap();
+    let (ok, out, err) = tracelake(&["create", "--table", table]);
+    assert!(ok, "{err}");
+    assert!(out.contains("created an empty trace table"), "{out}");
+    let (ok, out, err) = tracelake(&[
+        "sql",
+        "--table",
+        table,
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM spans",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.trim() == "0"), "{out}");
+    let (ok, _, err) = tracelake(&["create", "--table", table]);
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! statement, a file, stdin, or an interactive shell), an OTLP server, and maintenance.
 //!
 //! ```text
+//! tracelake create   [--table PATH]
 //! tracelake demo     [--table PATH] [--traces N]
 //! tracelake sql      [--table PATH] [--format table|csv|json] ["SQL" | -f FILE]
 //! tracelake serve    [--table PATH] [--otlp-http ADDR] [--otlp-grpc ADDR] ...
@@ -72,6 +73,12 @@ fn parse_storage_option(text: &str) -> Result<(String, String), String> {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create an empty trace table (fails if a Delta table is already there).
+    Create {
+        /// The table location.
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+    },
     /// Create (or reuse) a local table, write synthetic traces, and run a few queries.
     Demo {
         /// The table location.
@@ -268,6 +275,15 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
             node::executor(out, &scheduler, executor, metrics_addr, options).await?
         }
         Command::Serve(args) => serve::run(out, args, options).await?,
+        Command::Create { table } => {
+            let lake = TraceLake::create_with_options(&table, options).await?;
+            writeln!(
+                out,
+                "created an empty trace table at {} (version {})",
+                lake.table().location().url,
+                lake.version()
+            )?;
+        }
         Command::Optimize {
             table,
             target_file_size,
@@ -396,7 +412,9 @@ fn span_exporter(path: &std::path::Path) -> CliResult<JsonLinesExporter> {
 fn report(e: &(dyn std::error::Error + 'static)) {
     match e.downcast_ref::<TraceLakeError>() {
         Some(TraceLakeError::NotATraceTable { .. }) => {
-            eprintln!("error: {e}\nhint: `tracelake demo --table PATH` creates a table")
+            eprintln!(
+                "error: {e}\nhint: `tracelake create --table PATH` creates an empty table, `tracelake demo --table PATH` one with synthetic traces"
+            )
         }
         _ => eprintln!("error: {e}"),
     }
