@@ -73,7 +73,7 @@ fn decode_payload<T: for<'a> Deserialize<'a>>(buf: &[u8]) -> DfResult<Option<T>>
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "provider", rename_all = "snake_case")]
 enum ProviderPayload {
     Spans {
@@ -141,34 +141,18 @@ impl LogicalExtensionCodec for TraceLogicalCodec {
                 read_only,
                 lakes,
             })),
-            Some(ProviderPayload::TraceTree {
-                location,
-                trace_id,
-                start,
-                end,
-            }) => Ok(Arc::new(ShippedTraceTree {
-                location,
-                lookup: TraceLookup {
-                    trace_id,
-                    start,
-                    end,
-                },
-                lakes,
-            })),
-            Some(ProviderPayload::TraceSearch { location, query }) => {
-                Ok(Arc::new(ShippedTraceSearch {
-                    location,
-                    query,
-                    schema: trace_search_schema()?,
+            Some(function) => {
+                let schema = match &function {
+                    ProviderPayload::TraceTree { .. } => trace_tree_schema(),
+                    ProviderPayload::TraceSearch { .. } => trace_search_schema()?,
+                    _ => schema,
+                };
+                Ok(Arc::new(ShippedFunction {
+                    function,
+                    schema,
                     lakes,
                 }))
             }
-            Some(ProviderPayload::Tags { location, query }) => Ok(Arc::new(ShippedTags {
-                location,
-                query,
-                schema,
-                lakes,
-            })),
             None => self
                 .inner
                 .try_decode_table_provider(buf, table_ref, schema, ctx),
@@ -199,21 +183,9 @@ impl LogicalExtensionCodec for TraceLogicalCodec {
                 start: t.lookup.start,
                 end: t.lookup.end,
             }
-        } else if let Some(t) = any.downcast_ref::<ShippedTraceTree>() {
-            ProviderPayload::TraceTree {
-                location: t.location.clone(),
-                trace_id: t.lookup.trace_id.clone(),
-                start: t.lookup.start,
-                end: t.lookup.end,
-            }
         } else if let Some(t) = any.downcast_ref::<TraceSearchTable>() {
             ProviderPayload::TraceSearch {
                 location: t.table.location().url.to_string(),
-                query: t.query.clone(),
-            }
-        } else if let Some(t) = any.downcast_ref::<ShippedTraceSearch>() {
-            ProviderPayload::TraceSearch {
-                location: t.location.clone(),
                 query: t.query.clone(),
             }
         } else if let Some(t) = any.downcast_ref::<TagTable>() {
@@ -221,11 +193,8 @@ impl LogicalExtensionCodec for TraceLogicalCodec {
                 location: t.table.location().url.to_string(),
                 query: t.query.clone(),
             }
-        } else if let Some(t) = any.downcast_ref::<ShippedTags>() {
-            ProviderPayload::Tags {
-                location: t.location.clone(),
-                query: t.query.clone(),
-            }
+        } else if let Some(t) = any.downcast_ref::<ShippedFunction>() {
+            t.function.clone()
         } else {
             return self.inner.try_encode_table_provider(table_ref, node, buf);
         };
@@ -312,69 +281,60 @@ impl TableProvider for ShippedSpans {
     }
 }
 
-/// `trace_tree(...)` as decoded on a scheduler.
+/// A table function's provider (`trace_tree(...)`, `trace_search(...)`, `attribute_keys(...)`,
+/// `attribute_values(...)`) as decoded on a scheduler: built there, when the query is
+/// planned, against the lake opened at the payload's location.
 #[derive(Debug)]
-pub(crate) struct ShippedTraceTree {
-    location: String,
-    lookup: TraceLookup,
+pub(crate) struct ShippedFunction {
+    function: ProviderPayload,
+    schema: SchemaRef,
     lakes: Arc<Lakes>,
 }
 
+impl ShippedFunction {
+    /// The provider the function's arguments make on the lake opened now.
+    async fn provider(&self) -> DfResult<Arc<dyn TableProvider>> {
+        Ok(match &self.function {
+            ProviderPayload::TraceTree {
+                location,
+                trace_id,
+                start,
+                end,
+            } => Arc::new(TraceTreeTable {
+                table: self.lakes.current(location).await?,
+                lookup: TraceLookup {
+                    trace_id: trace_id.clone(),
+                    start: *start,
+                    end: *end,
+                },
+            }),
+            ProviderPayload::TraceSearch { location, query } => Arc::new(
+                TraceSearchTable::try_new(self.lakes.current(location).await?, query.clone())?,
+            ),
+            ProviderPayload::Tags { location, query } => Arc::new(TagTable::try_new(
+                self.lakes.current(location).await?,
+                query.clone(),
+            )?),
+            ProviderPayload::Spans { .. } => {
+                return Err(DataFusionError::Internal(
+                    "spans is shipped as a table, not a function".into(),
+                ));
+            }
+        })
+    }
+}
+
 #[async_trait::async_trait]
-impl TableProvider for ShippedTraceTree {
+impl TableProvider for ShippedFunction {
     fn schema(&self) -> SchemaRef {
-        trace_tree_schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![
-            TableProviderFilterPushDown::Unsupported;
-            filters.len()
-        ])
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let table = self.lakes.current(&self.location).await?;
-        TraceTreeTable {
-            table,
-            lookup: self.lookup.clone(),
+        match self.function {
+            ProviderPayload::Tags { .. } => TableType::View,
+            _ => TableType::Temporary,
         }
-        .scan(state, projection, filters, limit)
-        .await
-    }
-}
-
-/// `trace_search(...)` as decoded on a scheduler: the search runs there, against the lake
-/// opened at `location`, when the query is planned.
-#[derive(Debug)]
-pub(crate) struct ShippedTraceSearch {
-    location: String,
-    query: SearchQuery,
-    schema: SchemaRef,
-    lakes: Arc<Lakes>,
-}
-
-#[async_trait::async_trait]
-impl TableProvider for ShippedTraceSearch {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
     }
 
     fn supports_filters_pushdown(
@@ -394,42 +354,8 @@ impl TableProvider for ShippedTraceSearch {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let table = self.lakes.current(&self.location).await?;
-        TraceSearchTable::try_new(table, self.query.clone())?
-            .scan(state, projection, filters, limit)
-            .await
-    }
-}
-
-/// `attribute_keys(...)` / `attribute_values(...)` as decoded on a scheduler: planned there,
-/// against the lake opened at `location`.
-#[derive(Debug)]
-pub(crate) struct ShippedTags {
-    location: String,
-    query: TagQuery,
-    schema: SchemaRef,
-    lakes: Arc<Lakes>,
-}
-
-#[async_trait::async_trait]
-impl TableProvider for ShippedTags {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let table = self.lakes.current(&self.location).await?;
-        TagTable::try_new(table, self.query.clone())?
+        self.provider()
+            .await?
             .scan(state, projection, filters, limit)
             .await
     }
