@@ -341,6 +341,53 @@ fn encode_array(elements: &StructArray) -> Result<Vec<u8>, ArrowError> {
     Ok(out)
 }
 
+/// One element of a stored attribute array, as [`encode_array`] writes it.
+#[derive(serde::Deserialize)]
+struct Element<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    string_value: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    int_value: Option<i64>,
+    #[serde(default)]
+    double_value: Option<Double>,
+    #[serde(default)]
+    bool_value: Option<bool>,
+    #[serde(borrow, default)]
+    bytes_value: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// A double as text (what tracelake writes: exact) or as a JSON number.
+struct Double(f64);
+
+impl<'de> serde::Deserialize<'de> for Double {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Double;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a double as a string or a number")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Double, E> {
+                Ok(Double(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Double, E> {
+                Ok(Double(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Double, E> {
+                Ok(Double(v as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Double, E> {
+                v.parse::<f64>()
+                    .map(Double)
+                    .map_err(|_| E::custom(format!("{v:?} is not a double")))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// The element structs of decoded attribute arrays, built column by column.
 #[derive(Default)]
 struct ElementBuilder {
@@ -364,11 +411,12 @@ fn malformed(what: impl std::fmt::Display) -> ArrowError {
 impl ElementBuilder {
     /// Appends the elements of one array's JSON.
     fn decode(&mut self, json: &[u8]) -> Result<(), ArrowError> {
-        let parsed: Vec<Option<serde_json::Map<String, serde_json::Value>>> =
-            serde_json::from_slice(json).map_err(malformed)?;
+        // Typed and borrowing: no map or string allocated per element (a scan of a table with
+        // array attributes decodes one array per value).
+        let parsed: Vec<Option<Element<'_>>> = serde_json::from_slice(json).map_err(malformed)?;
         for element in parsed {
             self.len += 1;
-            let Some(object) = element else {
+            let Some(e) = element else {
                 self.validity.push(false);
                 self.types.append_null();
                 self.strings.append_null();
@@ -379,45 +427,15 @@ impl ElementBuilder {
                 continue;
             };
             self.validity.push(true);
-            let get = |name: &str| object.get(name).filter(|v| !v.is_null());
-            match get("type") {
-                Some(v) => self
-                    .types
-                    .append_value(v.as_str().ok_or_else(|| malformed("type"))?),
-                None => self.types.append_null(),
-            }
-            match get("string_value") {
-                Some(v) => self
-                    .strings
-                    .append_value(v.as_str().ok_or_else(|| malformed("string_value"))?),
-                None => self.strings.append_null(),
-            }
-            match get("int_value") {
-                Some(v) => self
-                    .ints
-                    .append_value(v.as_i64().ok_or_else(|| malformed("int_value"))?),
-                None => self.ints.append_null(),
-            }
-            match get("double_value") {
-                Some(serde_json::Value::String(s)) => self
-                    .doubles
-                    .append_value(s.parse::<f64>().map_err(|_| malformed("double_value"))?),
-                Some(v) => self
-                    .doubles
-                    .append_value(v.as_f64().ok_or_else(|| malformed("double_value"))?),
-                None => self.doubles.append_null(),
-            }
-            match get("bool_value") {
-                Some(v) => self
-                    .bools
-                    .append_value(v.as_bool().ok_or_else(|| malformed("bool_value"))?),
-                None => self.bools.append_null(),
-            }
-            match get("bytes_value") {
-                Some(v) => {
-                    let text = v.as_str().ok_or_else(|| malformed("bytes_value"))?;
+            self.types.append_option(e.kind.as_deref());
+            self.strings.append_option(e.string_value.as_deref());
+            self.ints.append_option(e.int_value);
+            self.doubles.append_option(e.double_value.map(|d| d.0));
+            self.bools.append_option(e.bool_value);
+            match e.bytes_value {
+                Some(text) => {
                     let decoded = base64::engine::general_purpose::STANDARD
-                        .decode(text)
+                        .decode(text.as_bytes())
                         .map_err(malformed)?;
                     self.bytes.append_value(decoded);
                 }
