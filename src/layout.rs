@@ -211,11 +211,44 @@ fn value_to_lean(values: &StructArray) -> Result<ArrayRef, ArrowError> {
             .expect("bytes_value is a scalar field");
         children[position] = Arc::new(encoded.finish());
     }
+    canonical(types, &lean_fields, &mut children)?;
     Ok(Arc::new(StructArray::try_new(
         lean_fields,
         children,
         values.nulls().cloned(),
     )?))
+}
+
+/// Drops the scalar fields a value sets beside the one its `type` names (an OpenTelemetry
+/// value has one): `attributes['k']['string_value']` then reads what `attr_str` reads, which
+/// dedicated columns rely on (see `crate::dedicated`).
+fn canonical(
+    types: &arrow::array::StringArray,
+    fields: &arrow::datatypes::Fields,
+    children: &mut [ArrayRef],
+) -> Result<(), ArrowError> {
+    const TYPED: [(&str, &str); 4] = [
+        ("string_value", "string"),
+        ("int_value", "int"),
+        ("double_value", "double"),
+        ("bool_value", "bool"),
+    ];
+    for (field, wanted) in TYPED {
+        let Some((position, _)) = fields.find(field) else {
+            continue;
+        };
+        let child = &children[position];
+        if child.null_count() == child.len() {
+            continue;
+        }
+        let stray = |i: usize| child.is_valid(i) && (types.is_null(i) || types.value(i) != wanted);
+        if !(0..child.len()).any(stray) {
+            continue;
+        }
+        let keep: arrow::array::BooleanArray = (0..child.len()).map(|i| Some(!stray(i))).collect();
+        children[position] = arrow::compute::nullif(child, &arrow::compute::not(&keep)?)?;
+    }
+    Ok(())
 }
 
 /// A lean value struct with `array_value` again, decoded from the `bytes_value` of values of

@@ -12,6 +12,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dedicated;
 pub mod distributed;
 pub mod error;
 pub mod functions;

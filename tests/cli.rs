@@ -192,6 +192,61 @@ fn create_makes_an_empty_table() {
     assert!(err.contains("already exists"), "{err}");
 }
 
+/// `create --dedicated-columns` and `dedicated [--set]`: the table's list, shown and
+/// changed; a malformed list is refused with the reason.
+#[test]
+fn dedicated_columns_are_set_at_create_and_changed_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("dedicated");
+    let table = table.to_str().unwrap();
+    let (ok, _, err) = tracelake(&[
+        "create",
+        "--table",
+        table,
+        "--dedicated-columns",
+        "span.x:float",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("float"), "{err}");
+    let (ok, _, err) = tracelake(&[
+        "create",
+        "--table",
+        table,
+        "--dedicated-columns",
+        "span.http.route,resource.host.name:string",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = tracelake(&["dedicated", "--table", table]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["span.http.route:string", "resource.host.name:string"]
+    );
+    let (ok, out, err) = tracelake(&[
+        "dedicated",
+        "--table",
+        table,
+        "--set",
+        "span.http.response.status_code:int",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 dedicated attribute column(s) set"), "{out}");
+    assert!(
+        out.ends_with("span.http.response.status_code:int\n"),
+        "{out}"
+    );
+    let (ok, out, err) = tracelake(&["dedicated", "--table", table, "--set", ""]);
+    assert!(ok, "{err}");
+    assert!(out.contains("no dedicated attribute columns"), "{out}");
+    // The default list of a table created without the option.
+    let other = dir.path().join("defaults");
+    let (ok, _, err) = tracelake(&["create", "--table", other.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (_, out, _) = tracelake(&["dedicated", "--table", other.to_str().unwrap()]);
+    assert!(out.lines().any(|l| l == "span.http.route:string"), "{out}");
+    assert_eq!(out.lines().count(), 17, "{out}");
+}
+
 #[test]
 fn two_writer_processes_on_one_table_lose_no_span() {
     let dir = tempfile::tempdir().unwrap();

@@ -470,7 +470,13 @@ fn leaves(table: &std::path::Path) -> Vec<(usize, bool)> {
                 .columns()
                 .iter()
                 .any(|c| c.path().string().contains("array_value"));
-            out.push((descr.num_columns(), nested));
+            // Leaves of the table's columns (dedicated attribute columns come after them).
+            let table_leaves = descr
+                .columns()
+                .iter()
+                .filter(|c| !c.path().string().starts_with("__dedicated_"))
+                .count();
+            out.push((table_leaves, nested));
         }
     }
     out

@@ -464,3 +464,178 @@ async fn a_small_files_footer_stays_lean() {
     eprintln!("footer of a 500-span file: {held} bytes");
     assert!(held > 0 && held <= 70 * 1024, "{held} bytes");
 }
+
+/// The span ids a query's rows name, sorted.
+async fn span_ids(ctx: &SessionContext, sql: &str) -> Vec<String> {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let mut ids: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let column =
+                arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+            column
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The physical plan of `sql`, indented.
+async fn plan_text(ctx: &SessionContext, sql: &str) -> String {
+    let plan = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    datafusion::physical_plan::displayable(plan.as_ref())
+        .indent(true)
+        .to_string()
+}
+
+/// Filters on dedicated attributes give the answers the attribute maps give, in files
+/// written with the default list, with another list and with none (the list changed between
+/// commits), including a value of another type under a dedicated key; a query reads the
+/// dedicated column where a file holds it, and fewer bytes than from the maps.
+#[tokio::test]
+async fn dedicated_columns_answer_as_the_maps_do_whatever_list_wrote_the_files() {
+    use tracelake::dedicated::DedicatedColumns;
+    let lake = TraceLake::create("memory:///dedicated-columns")
+        .await
+        .unwrap();
+    assert_eq!(
+        lake.table().dedicated_columns(),
+        DedicatedColumns::defaults()
+    );
+    let mut all = Vec::new();
+    for commit in 0..3u64 {
+        let mut spans = traces(
+            400 + commit,
+            TraceShape::Realistic,
+            60,
+            common::DAY0 + commit as i64 * 60_000_000_000,
+            50_000_000_000,
+        );
+        // A value of another type under a dedicated key, first in its map.
+        let odd = spans
+            .iter_mut()
+            .find(|s| s.attributes.iter().all(|(k, _)| k != "http.route"))
+            .unwrap();
+        odd.attributes
+            .insert(0, ("http.route".into(), tracelake::AttributeValue::Int(5)));
+        match commit {
+            1 => {
+                let list = DedicatedColumns::parse("span.http.route,span.db.system").unwrap();
+                lake.table().set_dedicated_columns(&list).await.unwrap();
+                assert_eq!(lake.table().dedicated_columns(), list);
+            }
+            2 => {
+                lake.table()
+                    .set_dedicated_columns(&DedicatedColumns::none())
+                    .await
+                    .unwrap();
+            }
+            _ => {}
+        }
+        lake.append_spans(&spans).await.unwrap();
+        all.extend(spans);
+    }
+    // The same spans in memory, in the SQL types, read by DataFusion alone.
+    let reference = SessionContext::new();
+    for udf in tracelake::functions::udfs::all() {
+        reference.register_udf(udf);
+    }
+    let batch = tracelake::span::spans_to_batch(&all).unwrap();
+    let memory =
+        datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+    reference
+        .register_table("spans", std::sync::Arc::new(memory))
+        .unwrap();
+    let route: String = {
+        let batches = reference
+            .sql(
+                "SELECT attr_str(attributes, 'http.route') FROM spans \
+                 WHERE attr_str(attributes, 'http.route') IS NOT NULL LIMIT 1",
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        batches[0].column(0).as_string::<i32>().value(0).to_string()
+    };
+    let ctx = lake.session_context().unwrap();
+    for filter in [
+        format!("attr_str(attributes, 'http.route') = '{route}'"),
+        format!("attributes['http.route']['string_value'] = '{route}'"),
+        "attr_int(attributes, 'http.response.status_code') >= 500".to_string(),
+        format!("attr_str(attributes, 'http.route') IN ('{route}', '/nowhere')"),
+        "attr_str(attributes, 'http.route') LIKE '/%'".to_string(),
+        "attr_str(attributes, 'http.route') IS NOT NULL AND service_name = 'frontend'".into(),
+        format!("attr_str(attributes, 'http.route') = '{route}' OR name = 'redis GET'"),
+        "attr_str(resource_attributes, 'host.name') IS NOT NULL".into(),
+        "attr_str(attributes, 'db.system') = 'postgres' AND start_time >= '2024-05-01T00:01:30Z'"
+            .into(),
+        "attr_int(attributes, 'http.route') = 5".into(),
+        "attr_str(attributes, 'http.route') IS NULL".into(),
+        format!("NOT (attr_str(attributes, 'http.route') = '{route}')"),
+        "attr_double(attributes, 'http.response.status_code') > 499.5".into(),
+    ] {
+        let sql = format!("SELECT span_id FROM spans WHERE {filter}");
+        let expected = span_ids(&reference, &sql).await;
+        assert!(!expected.is_empty(), "{filter}: no rows to compare");
+        assert_eq!(span_ids(&ctx, &sql).await, expected, "{filter}");
+        let count = format!("SELECT count(*) FROM spans WHERE {filter}");
+        assert_eq!(
+            common::count(&ctx, &count).await as usize,
+            expected.len(),
+            "{filter}"
+        );
+    }
+    // The first two commits' files read the dedicated column, the last one's the map.
+    let plan = plan_text(
+        &ctx,
+        &format!("SELECT count(*) FROM spans WHERE attr_str(attributes, 'http.route') = '{route}'"),
+    )
+    .await;
+    assert!(plan.contains("__dedicated_span_http_route"), "{plan}");
+    assert!(plan.contains("attr_str(attributes"), "{plan}");
+
+    // Fewer bytes read than from the maps: the same spans in a table without dedicated
+    // columns.
+    let options = tracelake::TableOptions {
+        dedicated_columns: DedicatedColumns::none(),
+        ..Default::default()
+    };
+    let plain = TraceLake::create_with_options("memory:///dedicated-columns-none", &options)
+        .await
+        .unwrap();
+    let dedicated = TraceLake::create("memory:///dedicated-columns-all")
+        .await
+        .unwrap();
+    plain.append_spans(&all).await.unwrap();
+    dedicated.append_spans(&all).await.unwrap();
+    let sql =
+        format!("SELECT count(*) FROM spans WHERE attr_str(attributes, 'http.route') = '{route}'");
+    let (a, from_maps) = run(&plain.session_context().unwrap(), &sql).await;
+    let (b, from_column) = run(&dedicated.session_context().unwrap(), &sql).await;
+    assert_eq!(
+        a[0].column(0).as_primitive::<Int64Type>().value(0),
+        b[0].column(0).as_primitive::<Int64Type>().value(0)
+    );
+    eprintln!(
+        "bytes scanned: {} from the dedicated column, {} from the maps",
+        from_column.bytes_scanned, from_maps.bytes_scanned
+    );
+    assert!(
+        from_column.bytes_scanned * 4 < from_maps.bytes_scanned,
+        "{} bytes from the dedicated column, {} from the maps",
+        from_column.bytes_scanned,
+        from_maps.bytes_scanned
+    );
+}

@@ -268,6 +268,23 @@ async fn keep_row_groups(
     conditions: &[AttributeCondition],
     bounds: &StartBounds,
 ) -> Result<Vec<bool>> {
+    // A string value of a key the file holds a dedicated column of is found through that
+    // column's statistics and page index (see `super::dedicated_filter`): its blooms are not
+    // read.
+    let conditions: Vec<&AttributeCondition> = conditions
+        .iter()
+        .filter(|c| {
+            c.values.is_none()
+                || !file.dedicated.iter().any(|d| {
+                    d.kind == crate::dedicated::DedicatedType::String
+                        && d.scope.column() == c.column
+                        && d.key == c.key
+                })
+        })
+        .collect();
+    if conditions.is_empty() {
+        return Ok(vec![true; row_groups.len()]);
+    }
     let descr = file.metadata().file_metadata().schema_descr();
     let leaf = |column: &str, leaf: AttributeLeaf| {
         let path = leaf.path(column);
@@ -279,7 +296,7 @@ async fn keep_row_groups(
         if !may_start_within(file, rg, bounds) {
             continue;
         }
-        for condition in conditions {
+        for condition in &conditions {
             let leaves = [
                 Some(AttributeLeaf::Key),
                 condition

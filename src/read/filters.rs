@@ -197,7 +197,7 @@ pub(crate) fn pushdown(filters: &[&Expr]) -> Vec<TableProviderFilterPushDown> {
     filters
         .iter()
         .map(|f| {
-            if is_exact_id_filter(f, filters) {
+            if is_exact_id_filter(f, filters) || super::dedicated_filter::is_attribute_filter(f) {
                 TableProviderFilterPushDown::Exact
             } else {
                 TableProviderFilterPushDown::Inexact

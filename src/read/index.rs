@@ -74,6 +74,8 @@ pub(crate) struct IndexedFile {
     pub(crate) native: bool,
     /// How the file holds attribute maps (from its schema).
     pub(crate) layout: AttributeLayout,
+    /// The dedicated attribute columns the file holds (after the table's columns).
+    pub(crate) dedicated: Arc<[crate::dedicated::DedicatedColumn]>,
     /// Leaf (parquet) and root (Arrow) index of `trace_id`.
     pub(crate) trace_id_column: Option<usize>,
     pub(crate) trace_id_root: usize,
@@ -134,7 +136,18 @@ async fn read_footer(
         .await
         .map_err(|e| TraceLakeError::data_file(&location, e))?;
     let layout = crate::schema::layout_of(loaded.schema()).unwrap_or(AttributeLayout::Lean);
-    let expected = file_schema(layout);
+    let base = file_schema(layout);
+    // The dedicated attribute columns the file holds, after the table's columns.
+    let dedicated = crate::dedicated::of_file(
+        loaded.metadata().file_metadata().key_value_metadata(),
+        loaded.schema(),
+        base.fields().len(),
+    );
+    let expected = if dedicated.is_empty() {
+        base
+    } else {
+        crate::dedicated::with_columns(&base, &dedicated)
+    };
     // Files other writers produce may record other Arrow types for the same parquet columns
     // (deltalake's optimize records strings as Utf8View): they are read with tracelake's
     // types when parquet can (the same parquet columns), so lookups read them directly too.
@@ -225,6 +238,7 @@ async fn read_footer(
         reader: reader_metadata,
         native: native && column.is_some(),
         layout,
+        dedicated: dedicated.into(),
         trace_id_column: column,
         trace_id_root,
         row_groups,

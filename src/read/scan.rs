@@ -28,11 +28,13 @@ use object_store::ObjectStore;
 
 use super::attribute_filter::{AttributePrunedExec, AttributePruning, attribute_conditions, prune};
 use super::attributes::NestedAttributes;
+use super::dedicated_filter::{is_attribute_filter, reads_maps, substitute};
 use super::file_schema;
 use super::filters::{exact_ids, lookup_ids, start_bounds, translate_filter};
 use super::index::{IndexedFile, TraceIdIndex};
 use super::lookup_exec::LookupExec;
 use super::reader::IndexedReaderFactory;
+use crate::dedicated::DedicatedColumn;
 use crate::schema::{AttributeLayout, col as c, sql_schema, storage_name};
 
 /// The SQL columns a scan produces: indices into the SQL schema.
@@ -58,6 +60,13 @@ pub(crate) async fn scan_index(
     let wanted = wanted(projection);
     let ids = lookup_ids(filters);
     let storage_filters: Vec<Expr> = filters.iter().filter_map(translate_filter).collect();
+    // Filters on typed attribute values, applied here (reported exact; see
+    // `dedicated_filter`).
+    let exact_attributes: Vec<Expr> = filters
+        .iter()
+        .filter(|f| is_attribute_filter(f))
+        .cloned()
+        .collect();
     state
         .runtime_env()
         .register_object_store(store_url.as_ref(), store.clone());
@@ -93,16 +102,23 @@ pub(crate) async fn scan_index(
     if let Some(ids) = &ids
         && scan_plan.files.iter().all(|(file, _)| file.native)
     {
-        // Already in the SQL names and types, and exactly the rows of `ids`.
-        return Ok(Arc::new(LookupExec::new(
+        // Already in the SQL names and types, and exactly the rows of `ids`; the attribute
+        // filters read the maps (a lookup decodes a row group or two).
+        let generic: Vec<Expr> = exact_attributes
+            .iter()
+            .map(|f| substitute(f, &[]))
+            .collect();
+        let read = with_columns_of(&wanted, &generic, &[]).0;
+        let lookup = Arc::new(LookupExec::new(
             store.clone(),
             store_url.clone(),
             scan_plan.files,
             ids.clone(),
-            file_projection(&wanted)?,
-            Arc::new(sql.project(&wanted)?),
+            file_projection(&read)?,
+            Arc::new(sql.project(&read)?),
             index.decoded().cloned(),
-        )));
+        ));
+        return filter_then_project(state, lookup, &generic, wanted.len());
     }
     let build = |wanted: &[usize]| {
         let projection = file_projection(wanted)?;
@@ -110,30 +126,36 @@ pub(crate) async fn scan_index(
             let empty = Arc::new(EmptyExec::new(Arc::new(file_schema.project(&projection)?)));
             return to_sql(empty, wanted);
         }
-        // One parquet scan for each attribute layout among the files (a table created
-        // before the lean layout has nested files only), each in the SQL types.
-        let mut plans = Vec::new();
-        for layout in [AttributeLayout::Lean, AttributeLayout::Nested] {
-            let files: Vec<_> = scan_plan
-                .files
-                .iter()
-                .filter(|(file, _)| file.layout == layout)
-                .cloned()
-                .collect();
-            if files.is_empty() {
-                continue;
+        // One parquet scan for each group of files of one attribute layout (a table created
+        // before the lean layout has nested files only) and one set of dedicated columns
+        // (the table's list when they were written), each in the SQL types.
+        let mut groups: Vec<FileGroupKey> = Vec::new();
+        for entry in &scan_plan.files {
+            let (file, _) = entry;
+            match groups
+                .iter_mut()
+                .find(|g| g.layout == file.layout && *g.dedicated == *file.dedicated)
+            {
+                Some(group) => group.files.push(entry.clone()),
+                None => groups.push(FileGroupKey {
+                    layout: file.layout,
+                    dedicated: file.dedicated.clone(),
+                    files: vec![entry.clone()],
+                }),
             }
-            let plan = parquet_scan(
+        }
+        let mut plans = Vec::new();
+        for group in groups {
+            plans.push(group_scan(
                 state,
                 store,
                 store_url,
-                &files,
-                layout,
+                &group,
                 ids.as_deref(),
                 &storage_filters,
-                projection.clone(),
-            )?;
-            plans.push(to_sql(plan, wanted)?);
+                wanted,
+                &exact_attributes,
+            )?);
         }
         UnionExec::try_new(plans)
     };
@@ -142,6 +164,121 @@ pub(crate) async fn scan_index(
         None => build(&wanted)?,
     };
     Ok(with_pruned(plan))
+}
+
+/// Files of one attribute layout holding the same dedicated columns, with the row groups to
+/// read.
+struct FileGroupKey {
+    layout: AttributeLayout,
+    dedicated: Arc<[DedicatedColumn]>,
+    files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
+}
+
+/// `wanted` (indices into the SQL schema) followed by the other SQL columns `exprs` read, and
+/// the positions in `held` of the dedicated columns they read.
+fn with_columns_of(
+    wanted: &[usize],
+    exprs: &[Expr],
+    held: &[DedicatedColumn],
+) -> (Vec<usize>, Vec<usize>) {
+    let sql = sql_schema();
+    let mut read = wanted.to_vec();
+    let mut used = Vec::new();
+    for expr in exprs {
+        for column in expr.column_refs() {
+            if let Ok(i) = sql.index_of(&column.name) {
+                if !read.contains(&i) {
+                    read.push(i);
+                }
+            } else if let Some(p) = held.iter().position(|d| d.column_name() == column.name)
+                && !used.contains(&p)
+            {
+                used.push(p);
+            }
+        }
+    }
+    (read, used)
+}
+
+/// The rows of `plan` that satisfy every one of `exprs` (on `plan`'s columns), as its first
+/// `keep` columns.
+fn filter_then_project(
+    state: &dyn Session,
+    plan: Arc<dyn ExecutionPlan>,
+    exprs: &[Expr],
+    keep: usize,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let Some(predicate) = datafusion::logical_expr::utils::conjunction(exprs.to_vec()) else {
+        return Ok(plan);
+    };
+    let schema = plan.schema();
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let predicate = state.create_physical_expr(predicate, &df_schema)?;
+    let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, plan)?);
+    if schema.fields().len() == keep {
+        return Ok(filtered);
+    }
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..keep)
+        .map(|i| {
+            let field = schema.field(i);
+            (
+                Arc::new(PhysicalColumn::new(field.name(), i)) as Arc<dyn PhysicalExpr>,
+                field.name().clone(),
+            )
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, filtered)?))
+}
+
+/// The scan of one group of files as the SQL columns `wanted`, the attribute filters `exact`
+/// applied (through the group's dedicated columns where it holds them).
+#[allow(clippy::too_many_arguments)]
+fn group_scan(
+    state: &dyn Session,
+    store: &Arc<dyn ObjectStore>,
+    store_url: &ObjectStoreUrl,
+    group: &FileGroupKey,
+    ids: Option<&[String]>,
+    storage_filters: &[Expr],
+    wanted: &[usize],
+    exact: &[Expr],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let sql = sql_schema();
+    let held = &group.dedicated;
+    let exprs: Vec<Expr> = exact.iter().map(|f| substitute(f, held)).collect();
+    let (read, used) = with_columns_of(wanted, &exprs, held);
+    let base = file_schema(group.layout);
+    let schema = if held.is_empty() {
+        base.clone()
+    } else {
+        crate::dedicated::with_columns(&base, held)
+    };
+    let mut projection = read
+        .iter()
+        .map(|&i| base.index_of(storage_name(sql.field(i).name())))
+        .collect::<Result<Vec<_>, _>>()?;
+    projection.extend(used.iter().map(|&p| base.fields().len() + p));
+    // The filters that read dedicated columns and no map prune row groups and pages too.
+    let mut pruning = storage_filters.to_vec();
+    pruning.extend(
+        exprs
+            .iter()
+            .filter(|e| !reads_maps(e))
+            .filter_map(translate_filter),
+    );
+    let plan = parquet_scan(
+        state,
+        store,
+        store_url,
+        &group.files,
+        schema,
+        ids,
+        &pruning,
+        projection,
+    )?;
+    let extras: Vec<String> = used.iter().map(|&p| held[p].column_name()).collect();
+    let plan = to_sql_with(plan, &read, &extras)?;
+    filter_then_project(state, plan, &exprs, wanted.len())
 }
 
 /// `trace_id IN (ids)`, `trace_id` being column `index` of `schema`.
@@ -215,23 +352,46 @@ pub(crate) async fn scan_delta(
     if exact.is_some() && !read.contains(&trace_id) {
         read.push(trace_id);
     }
-    let storage_projection = read
+    // Filters on typed attribute values are applied here, from the maps.
+    let attributes: Vec<Expr> = filters
+        .iter()
+        .filter(|f| is_attribute_filter(f))
+        .map(|f| substitute(f, &[]))
+        .collect();
+    let full = with_columns_of(&read, &attributes, &[]).0;
+    let storage_projection = full
         .iter()
         .map(|&i| delta_schema.index_of(storage_name(sql.field(i).name())))
         .collect::<Result<Vec<_>, _>>()?;
-    // With an exact trace-id filter, the limit applies after it (above this scan).
-    let limit = if exact.is_some() { None } else { limit };
+    // With a filter applied here, the limit applies after it (above this scan).
+    let limit = if exact.is_some() || !attributes.is_empty() {
+        None
+    } else {
+        limit
+    };
     let plan = delta
         .scan(state, Some(&storage_projection), &storage_filters, limit)
         .await?;
+    let filtered =
+        |read: &[usize]| filter_then_project(state, to_sql(plan, &full)?, &attributes, read.len());
     match exact {
-        Some(ids) => only_ids(&wanted, &ids, |read| to_sql(plan, read)),
-        None => to_sql(plan, &wanted),
+        Some(ids) => only_ids(&wanted, &ids, filtered),
+        None => filtered(&wanted),
     }
 }
 
 /// Storage names and types to the SQL ones.
 fn to_sql(plan: Arc<dyn ExecutionPlan>, wanted: &[usize]) -> DfResult<Arc<dyn ExecutionPlan>> {
+    to_sql_with(plan, wanted, &[])
+}
+
+/// Storage names and types to the SQL ones, followed by the columns `extras` of `plan` as
+/// they are.
+fn to_sql_with(
+    plan: Arc<dyn ExecutionPlan>,
+    wanted: &[usize],
+    extras: &[String],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
     let sql = sql_schema();
     let input = plan.schema();
     let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(wanted.len());
@@ -250,10 +410,14 @@ fn to_sql(plan: Arc<dyn ExecutionPlan>, wanted: &[usize]) -> DfResult<Arc<dyn Ex
         };
         exprs.push((expr, field.name().clone()));
     }
+    for name in extras {
+        let index = input.index_of(name)?;
+        exprs.push((Arc::new(PhysicalColumn::new(name, index)), name.clone()));
+    }
     Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
-/// DataFusion's parquet scan of the row groups of `scanned` (files of `layout`), with the storage columns
+/// DataFusion's parquet scan of the row groups of `scanned` (files of `file_schema`), with the storage columns
 /// `projection` (indices into the file schema), filtering rows to `ids` when given and pruning
 /// with `filters` (on the storage schema; conjuncts on `span_date`, which files do not hold,
 /// are left out: `start_time_unix_nano` carries the same bound). The footers come from the
@@ -264,12 +428,11 @@ fn parquet_scan(
     store: &Arc<dyn ObjectStore>,
     store_url: &ObjectStoreUrl,
     scanned: &[(Arc<IndexedFile>, Vec<usize>)],
-    layout: AttributeLayout,
+    file_schema: arrow::datatypes::SchemaRef,
     ids: Option<&[String]>,
     filters: &[Expr],
     projection: Vec<usize>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let file_schema = file_schema(layout);
     let mut files = Vec::with_capacity(scanned.len());
     for (entry, row_groups) in scanned {
         let mut access = ParquetAccessPlan::new_none(entry.row_groups.len());

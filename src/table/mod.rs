@@ -229,6 +229,12 @@ pub struct TableOptions {
     /// this many rows whatever its size (1 to 100,000,000; each run writes at least one file
     /// per day it covers).
     pub insert_run_rows: usize,
+    /// The dedicated attribute columns a table created with these options gets (its
+    /// `tracelake.dedicatedColumns` property; see [`crate::dedicated`]): the OpenTelemetry
+    /// semantic conventions' [`DedicatedColumns::defaults`](crate::dedicated::DedicatedColumns::defaults)
+    /// unless set. Opening a table ignores it: the table's property counts, changed with
+    /// [`TraceTable::set_dedicated_columns`].
+    pub dedicated_columns: crate::dedicated::DedicatedColumns,
 }
 
 /// The default run of a streaming INSERT: 131,072 rows (eight row groups).
@@ -250,6 +256,7 @@ impl Default for TableOptions {
             footer_cache_bytes: DEFAULT_FOOTER_CACHE_BYTES,
             lookup_cache_bytes: DEFAULT_LOOKUP_CACHE_BYTES,
             insert_run_rows: DEFAULT_INSERT_RUN_ROWS,
+            dedicated_columns: crate::dedicated::DedicatedColumns::defaults(),
         }
     }
 }
@@ -433,6 +440,23 @@ pub(crate) fn writer_properties() -> WriterProperties {
     builder.build()
 }
 
+/// `properties` with the footer record of the dedicated columns `held` (see
+/// [`crate::dedicated::FILE_METADATA_KEY`]).
+pub(crate) fn with_dedicated_metadata(
+    properties: WriterProperties,
+    held: &[crate::dedicated::DedicatedColumn],
+) -> WriterProperties {
+    let mut metadata = properties.key_value_metadata().cloned().unwrap_or_default();
+    metadata.push(parquet::file::metadata::KeyValue::new(
+        crate::dedicated::FILE_METADATA_KEY.to_string(),
+        crate::dedicated::file_metadata_value(held),
+    ));
+    properties
+        .into_builder()
+        .set_key_value_metadata(Some(metadata))
+        .build()
+}
+
 /// The false-positive rate of the attribute bloom filters (folded to the values written).
 pub(crate) const ATTRIBUTE_BLOOM_FPP: f64 = 0.01;
 
@@ -567,8 +591,45 @@ impl TraceTable {
                 TableProperty::DataSkippingStatsColumns,
                 Some(schema::STATS_COLUMNS.join(",")),
             )
+            .with_configuration(
+                [(
+                    crate::dedicated::DEDICATED_COLUMNS_PROPERTY.to_string(),
+                    Some(options.dedicated_columns.to_string()),
+                )]
+                .into_iter()
+                .collect::<HashMap<String, Option<String>>>(),
+            )
+            // tracelake's own property is not one Delta knows.
+            .with_raise_if_key_not_exists(false)
             .await?;
         Self::with_table(location, table, options)
+    }
+
+    /// The table's dedicated attribute columns, as the current version names them.
+    pub fn dedicated_columns(&self) -> crate::dedicated::DedicatedColumns {
+        self.snapshot().state().write.dedicated.clone()
+    }
+
+    /// Sets the table's dedicated attribute columns (one Delta commit of its
+    /// `tracelake.dedicatedColumns` property). Files written from then on hold `columns`;
+    /// files written before keep theirs, and filters on a key a file does not hold read its
+    /// attribute maps, so answers do not change. Returns the new version.
+    pub async fn set_dedicated_columns(
+        &self,
+        columns: &crate::dedicated::DedicatedColumns,
+    ) -> Result<i64> {
+        let table = self.delta_table().await?;
+        let properties = HashMap::from([(
+            crate::dedicated::DEDICATED_COLUMNS_PROPERTY.to_string(),
+            columns.to_string(),
+        )]);
+        let updated = table
+            .set_tbl_properties()
+            .with_properties(properties)
+            .with_raise_if_not_exists(false)
+            .await?;
+        self.advance_to(updated.version().map(|v| v as i64).unwrap_or(-1))
+            .await
     }
 
     /// Opens the trace table at `location`, creating it if no Delta table is there.

@@ -50,6 +50,8 @@ pub(crate) struct WriteSettings {
     pub(crate) checkpoint_interval: u64,
     /// How the table's files hold attribute maps (from the table's schema).
     pub(crate) layout: AttributeLayout,
+    /// The table's dedicated attribute columns (its `tracelake.dedicatedColumns` property).
+    pub(crate) dedicated: crate::dedicated::DedicatedColumns,
 }
 
 impl std::fmt::Debug for WriteSettings {
@@ -93,6 +95,7 @@ impl WriteSettings {
             checkpoint_interval: properties.checkpoint_interval().get(),
             layout: crate::schema::layout_of(&state.snapshot().arrow_schema())
                 .unwrap_or(AttributeLayout::Lean),
+            dedicated: dedicated_of(&properties.unknown_properties),
         })
     }
 
@@ -112,6 +115,23 @@ impl WriteSettings {
             }
         }
     }
+}
+
+/// The dedicated columns a table's configuration names; none (with a warning) when the
+/// property does not parse, so that appends go on answering from the maps.
+fn dedicated_of(
+    properties: &std::collections::HashMap<String, String>,
+) -> crate::dedicated::DedicatedColumns {
+    let value = properties.get(crate::dedicated::DEDICATED_COLUMNS_PROPERTY);
+    crate::dedicated::DedicatedColumns::of_configuration(value.map(String::as_str)).unwrap_or_else(
+        |e| {
+            tracing::warn!(
+                "table property {}: {e}; no dedicated columns are written",
+                crate::dedicated::DEDICATED_COLUMNS_PROPERTY
+            );
+            crate::dedicated::DedicatedColumns::none()
+        },
+    )
 }
 
 /// One version of the table. Cloning is cheap (persistent maps).

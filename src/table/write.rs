@@ -112,10 +112,26 @@ pub(super) async fn write_files(
     mut batches: SortedChunks,
 ) -> Result<Vec<Action>> {
     async {
+        // The dedicated columns the files hold: those of the table's list whose keys the first
+        // sorted batch has (a file without one answers from the maps, see `crate::dedicated`).
+        let first = match batches.next().await {
+            Some(batch) => Some(settings.for_files(batch?)?),
+            None => None,
+        };
+        let held = match &first {
+            Some(batch) if !settings.dedicated.is_empty() => {
+                crate::dedicated::held_in(&settings.dedicated, batch)?
+            }
+            _ => Vec::new(),
+        };
+        let mut properties = writer_properties();
+        if !held.is_empty() {
+            properties = super::with_dedicated_metadata(properties, &held);
+        }
         let config = WriterConfig::new(
-            storage_schema_of(settings.layout),
+            crate::dedicated::with_columns(&storage_schema_of(settings.layout), &held),
             vec![col::SPAN_DATE.to_string()],
-            Some(writer_properties()),
+            Some(properties),
             // The table's `delta.targetFileSize` (deltalake's default otherwise), as the write
             // operation uses.
             Some(settings.target_file_size),
@@ -125,9 +141,17 @@ pub(super) async fn write_files(
         );
         let mut writer = DeltaWriter::new(log_store.object_store(None), config);
         let mut filters = DayFilters::default();
-        while let Some(batch) = batches.next().await {
-            let batch = settings.for_files(batch?)?;
+        let mut first = first;
+        loop {
+            let batch = match first.take() {
+                Some(batch) => batch,
+                None => match batches.next().await {
+                    Some(batch) => settings.for_files(batch?)?,
+                    None => break,
+                },
+            };
             filters.add(&batch)?;
+            let batch = crate::dedicated::add_columns(batch, &held)?;
             let dates = batch
                 .column_by_name(col::SPAN_DATE)
                 .and_then(|c| c.as_string_opt::<i32>())

@@ -2,7 +2,8 @@
 //! statement, a file, stdin, or an interactive shell), an OTLP server, and maintenance.
 //!
 //! ```text
-//! tracelake create   [--table PATH]
+//! tracelake create   [--table PATH] [--dedicated-columns LIST]
+//! tracelake dedicated [--table PATH] [--set LIST]
 //! tracelake demo     [--table PATH] [--traces N]
 //! tracelake sql      [--table PATH] [--format table|csv|json] ["SQL" | -f FILE]
 //! tracelake serve    [--table PATH] [--otlp-http ADDR] [--otlp-grpc ADDR] ...
@@ -78,6 +79,22 @@ enum Command {
         /// The table location.
         #[arg(long, default_value = DEFAULT_TABLE)]
         table: String,
+        /// The attributes stored in dedicated columns, as `scope.key:type` entries separated
+        /// by commas (`span.http.route:string,resource.host.name:string`; type string, int,
+        /// double or bool); an empty list for none. Default: the OpenTelemetry semantic
+        /// conventions' list (see docs/sql.md, "Dedicated attribute columns").
+        #[arg(long, value_name = "LIST")]
+        dedicated_columns: Option<String>,
+    },
+    /// Show a table's dedicated attribute columns, or set them (`--set LIST`, the format of
+    /// `create --dedicated-columns`): files written afterwards hold the new list.
+    Dedicated {
+        /// The table location.
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+        /// The new list (an empty string for none).
+        #[arg(long, value_name = "LIST")]
+        set: Option<String>,
     },
     /// Create (or reuse) a local table, write synthetic traces, and run a few queries.
     Demo {
@@ -275,14 +292,41 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
             node::executor(out, &scheduler, executor, metrics_addr, options).await?
         }
         Command::Serve(args) => serve::run(out, args, options).await?,
-        Command::Create { table } => {
-            let lake = TraceLake::create_with_options(&table, options).await?;
+        Command::Create {
+            table,
+            dedicated_columns,
+        } => {
+            let mut options = options.clone();
+            if let Some(list) = dedicated_columns {
+                options.dedicated_columns = list.parse()?;
+            }
+            let lake = TraceLake::create_with_options(&table, &options).await?;
             writeln!(
                 out,
                 "created an empty trace table at {} (version {})",
                 lake.table().location().url,
                 lake.version()
             )?;
+        }
+        Command::Dedicated { table, set } => {
+            let lake = TraceLake::open_with_options(&table, options).await?;
+            if let Some(list) = set {
+                let list: tracelake::dedicated::DedicatedColumns = list.parse()?;
+                let version = lake.table().set_dedicated_columns(&list).await?;
+                writeln!(
+                    out,
+                    "{} dedicated attribute column(s) set (version {version}); files written \
+                     from now on hold them",
+                    list.columns().len()
+                )?;
+            }
+            let list = lake.table().dedicated_columns();
+            if list.is_empty() {
+                writeln!(out, "no dedicated attribute columns")?;
+            }
+            for column in list.columns() {
+                writeln!(out, "{column}")?;
+            }
         }
         Command::Optimize {
             table,
