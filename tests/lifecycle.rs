@@ -569,7 +569,7 @@ async fn tables_of_the_nested_layout_read_the_same_and_stay_nested() {
 async fn python_deltalake_reads_lean_attributes_back() {
     let clients = common::clients();
     let dir = common::scratch("lean-python");
-    let (_, every_value) = common::legacy_fixture_spans();
+    let (realistic, every_value) = common::legacy_fixture_spans();
     for (name, source) in [
         ("lean", None),
         ("nested", Some("tests/fixtures/legacy-attributes")),
@@ -578,8 +578,33 @@ async fn python_deltalake_reads_lean_attributes_back() {
         match source {
             Some(fixture) => copy_dir(&common::repo().join(fixture), &path),
             None => {
+                // With the realistic spans, the files hold dedicated attribute columns too
+                // (outside the Delta schema: deltalake must read past them).
                 let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
-                lake.append_spans(&every_value).await.unwrap();
+                let mut spans = realistic.clone();
+                spans.extend(every_value.iter().cloned());
+                lake.append_spans(&spans).await.unwrap();
+                let parquet: Vec<_> = walk(&path)
+                    .into_iter()
+                    .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                    .collect();
+                assert!(!parquet.is_empty());
+                for file in parquet {
+                    let reader = parquet::file::reader::SerializedFileReader::new(
+                        std::fs::File::open(&file).unwrap(),
+                    )
+                    .unwrap();
+                    use parquet::file::reader::FileReader;
+                    let descr = reader.metadata().file_metadata().schema_descr_ptr();
+                    assert!(
+                        descr
+                            .columns()
+                            .iter()
+                            .any(|c| c.path().string() == "__dedicated_span_http_route"),
+                        "{}",
+                        file.display()
+                    );
+                }
             }
         }
         let out = std::process::Command::new(&clients.python)

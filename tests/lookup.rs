@@ -570,7 +570,17 @@ async fn dedicated_columns_answer_as_the_maps_do_whatever_list_wrote_the_files()
         batches[0].column(0).as_string::<i32>().value(0).to_string()
     };
     let ctx = lake.session_context().unwrap();
+    let frontend = all
+        .iter()
+        .find(|s| s.attributes.iter().any(|(k, _)| k == "http.route"))
+        .unwrap();
+    let (trace, other_trace) = (&frontend.trace_id, &all[0].trace_id);
     for filter in [
+        // A lookup by id with an attribute filter (read from the maps).
+        format!("trace_id = '{trace}' AND attr_str(attributes, 'http.route') IS NOT NULL"),
+        format!(
+            "trace_id IN ('{trace}', '{other_trace}') AND attr_int(attributes, 'http.response.status_code') > 0"
+        ),
         format!("attr_str(attributes, 'http.route') = '{route}'"),
         format!("attributes['http.route']['string_value'] = '{route}'"),
         "attr_int(attributes, 'http.response.status_code') >= 500".to_string(),
