@@ -246,7 +246,21 @@ fn group_scan(
     let sql = sql_schema();
     let held = &group.dedicated;
     let exprs: Vec<Expr> = exact.iter().map(|f| substitute(f, held)).collect();
-    let (read, used) = with_columns_of(wanted, &exprs, held);
+    // Filters that read no time column are applied to the columns as stored, before the
+    // conversion to the SQL types (typed accesses read a lean map as they read the SQL one):
+    // the maps of rows they drop, and maps only they read, are never converted.
+    let (early, late): (Vec<Expr>, Vec<Expr>) = exprs.iter().cloned().partition(|e| {
+        !e.column_refs()
+            .iter()
+            .any(|col| col.name == c::START_TIME || col.name == c::END_TIME)
+    });
+    let (read_late, used_late) = with_columns_of(wanted, &late, held);
+    let (read, mut used) = with_columns_of(&read_late, &early, held);
+    for p in &used_late {
+        if !used.contains(p) {
+            used.push(*p);
+        }
+    }
     let base = file_schema(group.layout);
     let schema = if held.is_empty() {
         base.clone()
@@ -276,9 +290,11 @@ fn group_scan(
         &pruning,
         projection,
     )?;
-    let extras: Vec<String> = used.iter().map(|&p| held[p].column_name()).collect();
-    let plan = to_sql_with(plan, &read, &extras)?;
-    filter_then_project(state, plan, &exprs, wanted.len())
+    let width = plan.schema().fields().len();
+    let plan = filter_then_project(state, plan, &early, width)?;
+    let extras: Vec<String> = used_late.iter().map(|&p| held[p].column_name()).collect();
+    let plan = to_sql_with(plan, &read_late, &extras)?;
+    filter_then_project(state, plan, &late, wanted.len())
 }
 
 /// `trace_id IN (ids)`, `trace_id` being column `index` of `schema`.
