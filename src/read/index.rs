@@ -76,6 +76,9 @@ pub(crate) struct IndexedFile {
     pub(crate) layout: AttributeLayout,
     /// The dedicated attribute columns the file holds (after the table's columns).
     pub(crate) dedicated: Arc<[crate::dedicated::DedicatedColumn]>,
+    /// Heap bytes of the footer's schema descriptor when it is shared with other files (not
+    /// counted in [`IndexedFile::memory_size`]).
+    shared_schema_bytes: u64,
     /// Leaf (parquet) and root (Arrow) index of `trace_id`.
     pub(crate) trace_id_column: Option<usize>,
     pub(crate) trace_id_root: usize,
@@ -89,6 +92,7 @@ impl IndexedFile {
     /// filters.
     pub(crate) fn memory_size(&self) -> u64 {
         (self.metadata().memory_size() as u64)
+            .saturating_sub(self.shared_schema_bytes)
             .saturating_add(self.bloom_bytes)
             .saturating_add((self.row_groups.len() as u64).saturating_mul(80))
     }
@@ -122,6 +126,137 @@ fn statistics_range(stats: Option<&Statistics>) -> Option<(String, String)> {
     }
 }
 
+/// Parquet schema descriptors shared by the footers of files of the same schema, with the
+/// heap bytes each holds (counted once, not in each footer's share of the budget): at most
+/// [`MAX_SHARED_SCHEMAS`] (tables have one or two schemas; files of other schemas keep their
+/// own).
+static SHARED_SCHEMAS: std::sync::LazyLock<
+    std::sync::Mutex<Vec<(parquet::schema::types::SchemaDescPtr, u64)>>,
+> = std::sync::LazyLock::new(Default::default);
+
+const MAX_SHARED_SCHEMAS: usize = 64;
+
+/// The shared descriptor equal to `descr` (registering `descr` when there is none and room),
+/// with its heap bytes.
+fn shared_schema(
+    descr: parquet::schema::types::SchemaDescPtr,
+) -> Option<(parquet::schema::types::SchemaDescPtr, u64)> {
+    let mut shared = SHARED_SCHEMAS.lock().ok()?;
+    if let Some(found) = shared
+        .iter()
+        .find(|(s, _)| s.root_schema() == descr.root_schema())
+    {
+        return Some(found.clone());
+    }
+    if shared.len() >= MAX_SHARED_SCHEMAS {
+        return None;
+    }
+    let only_schema = ParquetMetaData::new(
+        parquet::file::metadata::FileMetaData::new(0, 0, None, None, descr.clone(), None),
+        Vec::new(),
+    );
+    let heap = only_schema
+        .memory_size()
+        .saturating_sub(std::mem::size_of::<ParquetMetaData>()) as u64;
+    shared.push((descr.clone(), heap));
+    Some((descr, heap))
+}
+
+/// `loaded`, trimmed of what nothing reads once it is loaded: the footer's key-value metadata
+/// (the Arrow schema as base64, the dedicated columns' record) when the Arrow schema parquet
+/// derives without it is the same, the column index of chunks of a single page (their chunk
+/// statistics say the same) and the offset index's unencoded sizes. `Err(loaded)` when it
+/// cannot be rebuilt with the same Arrow schema.
+fn trimmed(
+    loaded: ArrowReaderMetadata,
+    options: &ArrowReaderOptions,
+) -> std::result::Result<ArrowReaderMetadata, ArrowReaderMetadata> {
+    use parquet::file::page_index::column_index::ColumnIndexMetaData;
+    use parquet::file::page_index::offset_index::OffsetIndexMetaData;
+    let metadata = loaded.metadata();
+    let file = metadata.file_metadata();
+    let derives = parquet::arrow::parquet_to_arrow_schema(file.schema_descr(), None)
+        .is_ok_and(|derived| derived.fields() == loaded.schema().fields());
+    let key_value = if derives {
+        None
+    } else {
+        file.key_value_metadata().cloned()
+    };
+    let trimmed_file = parquet::file::metadata::FileMetaData::new(
+        file.version(),
+        file.num_rows(),
+        file.created_by().map(str::to_string),
+        key_value,
+        file.schema_descr_ptr(),
+        file.column_orders().cloned(),
+    );
+    let offset_index = metadata.offset_index();
+    let column_index = metadata.column_index().map(|groups| {
+        groups
+            .iter()
+            .enumerate()
+            .map(|(rg, columns)| {
+                columns
+                    .iter()
+                    .enumerate()
+                    .map(|(c, index)| {
+                        let pages = offset_index
+                            .and_then(|o| o.get(rg))
+                            .and_then(|o| o.get(c))
+                            .map(|o| o.page_locations().len());
+                        if pages == Some(1) {
+                            ColumnIndexMetaData::NONE
+                        } else {
+                            index.clone()
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    let offset_index = offset_index.map(|groups| {
+        groups
+            .iter()
+            .map(|columns| {
+                columns
+                    .iter()
+                    .map(|o| OffsetIndexMetaData {
+                        page_locations: o.page_locations().clone(),
+                        unencoded_byte_array_data_bytes: None,
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    let rebuilt = parquet::file::metadata::ParquetMetaDataBuilder::new(trimmed_file)
+        .set_row_groups(metadata.row_groups().to_vec())
+        .set_column_index(column_index)
+        .set_offset_index(offset_index)
+        .build();
+    match ArrowReaderMetadata::try_new(Arc::new(rebuilt), options.clone()) {
+        Ok(trimmed) if trimmed.schema().fields() == loaded.schema().fields() => Ok(trimmed),
+        _ => Err(loaded),
+    }
+}
+
+/// The offset where a file's footer metadata and page index begin.
+fn metadata_start(metadata: &ParquetMetaData, size: u64) -> u64 {
+    let mut start = size;
+    for rg in metadata.row_groups() {
+        for chunk in rg.columns() {
+            for offset in [chunk.column_index_offset(), chunk.offset_index_offset()]
+                .into_iter()
+                .flatten()
+            {
+                start = start.min(offset.max(0) as u64);
+            }
+        }
+    }
+    // The footer follows the page index; without a page index its start is not known here:
+    // the whole file must be in the tail.
+    if start == size { 0 } else { start }
+}
+
 /// Reads the footer (with the page index) and the `trace_id` bloom filters of a data file.
 async fn read_footer(
     store: Arc<dyn ObjectStore>,
@@ -131,10 +266,38 @@ async fn read_footer(
     let mut reader = TailReader::new(store, location.clone(), size)
         .await
         .map_err(|e| TraceLakeError::data_file(&location, e))?;
-    let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let loaded = ArrowReaderMetadata::load_async(&mut reader, options.clone())
+    // Encoding statistics as a bitmask and no size statistics: nothing reads them, and they
+    // were a few KB of a small file's footer.
+    let options = ArrowReaderOptions::new()
+        .with_page_index_policy(PageIndexPolicy::Optional)
+        .with_encoding_stats_as_mask(true)
+        .with_size_stats_policy(parquet::file::metadata::ParquetStatisticsPolicy::SkipAll);
+    let mut loaded = ArrowReaderMetadata::load_async(&mut reader, options.clone())
         .await
         .map_err(|e| TraceLakeError::data_file(&location, e))?;
+    // Files of one schema share one parquet schema descriptor (a third of a small file's
+    // decoded footer): the footer is decoded again with the shared one when it and its page
+    // index lie in the tail already read (no request more).
+    let mut schema_shared = false;
+    if let Some((shared, _)) = shared_schema(loaded.metadata().file_metadata().schema_descr_ptr()) {
+        if Arc::ptr_eq(
+            &shared,
+            &loaded.metadata().file_metadata().schema_descr_ptr(),
+        ) {
+            schema_shared = true;
+        } else if reader.holds_from(metadata_start(loaded.metadata(), size)) {
+            let again = ArrowReaderMetadata::load_async(
+                &mut reader,
+                options.clone().with_parquet_schema(shared.clone()),
+            )
+            .await
+            .map_err(|e| TraceLakeError::data_file(&location, e))?;
+            if again.schema() == loaded.schema() {
+                loaded = again;
+                schema_shared = true;
+            }
+        }
+    }
     let layout = crate::schema::layout_of(loaded.schema()).unwrap_or(AttributeLayout::Lean);
     let base = file_schema(layout);
     // The dedicated attribute columns the file holds, after the table's columns.
@@ -148,6 +311,8 @@ async fn read_footer(
     } else {
         crate::dedicated::with_columns(&base, &dedicated)
     };
+    // What is read by now, or never, is not held (see `trimmed`).
+    let loaded = trimmed(loaded, &options).unwrap_or_else(|kept| kept);
     // Files other writers produce may record other Arrow types for the same parquet columns
     // (deltalake's optimize records strings as Utf8View): they are read with tracelake's
     // types when parquet can (the same parquet columns), so lookups read them directly too.
@@ -239,6 +404,11 @@ async fn read_footer(
         native: native && column.is_some(),
         layout,
         dedicated: dedicated.into(),
+        shared_schema_bytes: if schema_shared {
+            shared_schema(parquet.file_metadata().schema_descr_ptr()).map_or(0, |(_, heap)| heap)
+        } else {
+            0
+        },
         trace_id_column: column,
         trace_id_root,
         row_groups,

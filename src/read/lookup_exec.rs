@@ -482,8 +482,9 @@ fn matching(values: &StringArray, ids: &[String]) -> BooleanArray {
 }
 
 /// For each of `row_groups` (in that order), its rows on pages of `column` whose min/max may
-/// hold one of `ids`; `None` when the file has no page index for the column (every row of the
-/// row groups is then a candidate).
+/// hold one of `ids` (every row of a single-page chunk without a column index); `None` when
+/// the file has no page index for the column (every row of the row groups is then a
+/// candidate).
 fn page_selections(
     metadata: &ParquetMetaData,
     row_groups: &[usize],
@@ -501,8 +502,15 @@ fn page_selections(
         let mut selectors = Vec::new();
         let rows = metadata.row_group(rg).num_rows().max(0) as usize;
         let pages = &offset_index.get(rg)?.get(column)?.page_locations;
-        let ColumnIndexMetaData::BYTE_ARRAY(index) = column_index.get(rg)?.get(column)? else {
-            return None;
+        let index = match column_index.get(rg)?.get(column)? {
+            ColumnIndexMetaData::BYTE_ARRAY(index) => index,
+            // One page, whose column index is not held (its row group's statistics say the
+            // same, and the row group was picked by them): its rows are candidates.
+            ColumnIndexMetaData::NONE if pages.len() == 1 => {
+                groups.push(vec![RowSelector::select(rows)]);
+                continue;
+            }
+            _ => return None,
         };
         for (page, location) in pages.iter().enumerate() {
             let start = location.first_row_index.max(0) as usize;

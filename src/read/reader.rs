@@ -62,6 +62,11 @@ impl TailReader {
         })
     }
 
+    /// Whether the tail holds every byte from `offset` to the end of the file.
+    pub(crate) fn holds_from(&self, offset: u64) -> bool {
+        offset >= self.tail_start && self.tail_start + self.tail.len() as u64 == self.size
+    }
+
     /// The bytes of `range` if the tail holds them.
     fn cached(&self, range: &Range<u64>) -> Option<Bytes> {
         let end = self.tail_start + self.tail.len() as u64;
