@@ -218,6 +218,12 @@ fn filter_then_project(
     if schema.fields().len() == keep {
         return Ok(filtered);
     }
+    first_columns(filtered, keep)
+}
+
+/// The first `keep` columns of `plan`.
+fn first_columns(plan: Arc<dyn ExecutionPlan>, keep: usize) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema = plan.schema();
     let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..keep)
         .map(|i| {
             let field = schema.field(i);
@@ -227,7 +233,7 @@ fn filter_then_project(
             )
         })
         .collect();
-    Ok(Arc::new(ProjectionExec::try_new(exprs, filtered)?))
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 /// The scan of one group of files as the SQL columns `wanted`, the attribute filters `exact`
@@ -337,16 +343,7 @@ fn only_ids(
     if read.len() == wanted.len() {
         return Ok(filtered);
     }
-    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..wanted.len())
-        .map(|i| {
-            let field = schema.field(i);
-            (
-                Arc::new(PhysicalColumn::new(field.name(), i)) as Arc<dyn PhysicalExpr>,
-                field.name().clone(),
-            )
-        })
-        .collect();
-    Ok(Arc::new(ProjectionExec::try_new(exprs, filtered)?))
+    first_columns(filtered, wanted.len())
 }
 
 /// Plans a scan through deltalake's provider `delta` (storage schema), for versions the index
