@@ -393,7 +393,7 @@ async fn optimize_writes_files_of_the_target_size_and_refuses_sizes_out_of_range
     let path = dir.path().join("spans");
     let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
     for seed in 0..6u64 {
-        lake.append_spans(&day(300 + seed, 0, 3_000)).await.unwrap();
+        lake.append_spans(&day(300 + seed, 0, 4_500)).await.unwrap();
     }
     let data_bytes: u64 = walk(&path)
         .iter()
@@ -424,7 +424,7 @@ async fn optimize_writes_files_of_the_target_size_and_refuses_sizes_out_of_range
         .unwrap();
     assert_eq!(outcome.files_removed, 6);
     assert!(outcome.files_added >= 3, "{outcome:?}");
-    assert_eq!(count_spans(&lake).await, 6 * 3_000 * 5);
+    assert_eq!(count_spans(&lake).await, 6 * 4_500 * 5);
 }
 
 /// Every file under `dir`, recursively.

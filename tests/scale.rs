@@ -218,7 +218,7 @@ async fn a_cold_lookup_reads_the_footer_of_the_file_that_holds_the_trace_only() 
 
 #[tokio::test]
 async fn a_lookup_of_many_ids_fetches_a_large_file_row_group_by_row_group() {
-    // One file of 300,000 spans. A lookup of 400 ids spread over it has candidate pages in
+    // One file of 600,000 spans. A lookup of 800 ids spread over it has candidate pages in
     // every row group, more bytes than a read fetches ahead of decoding (LOOKUP_PREFETCH_BYTES): they
     // come one row group at a time, as parquet asks for them, with the same rows. A lookup of
     // a few ids still fetches its pages in one request.
@@ -231,14 +231,14 @@ async fn a_lookup_of_many_ids_fetches_a_large_file_row_group_by_row_group() {
     let lake = TraceLake::create_with_options("memory:///scale-many-ids", &options)
         .await
         .unwrap();
-    let spans = traces(7, TraceShape::Fixed(5), 60_000, DAY0, 1_000_000);
+    let spans = traces(7, TraceShape::Fixed(5), 120_000, DAY0, 1_000_000);
     lake.append_spans(&spans).await.unwrap();
     let ids: Vec<String> = spans
         .iter()
         .step_by(750)
         .map(|s| s.trace_id.clone())
         .collect();
-    assert_eq!(ids.len(), 400);
+    assert_eq!(ids.len(), 800);
     let list = |ids: &[String]| {
         ids.iter()
             .map(|id| format!("'{id}'"))
@@ -260,7 +260,7 @@ async fn a_lookup_of_many_ids_fetches_a_large_file_row_group_by_row_group() {
 
     store.reset_calls();
     let (batches, m) = run(&ctx, &all).await;
-    assert_eq!(rows(&batches), 2_000);
+    assert_eq!(rows(&batches), 4_000);
     assert_eq!((m.files_opened, m.decoded_cache_hits), (1, 0));
     let data = store.count("get_range", "parquet_data") + store.count("get", "parquet_data");
     assert!(data > 1, "{:?}", store.calls());
