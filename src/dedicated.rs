@@ -341,7 +341,8 @@ pub const DEFAULT_SPAN_COLUMNS: [(&str, DedicatedType); 10] = [
 ];
 
 /// The resource attributes [`DedicatedColumns::defaults`] dedicates.
-pub const DEFAULT_RESOURCE_COLUMNS: [&str; 7] = [
+pub const DEFAULT_RESOURCE_COLUMNS: [&str; 8] = [
+    "service.name",
     "service.namespace",
     "service.version",
     "deployment.environment.name",
@@ -578,7 +579,7 @@ mod tests {
     #[test]
     fn the_text_form_round_trips_and_bad_lists_are_refused() {
         let defaults = DedicatedColumns::defaults();
-        assert_eq!(defaults.columns().len(), 17);
+        assert_eq!(defaults.columns().len(), 18);
         assert_eq!(
             DedicatedColumns::parse(&defaults.to_string()).unwrap(),
             defaults

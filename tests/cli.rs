@@ -244,7 +244,7 @@ fn dedicated_columns_are_set_at_create_and_changed_later() {
     assert!(ok, "{err}");
     let (_, out, _) = tracelake(&["dedicated", "--table", other.to_str().unwrap()]);
     assert!(out.lines().any(|l| l == "span.http.route:string"), "{out}");
-    assert_eq!(out.lines().count(), 17, "{out}");
+    assert_eq!(out.lines().count(), 18, "{out}");
 }
 
 #[test]
