@@ -650,3 +650,44 @@ fn python_text(value: &tracelake::AttributeValue) -> String {
         ),
     }
 }
+
+/// The nearly unique id and time columns are written with zstd, the others with Snappy (see
+/// docs/architecture.md, "Inside a commit").
+#[tokio::test]
+async fn the_id_and_time_columns_are_written_with_zstd() {
+    use parquet::basic::Compression;
+    use parquet::file::reader::FileReader;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spans");
+    let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
+    lake.append_spans(&day(11, 0, 200)).await.unwrap();
+    let mut checked = 0;
+    for entry in walk(&path) {
+        if entry.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let file = std::fs::File::open(&entry).unwrap();
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+        for rg in reader.metadata().row_groups() {
+            for chunk in rg.columns() {
+                let path = chunk.column_path().string();
+                let zstd = matches!(chunk.compression(), Compression::ZSTD(_));
+                let expected = [
+                    "trace_id",
+                    "span_id",
+                    "parent_span_id",
+                    "start_time_unix_nano",
+                    "end_time_unix_nano",
+                    "duration_ns",
+                ]
+                .contains(&path.as_str());
+                assert_eq!(zstd, expected, "{path}: {:?}", chunk.compression());
+                if !expected {
+                    assert_eq!(chunk.compression(), Compression::SNAPPY, "{path}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 6, "{checked} column chunks");
+}

@@ -402,9 +402,9 @@ fn types_match(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -
 }
 
 /// The parquet writer properties of every data file tracelake writes: row groups of
-/// [`ROW_GROUP_ROWS`], pages of [`PAGE_ROWS`], Snappy (zstd(1) for the id and time columns), page statistics, a bloom filter on
-/// `trace_id`, and no dictionary on the nearly unique id and time columns (see
-/// docs/architecture.md, "Inside a commit").
+/// [`ROW_GROUP_ROWS`], pages of [`PAGE_ROWS`], Snappy, page statistics, a bloom filter on
+/// `trace_id`, and neither a dictionary nor Snappy (zstd(1) instead) on the nearly unique id
+/// and time columns (see docs/architecture.md, "Inside a commit").
 pub(crate) fn writer_properties() -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
