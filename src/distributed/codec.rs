@@ -43,6 +43,7 @@ use super::lakes::Lakes;
 use crate::functions::search::{SearchQuery, TraceSearchTable, trace_search_schema};
 use crate::functions::tags::{TagQuery, TagTable};
 use crate::functions::trace_tree::{TraceLookup, TraceTreeExec, TraceTreeTable, trace_tree_schema};
+use crate::functions::traceql::TraceQlTable;
 use crate::observe::planner::CollectExec;
 use crate::provider::{SinkTable, SpanSink, TraceTableProvider};
 use crate::read::attribute_filter::{AttributePrunedExec, AttributePruning};
@@ -94,6 +95,12 @@ enum ProviderPayload {
         location: String,
         query: TagQuery,
     },
+    TraceQl {
+        location: String,
+        /// The TraceQL text (compiled again where the plan is decoded).
+        text: String,
+        query: SearchQuery,
+    },
 }
 
 /// The logical codec: see the [module](self) documentation.
@@ -144,7 +151,9 @@ impl LogicalExtensionCodec for TraceLogicalCodec {
             Some(function) => {
                 let schema = match &function {
                     ProviderPayload::TraceTree { .. } => trace_tree_schema(),
-                    ProviderPayload::TraceSearch { .. } => trace_search_schema()?,
+                    ProviderPayload::TraceSearch { .. } | ProviderPayload::TraceQl { .. } => {
+                        trace_search_schema()?
+                    }
                     _ => schema,
                 };
                 Ok(Arc::new(ShippedFunction {
@@ -186,6 +195,12 @@ impl LogicalExtensionCodec for TraceLogicalCodec {
         } else if let Some(t) = any.downcast_ref::<TraceSearchTable>() {
             ProviderPayload::TraceSearch {
                 location: t.table.location().url.to_string(),
+                query: t.query.clone(),
+            }
+        } else if let Some(t) = any.downcast_ref::<TraceQlTable>() {
+            ProviderPayload::TraceQl {
+                location: t.table.location().url.to_string(),
+                text: t.text.clone(),
                 query: t.query.clone(),
             }
         } else if let Some(t) = any.downcast_ref::<TagTable>() {
@@ -311,6 +326,15 @@ impl ShippedFunction {
             ProviderPayload::TraceSearch { location, query } => Arc::new(
                 TraceSearchTable::try_new(self.lakes.current(location).await?, query.clone())?,
             ),
+            ProviderPayload::TraceQl {
+                location,
+                text,
+                query,
+            } => Arc::new(TraceQlTable::try_new(
+                self.lakes.current(location).await?,
+                text.clone(),
+                query.clone(),
+            )?),
             ProviderPayload::Tags { location, query } => Arc::new(TagTable::try_new(
                 self.lakes.current(location).await?,
                 query.clone(),

@@ -6,6 +6,7 @@ pub mod search;
 pub mod summaries;
 pub mod tags;
 pub mod trace_tree;
+pub mod traceql;
 pub mod tree;
 pub mod udfs;
 
@@ -16,13 +17,15 @@ use datafusion::prelude::SessionContext;
 use crate::table::TraceTable;
 
 /// The table functions that read one trace table: their base names.
-pub const TABLE_FUNCTIONS: [&str; 6] = [
+pub const TABLE_FUNCTIONS: [&str; 8] = [
     trace_tree::NAME,
     summaries::TRACE_SUMMARIES,
     summaries::SERVICE_GRAPH,
     search::TRACE_SEARCH,
     tags::ATTRIBUTE_KEYS,
     tags::ATTRIBUTE_VALUES,
+    traceql::TRACEQL,
+    traceql::TRACEQL_METRICS,
 ];
 
 /// The SQL name of table function `base` for a table registered as `table_name`: the bare
@@ -61,6 +64,14 @@ pub fn register(ctx: &SessionContext, table: &Arc<TraceTable>, table_name: &str)
     ctx.register_udtf(
         &table_function_name(table_name, tags::ATTRIBUTE_VALUES),
         Arc::new(tags::AttributeValuesFunction::new(table.clone())),
+    );
+    ctx.register_udtf(
+        &table_function_name(table_name, traceql::TRACEQL),
+        Arc::new(traceql::TraceQlFunction::new(table.clone())),
+    );
+    ctx.register_udtf(
+        &table_function_name(table_name, traceql::TRACEQL_METRICS),
+        Arc::new(traceql::TraceQlMetricsFunction::new(table.clone())),
     );
     for udf in udfs::all() {
         ctx.register_udf(udf);

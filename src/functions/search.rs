@@ -91,19 +91,7 @@ impl SearchQuery {
             Some(text) => text,
         };
         let schema = DFSchema::try_from_qualified_schema("spans", &sql_schema())?;
-        let parse = |state: &SessionState| state.create_logical_expr(text, &schema);
-        let expr = match session.as_any().downcast_ref::<SessionState>() {
-            Some(state) => parse(state),
-            None => {
-                let state = SessionStateBuilder::new()
-                    .with_config(session.config().clone())
-                    .with_default_features()
-                    .with_scalar_functions(super::udfs::all().into_iter().map(Arc::new).collect())
-                    .build();
-                parse(&state)
-            }
-        }
-        .map_err(|e| {
+        let expr = parse_sql_expr(session, text, &schema).map_err(|e| {
             DataFusionError::Plan(format!(
                 "{TRACE_SEARCH} cannot read its predicate (argument 1) {text:?}: {}",
                 e.strip_backtrace()
@@ -135,6 +123,23 @@ impl SearchQuery {
             other => plan_err!(
                 "{TRACE_SEARCH} expects a boolean predicate (argument 1), got {text:?} of type {other}"
             ),
+        }
+    }
+}
+
+/// SQL expression `text` over `schema`, parsed in `session` (with tracelake's scalar
+/// functions when `session` is not a `SessionState`).
+pub(crate) fn parse_sql_expr(session: &dyn Session, text: &str, schema: &DFSchema) -> Result<Expr> {
+    let parse = |state: &SessionState| state.create_logical_expr(text, schema);
+    match session.as_any().downcast_ref::<SessionState>() {
+        Some(state) => parse(state),
+        None => {
+            let state = SessionStateBuilder::new()
+                .with_config(session.config().clone())
+                .with_default_features()
+                .with_scalar_functions(super::udfs::all().into_iter().map(Arc::new).collect())
+                .build();
+            parse(&state)
         }
     }
 }
@@ -289,7 +294,7 @@ fn timestamp(ns: i64) -> Expr {
 }
 
 /// `start_time` within `[start, end]` (either side unbounded when `None`).
-fn in_window(start: Option<i64>, end: Option<i64>) -> Expr {
+pub(crate) fn in_window(start: Option<i64>, end: Option<i64>) -> Expr {
     let mut filter = lit(true);
     if let Some(s) = start {
         filter = filter.and(col(c::START_TIME).gt_eq(timestamp(s)));
@@ -309,7 +314,21 @@ fn summaries_plan(
     start: Option<i64>,
     end: Option<i64>,
 ) -> Result<LogicalPlan> {
+    summaries_plan_with(spans, ids, predicate, start, end, |_| Ok(Vec::new()))
+}
+
+/// [`summaries_plan`] with more aggregates per trace after its columns: `extra` makes them
+/// (aliased) from the condition "a span that matches, in the window".
+pub(crate) fn summaries_plan_with(
+    spans: LogicalPlanBuilder,
+    ids: &[String],
+    predicate: Expr,
+    start: Option<i64>,
+    end: Option<i64>,
+    extra: impl FnOnce(&Expr) -> Result<Vec<(Expr, String)>>,
+) -> Result<LogicalPlan> {
     let matched = predicate.and(in_window(start, end));
+    let extra = extra(&matched)?;
     let mut aggregates = summary_aggregates()?;
     aggregates.push(
         sum(when(matched.clone(), lit(1i64)).otherwise(lit(0i64))?)
@@ -334,6 +353,10 @@ fn summaries_plan(
         col(search_col::LAST_MATCH_TIME),
         col(search_col::MATCHED_SPAN_IDS),
     ]);
+    for (aggregate, name) in extra {
+        aggregates.push(aggregate.alias(&name));
+        columns.push(Expr::Column(Column::from_name(name)));
+    }
     spans
         .filter(col(c::TRACE_ID).in_list(ids.iter().map(|id| lit(id.as_str())).collect(), false))?
         .aggregate(vec![col(c::TRACE_ID)], aggregates)?
@@ -346,7 +369,10 @@ fn summaries_plan(
 }
 
 /// Runs `plan` in `state` and returns its batches.
-async fn run(state: &dyn Session, plan: LogicalPlan) -> Result<Vec<arrow::array::RecordBatch>> {
+pub(crate) async fn run(
+    state: &dyn Session,
+    plan: LogicalPlan,
+) -> Result<Vec<arrow::array::RecordBatch>> {
     let physical = state.create_physical_plan(&plan).await?;
     collect(physical, state.task_ctx()).await
 }
@@ -397,7 +423,7 @@ async fn extent(
 /// Step 1 of the search (see the [module](self) documentation): the ids of the `limit`
 /// traces whose newest span matching `predicate` in the window is the most recent, newest
 /// first (ties by trace id).
-async fn candidates(
+pub(crate) async fn candidates(
     table: &Arc<TraceTable>,
     query: &SearchQuery,
     predicate: &Expr,

@@ -1,0 +1,458 @@
+//! TraceQL in SQL: `traceql(query, start, end [, limit])`, the newest traces matching a TraceQL
+//! search in a window with their summaries (the columns of `trace_search`), and
+//! `traceql_metrics(query, start, end, step)`, a TraceQL metrics query as rows of
+//! `time`, one column per `by(...)` label, and `value`.
+//!
+//! A search runs on `trace_search`'s path (newest first, early stop, lookups by id) with the
+//! span predicate [`crate::traceql`] compiles. When the query also has trace-level conditions
+//! (spanset `&&`, `trace:duration`, `| count() > 2`, ...), the traces found are checked
+//! against them and the search reads further back (4x as many candidates each round, at most
+//! `MAX_SEARCH_LIMIT`) until `limit` traces qualify or the window is exhausted: what is held
+//! is bounded by the candidates of one round.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{Column, DFSchema, DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableType, ViewTable};
+use datafusion::functions_aggregate::expr_fn::{
+    approx_percentile_cont, avg, bool_or, count, max, min, sum,
+};
+use datafusion::logical_expr::{
+    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, cast, col,
+    lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::args;
+use super::search::{
+    DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT, SearchQuery, TraceSearchTable, candidates, in_window,
+    parse_sql_expr, run, summaries_plan_with, trace_search_schema,
+};
+use super::summaries::spans_scan;
+use crate::schema::{col as c, sql_schema};
+use crate::table::TraceTable;
+use crate::traceql::{Compiled, MetricsKind, MetricsPlan, SearchPlan, TraceQlError};
+
+/// The SQL name of the search function.
+pub const TRACEQL: &str = "traceql";
+/// The SQL name of the metrics function.
+pub const TRACEQL_METRICS: &str = "traceql_metrics";
+
+/// The most steps one metrics query may have.
+pub const MAX_METRICS_STEPS: i64 = 11_000;
+
+fn traceql_error(function: &str, query: &str, e: &TraceQlError) -> DataFusionError {
+    DataFusionError::Plan(format!("{function}: {e} in {query:?}"))
+}
+
+/// Compiles the TraceQL of argument 1.
+fn compiled(function: &str, exprs: &[Expr]) -> Result<(String, Compiled)> {
+    let Some(text) = args::optional_string(function, 1, "query", &exprs[0])? else {
+        return plan_err!("{function} expects a TraceQL query for argument 1 (query), got NULL");
+    };
+    let compiled =
+        crate::traceql::compile_text(&text).map_err(|e| traceql_error(function, &text, &e))?;
+    Ok((text, compiled))
+}
+
+/// The `traceql` table function.
+#[derive(Debug)]
+pub struct TraceQlFunction {
+    table: Arc<TraceTable>,
+}
+
+impl TraceQlFunction {
+    pub fn new(table: Arc<TraceTable>) -> Self {
+        Self { table }
+    }
+}
+
+impl TableFunctionImpl for TraceQlFunction {
+    fn call_with_args(&self, call: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let exprs = call.exprs();
+        args::count(TRACEQL, exprs, 3, 4, "(query, start, end [, limit])")?;
+        let (text, compiled) = compiled(TRACEQL, exprs)?;
+        let Compiled::Search(plan) = compiled else {
+            return plan_err!(
+                "{TRACEQL} runs searches; {text:?} is a metrics query (use {TRACEQL_METRICS})"
+            );
+        };
+        let query = SearchQuery {
+            predicate: Some(plan.span_predicate.clone()),
+            start: args::time_bound(TRACEQL, 2, "start", &exprs[1])?,
+            end: args::time_bound(TRACEQL, 3, "end", &exprs[2])?,
+            limit: match exprs.get(3) {
+                Some(e) => args::bounded_count(
+                    TRACEQL,
+                    4,
+                    "limit",
+                    e,
+                    DEFAULT_SEARCH_LIMIT,
+                    MAX_SEARCH_LIMIT,
+                )?,
+                None => DEFAULT_SEARCH_LIMIT,
+            },
+        };
+        query.predicate_expr(call.session())?;
+        Ok(Arc::new(TraceQlTable {
+            table: self.table.clone(),
+            text,
+            query,
+            plan,
+            schema: trace_search_schema()?,
+        }))
+    }
+}
+
+/// The table `traceql(...)` returns.
+#[derive(Debug)]
+pub struct TraceQlTable {
+    pub(crate) table: Arc<TraceTable>,
+    pub(crate) text: String,
+    pub(crate) query: SearchQuery,
+    plan: SearchPlan,
+    schema: SchemaRef,
+}
+
+impl TraceQlTable {
+    /// The table of search `text` (TraceQL) with `query`'s window and limit; the span
+    /// predicate is compiled from `text`.
+    pub(crate) fn try_new(
+        table: Arc<TraceTable>,
+        text: String,
+        query: SearchQuery,
+    ) -> Result<Self> {
+        let plan = match crate::traceql::compile_text(&text) {
+            Ok(Compiled::Search(plan)) => plan,
+            Ok(Compiled::Metrics(_)) => {
+                return plan_err!("{TRACEQL} runs searches; {text:?} is a metrics query");
+            }
+            Err(e) => return Err(traceql_error(TRACEQL, &text, &e)),
+        };
+        Ok(Self {
+            table,
+            text,
+            query: SearchQuery {
+                predicate: Some(plan.span_predicate.clone()),
+                ..query
+            },
+            plan,
+            schema: trace_search_schema()?,
+        })
+    }
+
+    /// The traces that qualify, newest first (at most `limit`).
+    async fn qualifying(
+        &self,
+        state: &dyn Session,
+        filter: &str,
+    ) -> Result<Vec<arrow::array::RecordBatch>> {
+        let spans_schema = DFSchema::try_from_qualified_schema("spans", &sql_schema())?;
+        let predicate = self.query.predicate_expr(state)?;
+        let leaves = self
+            .plan
+            .leaves
+            .iter()
+            .map(|l| parse_sql_expr(state, l, &spans_schema))
+            .collect::<Result<Vec<_>>>()?;
+        let aggregates = self
+            .plan
+            .aggregates
+            .iter()
+            .map(|(f, a)| Ok((f.clone(), parse_sql_expr(state, a, &spans_schema)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let window = in_window(self.query.start, self.query.end);
+        let mut fetch = self.query.limit;
+        loop {
+            let round = SearchQuery {
+                limit: fetch,
+                ..self.query.clone()
+            };
+            let ids = candidates(&self.table, &round, &predicate, state).await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let plan = summaries_plan_with(
+                spans_scan(&self.table, "spans")?,
+                &ids,
+                predicate.clone(),
+                self.query.start,
+                self.query.end,
+                |matched| {
+                    let mut extra = Vec::new();
+                    for (i, leaf) in leaves.iter().enumerate() {
+                        extra.push((
+                            bool_or(leaf.clone().and(window.clone())),
+                            format!("__leaf_{i}"),
+                        ));
+                    }
+                    for (j, (function, argument)) in aggregates.iter().enumerate() {
+                        let value = cast(argument.clone(), DataType::Float64);
+                        let aggregate = match function.as_str() {
+                            "avg" => avg(value),
+                            "min" => min(value),
+                            "max" => max(value),
+                            _ => sum(value),
+                        };
+                        extra.push((
+                            aggregate.filter(matched.clone()).build()?,
+                            format!("__agg_{j}"),
+                        ));
+                    }
+                    Ok(extra)
+                },
+            )?;
+            let plan_schema = plan.schema().clone();
+            let condition = parse_sql_expr(state, filter, &plan_schema)?;
+            let output: Vec<Expr> = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| Expr::Column(Column::from_name(f.name())))
+                .collect();
+            let plan = LogicalPlanBuilder::from(plan)
+                .filter(condition)?
+                .project(output)?
+                .limit(0, Some(self.query.limit))?
+                .build()?;
+            let batches = run(state, plan).await?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            if rows >= self.query.limit || ids.len() < fetch || fetch >= MAX_SEARCH_LIMIT {
+                return Ok(batches);
+            }
+            fetch = fetch.saturating_mul(4).min(MAX_SEARCH_LIMIT);
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for TraceQlTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(filter) = &self.plan.trace_filter else {
+            let search = TraceSearchTable::try_new(self.table.clone(), self.query.clone())?;
+            return search.scan(state, projection, filters, limit).await;
+        };
+        let batches = self.qualifying(state, filter).await?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// The `traceql_metrics` table function.
+#[derive(Debug)]
+pub struct TraceQlMetricsFunction {
+    table: Arc<TraceTable>,
+}
+
+impl TraceQlMetricsFunction {
+    pub fn new(table: Arc<TraceTable>) -> Self {
+        Self { table }
+    }
+}
+
+/// A step: a duration string (`'1m'`, `'15s'`) or a number of seconds.
+fn step_nanos(function: &str, expr: &Expr) -> Result<i64> {
+    let bad = |got: String| {
+        plan_err!(
+            "{function} expects a step for argument 4 (step): a duration such as '1m' or '15s', \
+             or a number of seconds; got {got}"
+        )
+    };
+    let Expr::Literal(value, _) = expr else {
+        return bad(format!("{expr}"));
+    };
+    let nanos = match value {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => match crate::traceql::parse::duration_nanos(s.trim()) {
+            Some(n) => n,
+            None => match s.trim().parse::<f64>() {
+                Ok(secs) if secs.is_finite() && secs.abs() < 9.2e9 => (secs * 1e9) as i64,
+                _ => return bad(format!("{s:?}")),
+            },
+        },
+        ScalarValue::Int64(Some(v)) => v.saturating_mul(1_000_000_000),
+        ScalarValue::Int32(Some(v)) => i64::from(*v).saturating_mul(1_000_000_000),
+        ScalarValue::Float64(Some(v)) if v.is_finite() && v.abs() < 9.2e9 => (v * 1e9) as i64,
+        other => return bad(format!("{} {other}", other.data_type())),
+    };
+    if nanos < 1_000_000 {
+        return plan_err!("{function} expects a step of at least 1ms (argument 4), got {nanos} ns");
+    }
+    Ok(nanos)
+}
+
+impl TableFunctionImpl for TraceQlMetricsFunction {
+    fn call_with_args(&self, call: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let exprs = call.exprs();
+        args::count(TRACEQL_METRICS, exprs, 4, 4, "(query, start, end, step)")?;
+        let (text, compiled) = compiled(TRACEQL_METRICS, exprs)?;
+        let Compiled::Metrics(plan) = compiled else {
+            return plan_err!(
+                "{TRACEQL_METRICS} runs metrics queries ({{...}} | rate(), ...); {text:?} is a \
+                 search (use {TRACEQL})"
+            );
+        };
+        let start = args::time_bound(TRACEQL_METRICS, 2, "start", &exprs[1])?;
+        let end = args::time_bound(TRACEQL_METRICS, 3, "end", &exprs[2])?;
+        let (Some(start), Some(end)) = (start, end) else {
+            return plan_err!(
+                "{TRACEQL_METRICS} needs a bounded window: start and end may not be NULL"
+            );
+        };
+        if end < start {
+            return plan_err!("{TRACEQL_METRICS}: end is before start");
+        }
+        let step = step_nanos(TRACEQL_METRICS, &exprs[3])?;
+        let steps = (i128::from(end) - i128::from(start)) / i128::from(step);
+        if steps > i128::from(MAX_METRICS_STEPS) {
+            return plan_err!(
+                "{TRACEQL_METRICS}: the window holds {steps} steps, more than the \
+                 {MAX_METRICS_STEPS} allowed; use a larger step"
+            );
+        }
+        let logical = metrics_plan(&self.table, call.session(), &plan, start, end, step)?;
+        Ok(Arc::new(ViewTable::new(logical, None)))
+    }
+}
+
+/// The plan of a metrics query: one row per (step, labels[, p | __bucket]).
+pub(crate) fn metrics_plan(
+    table: &Arc<TraceTable>,
+    session: &dyn Session,
+    plan: &MetricsPlan,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<LogicalPlan> {
+    let spans_schema = DFSchema::try_from_qualified_schema("spans", &sql_schema())?;
+    let predicate = parse_sql_expr(session, &plan.span_predicate, &spans_schema)?;
+    let stride = lit(ScalarValue::new_interval_mdn(0, 0, step));
+    let origin = lit(ScalarValue::TimestampNanosecond(
+        Some(start),
+        Some(crate::schema::TIME_ZONE.into()),
+    ));
+    let time =
+        datafusion::functions::expr_fn::date_bin(stride, col(c::START_TIME), origin).alias("time");
+    let mut group = vec![time];
+    let mut labels = Vec::new();
+    for (label, sql) in &plan.by {
+        let name = label.clone();
+        group.push(parse_sql_expr(session, sql, &spans_schema)?.alias(&name));
+        labels.push(name);
+    }
+    let spans =
+        spans_scan(table, "spans")?.filter(predicate.and(in_window(Some(start), Some(end))))?;
+    let label_columns = |labels: &[String]| -> Vec<Expr> {
+        std::iter::once(col("time"))
+            .chain(labels.iter().map(|l| Expr::Column(Column::from_name(l))))
+            .collect()
+    };
+    let seconds = step as f64 / 1e9;
+    let counted = cast(count(lit(1i64)), DataType::Float64);
+    let builder = match &plan.kind {
+        MetricsKind::Rate => {
+            spans.aggregate(group, vec![(counted / lit(seconds)).alias("value")])?
+        }
+        MetricsKind::CountOverTime => spans.aggregate(group, vec![counted.alias("value")])?,
+        MetricsKind::Histogram { value } => {
+            let v = cast(
+                parse_sql_expr(session, value, &spans_schema)?,
+                DataType::Float64,
+            );
+            // The upper bound of the value's power-of-two bucket (durations in seconds).
+            let bucket = datafusion::functions::expr_fn::power(
+                lit(2.0f64),
+                datafusion::functions::expr_fn::ceil(datafusion::functions::expr_fn::log2(
+                    datafusion::functions::expr_fn::greatest(vec![v, lit(1.0f64)]),
+                )),
+            );
+            let bucket = if plan.value_is_duration {
+                bucket / lit(1e9)
+            } else {
+                bucket
+            };
+            group.push(bucket.alias("__bucket"));
+            labels.push("__bucket".into());
+            spans.aggregate(group, vec![counted.alias("value")])?
+        }
+        MetricsKind::Quantile { value, quantiles } => {
+            let v = cast(
+                parse_sql_expr(session, value, &spans_schema)?,
+                DataType::Float64,
+            );
+            let scale = if plan.value_is_duration { 1e9 } else { 1.0 };
+            let aggregates: Vec<Expr> = quantiles
+                .iter()
+                .enumerate()
+                .map(|(i, q)| {
+                    (approx_percentile_cont(v.clone().sort(true, false), lit(*q), None)
+                        / lit(scale))
+                    .alias(format!("__q{i}"))
+                })
+                .collect();
+            let aggregated = spans.aggregate(group, aggregates)?.build()?;
+            // One row per quantile, labelled `p`.
+            let mut union: Option<LogicalPlanBuilder> = None;
+            for (i, q) in quantiles.iter().enumerate() {
+                let mut columns = label_columns(&labels);
+                columns.push(lit(*q).alias("p"));
+                columns.push(col(format!("__q{i}")).alias("value"));
+                let part = LogicalPlanBuilder::from(aggregated.clone()).project(columns)?;
+                union = Some(match union {
+                    None => part,
+                    Some(u) => u.union(part.build()?)?,
+                });
+            }
+            let Some(union) = union else {
+                return plan_err!("{TRACEQL_METRICS}: quantile_over_time() without quantiles");
+            };
+            let mut order: Vec<_> = labels
+                .iter()
+                .map(|l| Expr::Column(Column::from_name(l)).sort(true, false))
+                .collect();
+            order.push(col("p").sort(true, false));
+            order.push(col("time").sort(true, false));
+            return union.sort(order)?.build();
+        }
+    };
+    let mut columns = label_columns(&labels);
+    columns.push(col("value"));
+    let mut order: Vec<_> = labels
+        .iter()
+        .map(|l| Expr::Column(Column::from_name(l)).sort(true, false))
+        .collect();
+    order.push(col("time").sort(true, false));
+    builder.project(columns)?.sort(order)?.build()
+}
