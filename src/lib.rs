@@ -26,6 +26,7 @@ pub mod span;
 pub mod store;
 pub mod synth;
 pub mod table;
+pub mod tempo;
 pub mod traceql;
 
 use std::sync::Arc;

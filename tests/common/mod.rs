@@ -476,6 +476,8 @@ pub struct ServeProcess {
     pub child: std::process::Child,
     pub http: std::net::SocketAddr,
     pub grpc: std::net::SocketAddr,
+    /// The query API (Grafana Tempo's HTTP API).
+    pub query: std::net::SocketAddr,
     pub output: Arc<Mutex<Vec<String>>>,
 }
 
@@ -485,6 +487,7 @@ impl ServeProcess {
         let mut child = std::process::Command::new(tracelake_bin())
             .args(["serve", "--table", table.to_str().unwrap()])
             .args(["--otlp-http", "127.0.0.1:0", "--otlp-grpc", "127.0.0.1:0"])
+            .args(["--query-http", "127.0.0.1:0"])
             .args(extra)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -505,8 +508,8 @@ impl ServeProcess {
                 }
             });
         }
-        let (mut http, mut grpc) = (None, None);
-        while http.is_none() || grpc.is_none() {
+        let (mut http, mut grpc, mut query) = (None, None, None);
+        while http.is_none() || grpc.is_none() || query.is_none() {
             let line = rx
                 .recv_timeout(Duration::from_secs(120))
                 .expect("tracelake serve printed its addresses");
@@ -516,11 +519,15 @@ impl ServeProcess {
             if let Some(rest) = line.strip_prefix("listening otlp-grpc ") {
                 grpc = rest.trim().parse().ok();
             }
+            if let Some(rest) = line.strip_prefix("listening query-http http://") {
+                query = rest.split(' ').next().and_then(|a| a.parse().ok());
+            }
         }
         Self {
             child,
             http: http.unwrap(),
             grpc: grpc.unwrap(),
+            query: query.unwrap(),
             output,
         }
     }

@@ -32,6 +32,19 @@ pub(crate) struct ServeArgs {
     /// OTLP/gRPC address (`TraceService/Export`).
     #[arg(long, default_value = "127.0.0.1:4317")]
     otlp_grpc: SocketAddr,
+    /// The Grafana Tempo query API (`/api/traces/<id>`, `/api/search`, tags, metrics; see
+    /// docs/grafana.md), read-only. `off` to disable.
+    #[arg(long, default_value = "127.0.0.1:3200")]
+    query_http: String,
+    /// A file holding the bearer token the query API requires (`Authorization: Bearer ...`).
+    #[arg(long)]
+    query_token_file: Option<std::path::PathBuf>,
+    /// Cancel a query-API request running longer than this many seconds (504).
+    #[arg(long, default_value_t = 30)]
+    query_timeout_seconds: u64,
+    /// The longest search or metrics window the query API accepts, in hours.
+    #[arg(long, default_value_t = 168)]
+    query_max_window_hours: u64,
     /// Commit when this many spans are waiting (1 to 100,000,000).
     #[arg(long, default_value_t = 100_000)]
     commit_max_spans: usize,
@@ -154,6 +167,38 @@ pub(crate) async fn run(
     let grpc_listener = tokio::net::TcpListener::bind(args.otlp_grpc)
         .await
         .map_err(|e| format!("cannot listen on {} (OTLP/gRPC): {e}", args.otlp_grpc))?;
+    let query_listener = match args.query_http.as_str() {
+        "off" | "" => None,
+        addr => {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|e| format!("--query-http {addr:?} is not an address or `off`: {e}"))?;
+            Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr} (query API): {e}"))?,
+            )
+        }
+    };
+    let token = match &args.query_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --query-token-file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    if args.query_token_file.is_some() && token.is_none() {
+        return Err("--query-token-file holds no token".into());
+    }
+    let query_config = tracelake::tempo::TempoApiConfig::default()
+        .with_bearer_token(token)
+        .with_timeout(Duration::from_secs(args.query_timeout_seconds.max(1)))
+        .with_max_window(Duration::from_secs(
+            args.query_max_window_hours.max(1) * 3600,
+        ));
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
 
@@ -185,6 +230,19 @@ pub(crate) async fn run(
                 stopped(stop_rx.clone()),
             ),
     );
+    let query = match query_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let app = tracelake::tempo::router(&lake, query_config)?;
+            let task = tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped(stop_rx.clone()))
+                    .into_future(),
+            );
+            Some((addr, task))
+        }
+        None => None,
+    };
     health.ready.store(true, Ordering::SeqCst);
     writeln!(
         out,
@@ -194,6 +252,12 @@ pub(crate) async fn run(
         lake.table().location().url,
         lake.version()
     )?;
+    if let Some((addr, _)) = &query {
+        writeln!(
+            out,
+            "listening query-http http://{addr} (Grafana Tempo API)"
+        )?;
+    }
     out.flush()?;
 
     shutdown_signal().await;
@@ -208,6 +272,9 @@ pub(crate) async fn run(
     // commits: the appender is still running.
     let http_result = http.await;
     let grpc_result = grpc.await;
+    if let Some((_, task)) = query {
+        let _ = task.await;
+    }
     let outcome = match Arc::try_unwrap(appender) {
         Ok(appender) => appender.shutdown().await?,
         Err(appender) => appender.flush().await?,
