@@ -218,7 +218,7 @@ fn window(
 ) -> std::result::Result<(Option<i64>, Option<i64>), Refusal> {
     let get = |name: &str| -> std::result::Result<Option<i64>, Refusal> {
         match params.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            Some(v) if v == "0" => Ok(None),
+            Some("0") => Ok(None),
             Some(v) => time_param(name, v).map(Some),
             None => Ok(None),
         }
@@ -800,12 +800,15 @@ async fn values_v2(
     Ok(axum::Json(json!({ "tagValues": list })).into_response())
 }
 
+/// A series: its labels and its samples `(ms, value)`.
+type Series = (Vec<(String, Value)>, Vec<(i64, f64)>);
+
 /// Runs a metrics query; series keyed by their labels, samples `(ms, value)` in time order.
 async fn metrics(
     api: &Api,
     params: &HashMap<String, String>,
     instant: bool,
-) -> std::result::Result<Vec<(Vec<(String, Value)>, Vec<(i64, f64)>)>, Refusal> {
+) -> std::result::Result<Vec<Series>, Refusal> {
     let query = params
         .get("q")
         .or_else(|| params.get("query"))
@@ -851,7 +854,7 @@ async fn metrics(
         sql_string(&query)
     );
     let batches = run_sql(api, &sql).await?;
-    let mut series: Vec<(Vec<(String, Value)>, Vec<(i64, f64)>)> = Vec::new();
+    let mut series: Vec<Series> = Vec::new();
     for batch in &batches {
         let schema = batch.schema();
         let times = batch.column(0).as_primitive::<TimestampNanosecondType>();

@@ -359,8 +359,7 @@ impl<'a> Lexer<'a> {
                 }
                 _ => {
                     let mut len = 0;
-                    let mut chars = trimmed.char_indices().peekable();
-                    while let Some((i, ch)) = chars.next() {
+                    for (i, ch) in trimmed.char_indices() {
                         if ch == '"' && i > 0 && trimmed[..i].ends_with('.') {
                             // `span."key with spaces"`
                             self.pos = start + i;
