@@ -6,7 +6,7 @@
 //! this router writes. docs/grafana.md lists the endpoints and what is supported.
 //!
 //! ```no_run
-//! # async fn serve() -> tracelake::Result<()> {
+//! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
 //! let lake = tracelake::TraceLake::open("./tracelake-data").await?;
 //! let app = tracelake::tempo::router(&lake, tracelake::tempo::TempoApiConfig::default())?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3200").await?;
@@ -115,6 +115,32 @@ fn failed(e: impl std::fmt::Display) -> Refusal {
 }
 
 type Answer = std::result::Result<Response, Refusal>;
+
+/// Column `i` of `batch` as strings (an error, not a panic, if it is not).
+fn strings(
+    batch: &RecordBatch,
+    i: usize,
+) -> std::result::Result<&arrow::array::StringArray, Refusal> {
+    batch.column(i).as_string_opt::<i32>().ok_or_else(|| {
+        failed(format!(
+            "column {i} came as {}",
+            batch.column(i).data_type()
+        ))
+    })
+}
+
+/// Column `i` of `batch` as `T` values (an error, not a panic, if it is not).
+fn primitive<T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &RecordBatch,
+    i: usize,
+) -> std::result::Result<&arrow::array::PrimitiveArray<T>, Refusal> {
+    batch.column(i).as_primitive_opt::<T>().ok_or_else(|| {
+        failed(format!(
+            "column {i} came as {}",
+            batch.column(i).data_type()
+        ))
+    })
+}
 
 /// The query API over `lake`, in a read-only session of its own.
 pub fn router(lake: &TraceLake, config: TempoApiConfig) -> Result<Router> {
@@ -484,17 +510,22 @@ async fn search(
     let mut traces = Vec::new();
     let mut wanted: Vec<(String, Vec<String>)> = Vec::new();
     for batch in &found {
-        let ids = batch.column(0).as_string::<i32>();
-        let root_service = batch.column(1).as_string::<i32>();
-        let root_name = batch.column(2).as_string::<i32>();
-        let starts = batch.column(3).as_primitive::<TimestampNanosecondType>();
-        let durations = batch.column(4).as_primitive::<Int64Type>();
-        let matched = batch.column(5).as_primitive::<Int64Type>();
-        let span_ids = batch.column(6).as_list::<i32>();
+        let ids = strings(batch, 0)?;
+        let root_service = strings(batch, 1)?;
+        let root_name = strings(batch, 2)?;
+        let starts = primitive::<TimestampNanosecondType>(batch, 3)?;
+        let durations = primitive::<Int64Type>(batch, 4)?;
+        let matched = primitive::<Int64Type>(batch, 5)?;
+        let span_ids = batch
+            .column(6)
+            .as_list_opt::<i32>()
+            .ok_or_else(|| failed("matched_span_ids is not a list"))?;
         for row in 0..batch.num_rows() {
             let first: Vec<String> = if span_ids.is_valid(row) {
                 let list = span_ids.value(row);
-                let list = list.as_string::<i32>();
+                let list = list
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| failed("matched_span_ids holds no strings"))?;
                 (0..list.len().min(spss))
                     .map(|i| list.value(i).to_string())
                     .collect()
@@ -557,14 +588,20 @@ async fn matched_spans(
         wanted.iter().map(|(t, s)| (t.as_str(), s)).collect();
     let mut found: HashMap<(String, String), Value> = HashMap::new();
     for batch in &batches {
-        let traces = batch.column(0).as_string::<i32>();
-        let span_ids = batch.column(1).as_string::<i32>();
-        let names = batch.column(2).as_string::<i32>();
-        let starts = batch.column(3).as_primitive::<TimestampNanosecondType>();
-        let durations = batch.column(4).as_primitive::<Int64Type>();
-        let span_attrs = batch.column(5).as_map();
-        let resource_attrs = batch.column(6).as_map();
-        let services = batch.column(7).as_string::<i32>();
+        let traces = strings(batch, 0)?;
+        let span_ids = strings(batch, 1)?;
+        let names = strings(batch, 2)?;
+        let starts = primitive::<TimestampNanosecondType>(batch, 3)?;
+        let durations = primitive::<Int64Type>(batch, 4)?;
+        let span_attrs = batch
+            .column(5)
+            .as_map_opt()
+            .ok_or_else(|| failed("attributes is not a map"))?;
+        let resource_attrs = batch
+            .column(6)
+            .as_map_opt()
+            .ok_or_else(|| failed("resource_attributes is not a map"))?;
+        let services = strings(batch, 7)?;
         for row in 0..batch.num_rows() {
             let trace = traces.value(row);
             let span = span_ids.value(row);
@@ -644,8 +681,8 @@ async fn keys(
     let batches = run_sql(api, &sql).await?;
     let (mut span, mut resource) = (Vec::new(), vec!["service.name".to_string()]);
     for batch in &batches {
-        let scopes = batch.column(0).as_string::<i32>();
-        let keys = batch.column(1).as_string::<i32>();
+        let scopes = strings(batch, 0)?;
+        let keys = strings(batch, 1)?;
         for row in 0..batch.num_rows() {
             let key = keys.value(row).to_string();
             match scopes.value(row) {
@@ -762,11 +799,11 @@ async fn tag_values(
     for batch in &batches {
         for row in 0..batch.num_rows() {
             let pair = if kind.is_empty() {
-                let types = batch.column(0).as_string::<i32>();
-                let values = batch.column(1).as_string::<i32>();
+                let types = strings(batch, 0)?;
+                let values = strings(batch, 1)?;
                 (types.value(row).to_string(), values.value(row).to_string())
             } else {
-                let values = batch.column(0).as_string::<i32>();
+                let values = strings(batch, 0)?;
                 (kind.clone(), values.value(row).to_string())
             };
             if !out.contains(&pair) {
@@ -857,10 +894,8 @@ async fn metrics(
     let mut series: Vec<Series> = Vec::new();
     for batch in &batches {
         let schema = batch.schema();
-        let times = batch.column(0).as_primitive::<TimestampNanosecondType>();
-        let values = batch
-            .column(batch.num_columns() - 1)
-            .as_primitive::<Float64Type>();
+        let times = primitive::<TimestampNanosecondType>(batch, 0)?;
+        let values = primitive::<Float64Type>(batch, batch.num_columns() - 1)?;
         for row in 0..batch.num_rows() {
             let mut labels = Vec::new();
             for c in 1..batch.num_columns() - 1 {

@@ -664,25 +664,7 @@ impl Compiler {
                 }
                 "duration_ns".to_string()
             }
-            Operand::Attribute { scope, key, pos } => {
-                if matches!(
-                    scope,
-                    AttrScope::Event | AttrScope::Link | AttrScope::Instrumentation
-                ) {
-                    return Err(scope_unsupported(*scope, *pos));
-                }
-                let values: Vec<String> = places(*scope, key)
-                    .iter()
-                    .filter_map(|p| p.typed("attr_double"))
-                    .collect();
-                if values.is_empty() {
-                    return Err(TraceQlError::new(
-                        *pos,
-                        format!("{} is not numeric", field.text()),
-                    ));
-                }
-                format!("coalesce({})", values.join(", "))
-            }
+            Operand::Attribute { .. } => numeric_attribute(field)?,
             other => {
                 return Err(TraceQlError::new(
                     other.pos(),
@@ -734,25 +716,7 @@ impl Compiler {
                 Operand::Intrinsic { name, .. } if name == "span:duration" => {
                     Ok(("duration_ns".into(), true))
                 }
-                Operand::Attribute { scope, key, pos } => {
-                    if matches!(
-                        scope,
-                        AttrScope::Event | AttrScope::Link | AttrScope::Instrumentation
-                    ) {
-                        return Err(scope_unsupported(*scope, *pos));
-                    }
-                    let values: Vec<String> = places(*scope, key)
-                        .iter()
-                        .filter_map(|p| p.typed("attr_double"))
-                        .collect();
-                    if values.is_empty() {
-                        return Err(TraceQlError::new(
-                            *pos,
-                            format!("{} is not numeric", field.text()),
-                        ));
-                    }
-                    Ok((format!("coalesce({})", values.join(", ")), false))
-                }
+                Operand::Attribute { .. } => Ok((numeric_attribute(field)?, false)),
                 other => Err(TraceQlError::new(
                     other.pos(),
                     "expected duration or a numeric attribute",
@@ -793,6 +757,30 @@ impl Compiler {
             value_is_duration,
         })
     }
+}
+
+/// A numeric attribute as SQL (`attr_double`, which widens ints; either map for `.x`).
+fn numeric_attribute(field: &Operand) -> Result<String, TraceQlError> {
+    let Operand::Attribute { scope, key, pos } = field else {
+        return Err(TraceQlError::new(field.pos(), "expected an attribute"));
+    };
+    if matches!(
+        scope,
+        AttrScope::Event | AttrScope::Link | AttrScope::Instrumentation
+    ) {
+        return Err(scope_unsupported(*scope, *pos));
+    }
+    let values: Vec<String> = places(*scope, key)
+        .iter()
+        .filter_map(|p| p.typed("attr_double"))
+        .collect();
+    if values.is_empty() {
+        return Err(TraceQlError::new(
+            *pos,
+            format!("{} is not numeric", field.text()),
+        ));
+    }
+    Ok(format!("coalesce({})", values.join(", ")))
 }
 
 /// The SQL of a series label's value.
@@ -964,7 +952,7 @@ mod tests {
 
     #[test]
     fn scopes_map_to_their_columns() {
-        let s = search(r#"{ resource.service.name = "a" && .x =~ "b.*" && resource.k != 'q' }"#);
+        let s = search(r#"{ resource.service.name = "a" && .x =~ "b.*" && resource.k != "q" }"#);
         assert!(
             s.span_predicate.starts_with("(service_name = 'a') AND "),
             "{}",

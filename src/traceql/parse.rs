@@ -1020,9 +1020,9 @@ mod tests {
                 op: CmpOp::Eq,
                 rhs: Operand::Literal {
                     value: Literal::Str("/pay".into()),
-                    pos: 17
+                    pos: 20
                 },
-                pos: 15
+                pos: 18
             }
         );
         let FieldExpr::Cmp { rhs, .. } = *b else {
@@ -1032,7 +1032,7 @@ mod tests {
             rhs,
             Operand::Literal {
                 value: Literal::Duration(100_000_000),
-                pos: 38
+                pos: 41
             }
         );
     }
