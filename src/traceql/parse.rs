@@ -1084,6 +1084,15 @@ mod tests {
         assert!(parse("{} | nope()").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_input_makes_the_parser_or_compiler_panic(text in "[{}()|&!=<>~,\"`. a-z0-9:_-]{0,60}") {
+            if let Ok(q) = parse(&text) {
+                let _ = crate::traceql::compile(&q);
+            }
+        }
+    }
+
     #[test]
     fn structural_operators_parse() {
         let q = parse("{ name = \"a\" } >> { name = \"b\" } && {}").unwrap();
