@@ -498,6 +498,23 @@ async fn real_sdks_write_nested_typed_traces_through_tracelake_serve() {
     };
     let (http_trace, http_linked) = python("http", format!("http://{}/v1/traces", server.http));
     let (grpc_trace, _) = python("grpc", server.grpc.to_string());
+    // Read back through the Tempo API as Grafana does, decoded by the Python protobuf runtime.
+    let out = Command::new(&clients.python)
+        .arg(common::repo().join("tests/clients/tempo_client.py"))
+        .args([server.query.to_string(), http_trace.clone()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tempo_client.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut read_back: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').skip(1).collect::<Vec<_>>().join(" "))
+        .collect();
+    read_back.sort();
+    assert_eq!(read_back, ["GET /checkout 0", "charge 1", "db.query 1"]);
     // JavaScript over OTLP/HTTP JSON.
     let out = Command::new("node")
         .arg(common::repo().join("tests/clients/otel_node.js"))
