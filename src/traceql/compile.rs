@@ -473,12 +473,7 @@ impl Compiler {
     fn show(&mut self, operand: &Operand) -> Result<(), TraceQlError> {
         let field = match operand {
             Operand::Attribute { scope, key, pos } => {
-                if matches!(
-                    scope,
-                    AttrScope::Event | AttrScope::Link | AttrScope::Instrumentation
-                ) {
-                    return Err(scope_unsupported(*scope, *pos));
-                }
+                supported_scope(*scope, *pos)?;
                 ShownField::Attribute {
                     scope: *scope,
                     key: key.clone(),
@@ -547,12 +542,7 @@ impl Compiler {
         let lit_at = *lit_at;
         match field {
             Operand::Attribute { scope, key, pos } => {
-                if matches!(
-                    scope,
-                    AttrScope::Event | AttrScope::Link | AttrScope::Instrumentation
-                ) {
-                    return Err(scope_unsupported(*scope, *pos));
-                }
+                supported_scope(*scope, *pos)?;
                 self.show(field)?;
                 let places = places(*scope, key);
                 if *value == Literal::Nil {
@@ -764,12 +754,7 @@ fn numeric_attribute(field: &Operand) -> Result<String, TraceQlError> {
     let Operand::Attribute { scope, key, pos } = field else {
         return Err(TraceQlError::new(field.pos(), "expected an attribute"));
     };
-    if matches!(
-        scope,
-        AttrScope::Event | AttrScope::Link | AttrScope::Instrumentation
-    ) {
-        return Err(scope_unsupported(*scope, *pos));
-    }
+    supported_scope(*scope, *pos)?;
     let values: Vec<String> = places(*scope, key)
         .iter()
         .filter_map(|p| p.typed("attr_double"))
@@ -787,12 +772,7 @@ fn numeric_attribute(field: &Operand) -> Result<String, TraceQlError> {
 fn label_sql(field: &Operand) -> Result<String, TraceQlError> {
     match field {
         Operand::Attribute { scope, key, pos } => {
-            if matches!(
-                scope,
-                AttrScope::Event | AttrScope::Link | AttrScope::Instrumentation
-            ) {
-                return Err(scope_unsupported(*scope, *pos));
-            }
+            supported_scope(*scope, *pos)?;
             let texts: Vec<String> = places(*scope, key).iter().map(Place::as_text).collect();
             Ok(if texts.len() == 1 {
                 texts.into_iter().next().unwrap_or_default()
@@ -856,6 +836,17 @@ fn span_intrinsic(name: &str) -> Option<(&'static str, IntrinsicKind)> {
         "instrumentation:version" => ("scope_version", IntrinsicKind::Text),
         _ => return None,
     })
+}
+
+/// Refuses the scopes whose attributes tracelake cannot read in TraceQL (events, links,
+/// instrumentation scopes).
+fn supported_scope(scope: AttrScope, pos: usize) -> Result<(), TraceQlError> {
+    match scope {
+        AttrScope::Event | AttrScope::Link | AttrScope::Instrumentation => {
+            Err(scope_unsupported(scope, pos))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn scope_unsupported(scope: AttrScope, pos: usize) -> TraceQlError {
