@@ -10,9 +10,14 @@
 //! `MAX_SEARCH_LIMIT`) until `limit` traces qualify or the window is exhausted: what is held
 //! is bounded by the candidates of one round.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, ListBuilder, RecordBatch, StringBuilder,
+    TimestampNanosecondArray,
+};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{Column, DFSchema, DataFusionError, Result, ScalarValue, plan_err};
@@ -35,7 +40,8 @@ use super::search::{
 use super::summaries::spans_scan;
 use crate::schema::{col as c, sql_schema};
 use crate::table::TraceTable;
-use crate::traceql::{Compiled, MetricsKind, MetricsPlan, SearchPlan, TraceQlError};
+use crate::traceql::structure::TraceSpans;
+use crate::traceql::{Compiled, MetricsKind, MetricsPlan, SearchPlan, SpansetTree, TraceQlError};
 
 /// The SQL name of the search function.
 pub const TRACEQL: &str = "traceql";
@@ -146,11 +152,7 @@ impl TraceQlTable {
     }
 
     /// The traces that qualify, newest first (at most `limit`).
-    async fn qualifying(
-        &self,
-        state: &dyn Session,
-        filter: &str,
-    ) -> Result<Vec<arrow::array::RecordBatch>> {
+    async fn qualifying(&self, state: &dyn Session, filter: &str) -> Result<Vec<RecordBatch>> {
         let spans_schema = DFSchema::try_from_qualified_schema("spans", &sql_schema())?;
         let predicate = self.query.predicate_expr(state)?;
         let leaves = self
@@ -229,6 +231,236 @@ impl TraceQlTable {
     }
 }
 
+impl TraceQlTable {
+    /// A query with structural operators: the candidates' span trees evaluated against
+    /// `tree`; the traces whose spanset is not empty, newest match first (at most `limit`),
+    /// with that spanset as their matched spans. What is held is the id, parent, start time
+    /// and leaf flags of the candidates' spans (at most `MAX_SEARCH_LIMIT` traces a round).
+    async fn structural(
+        &self,
+        state: &dyn Session,
+        tree: &SpansetTree,
+    ) -> Result<Vec<RecordBatch>> {
+        let spans_schema = DFSchema::try_from_qualified_schema("spans", &sql_schema())?;
+        let predicate = self.query.predicate_expr(state)?;
+        let window = in_window(self.query.start, self.query.end);
+        let mut columns = vec![
+            col(c::TRACE_ID),
+            col(c::SPAN_ID),
+            col(c::PARENT_SPAN_ID),
+            cast(col(c::START_TIME), DataType::Int64).alias("__start"),
+        ];
+        for (i, leaf) in self.plan.leaves.iter().enumerate() {
+            let leaf = parse_sql_expr(state, leaf, &spans_schema)?;
+            columns.push(
+                leaf.and(window.clone())
+                    .is_true()
+                    .alias(format!("__leaf_{i}")),
+            );
+        }
+        let mut fetch = self.query.limit;
+        loop {
+            let round = SearchQuery {
+                limit: fetch,
+                ..self.query.clone()
+            };
+            let ids = candidates(&self.table, &round, &predicate, state).await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let plan = spans_scan(&self.table, "spans")?
+                .filter(
+                    col(c::TRACE_ID)
+                        .in_list(ids.iter().map(|id| lit(id.as_str())).collect(), false),
+                )?
+                .project(columns.clone())?
+                .build()?;
+            let matched = matched_spansets(&run(state, plan).await?, self.plan.leaves.len(), tree)?;
+            let mut found = Vec::new();
+            if !matched.is_empty() {
+                let qualifying: Vec<String> = matched.keys().cloned().collect();
+                let plan = summaries_plan_with(
+                    spans_scan(&self.table, "spans")?,
+                    &qualifying,
+                    predicate.clone(),
+                    self.query.start,
+                    self.query.end,
+                    |_| Ok(Vec::new()),
+                )?;
+                let summaries = run(state, plan).await?;
+                found = with_matches(&self.schema, &summaries, &matched, self.query.limit)?;
+            }
+            let rows: usize = found.iter().map(|b| b.num_rows()).sum();
+            if rows >= self.query.limit || ids.len() < fetch || fetch >= MAX_SEARCH_LIMIT {
+                return Ok(found);
+            }
+            fetch = fetch.saturating_mul(4).min(MAX_SEARCH_LIMIT);
+        }
+    }
+}
+
+/// The spans a structural query selects in one trace: `(start, span id)` of each, by start
+/// time.
+struct Matched {
+    spans: Vec<(i64, String)>,
+}
+
+/// Groups `batches` (trace id, span id, parent id, start, one flag per leaf) by trace and
+/// evaluates `tree` on each: the traces whose spanset is not empty.
+fn matched_spansets(
+    batches: &[RecordBatch],
+    leaves: usize,
+    tree: &SpansetTree,
+) -> Result<HashMap<String, Matched>> {
+    #[derive(Default)]
+    struct Rows {
+        ids: Vec<String>,
+        parents: Vec<Option<String>>,
+        starts: Vec<i64>,
+        flags: Vec<Vec<bool>>,
+    }
+    let mut traces: HashMap<String, Rows> = HashMap::new();
+    for batch in batches {
+        let text = |i: usize| -> Result<ArrayRef> {
+            Ok(arrow::compute::cast(batch.column(i), &DataType::Utf8)?)
+        };
+        let (trace_ids, span_ids, parents) = (text(0)?, text(1)?, text(2)?);
+        let (trace_ids, span_ids, parents) = (
+            trace_ids.as_string::<i32>(),
+            span_ids.as_string::<i32>(),
+            parents.as_string::<i32>(),
+        );
+        let starts = batch
+            .column(3)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| DataFusionError::Internal("span start is not Int64".into()))?;
+        let flags = (0..leaves)
+            .map(|i| {
+                batch
+                    .column(4 + i)
+                    .as_boolean_opt()
+                    .ok_or_else(|| DataFusionError::Internal("a leaf flag is not boolean".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for row in 0..batch.num_rows() {
+            if trace_ids.is_null(row) || span_ids.is_null(row) {
+                continue;
+            }
+            let rows = traces
+                .entry(trace_ids.value(row).to_string())
+                .or_insert_with(|| Rows {
+                    flags: vec![Vec::new(); leaves],
+                    ..Default::default()
+                });
+            rows.ids.push(span_ids.value(row).to_string());
+            rows.parents.push(
+                parents
+                    .is_valid(row)
+                    .then(|| parents.value(row).to_string()),
+            );
+            rows.starts.push(starts.value(row));
+            for (i, f) in flags.iter().enumerate() {
+                rows.flags[i].push(f.is_valid(row) && f.value(row));
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for (trace, rows) in traces {
+        let spans = TraceSpans::from_ids(
+            rows.ids
+                .iter()
+                .map(String::as_str)
+                .zip(rows.parents.iter().map(Option::as_deref)),
+            rows.flags,
+        );
+        let selected = spans.evaluate(tree);
+        let mut matched: Vec<(i64, String)> = selected
+            .iter()
+            .zip(rows.starts.iter().zip(rows.ids))
+            .filter(|(s, _)| **s)
+            .map(|(_, (start, id))| (*start, id))
+            .collect();
+        if matched.is_empty() {
+            continue;
+        }
+        matched.sort();
+        out.insert(trace, Matched { spans: matched });
+    }
+    Ok(out)
+}
+
+/// `summaries` (in the schema of `trace_search`) with their matched columns replaced by the
+/// spansets of `matched`, newest match first, at most `limit` rows.
+fn with_matches(
+    schema: &SchemaRef,
+    summaries: &[RecordBatch],
+    matched: &HashMap<String, Matched>,
+    limit: usize,
+) -> Result<Vec<RecordBatch>> {
+    use super::search::search_col;
+    if summaries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let batch = arrow::compute::concat_batches(schema, summaries)?;
+    let index = |name: &str| schema.index_of(name);
+    let trace_ids = arrow::compute::cast(batch.column(index(c::TRACE_ID)?), &DataType::Utf8)?;
+    let trace_ids = trace_ids.as_string::<i32>();
+    let mut counts = Vec::with_capacity(batch.num_rows());
+    let mut last = Vec::with_capacity(batch.num_rows());
+    let mut lists = ListBuilder::new(StringBuilder::new());
+    for row in 0..batch.num_rows() {
+        let spans = matched
+            .get(trace_ids.value(row))
+            .map(|m| m.spans.as_slice())
+            .unwrap_or_default();
+        counts.push(spans.len() as i64);
+        last.push(spans.iter().map(|(start, _)| *start).max());
+        for (_, id) in spans {
+            lists.values().append_value(id);
+        }
+        lists.append(true);
+    }
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let replace = |name: &str, array: ArrayRef, columns: &mut Vec<ArrayRef>| -> Result<()> {
+        let i = index(name)?;
+        columns[i] = arrow::compute::cast(&array, schema.field(i).data_type())?;
+        Ok(())
+    };
+    replace(
+        search_col::MATCHED_COUNT,
+        Arc::new(Int64Array::from(counts)),
+        &mut columns,
+    )?;
+    replace(
+        search_col::LAST_MATCH_TIME,
+        Arc::new(TimestampNanosecondArray::from(last)),
+        &mut columns,
+    )?;
+    replace(
+        search_col::MATCHED_SPAN_IDS,
+        Arc::new(lists.finish()),
+        &mut columns,
+    )?;
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let order = arrow::compute::lexsort_to_indices(
+        &[
+            arrow::compute::SortColumn {
+                values: batch.column(index(search_col::LAST_MATCH_TIME)?).clone(),
+                options: Some(arrow::compute::SortOptions {
+                    descending: true,
+                    nulls_first: false,
+                }),
+            },
+            arrow::compute::SortColumn {
+                values: batch.column(index(c::TRACE_ID)?).clone(),
+                options: None,
+            },
+        ],
+        Some(limit),
+    )?;
+    Ok(vec![arrow::compute::take_record_batch(&batch, &order)?])
+}
+
 #[async_trait]
 impl TableProvider for TraceQlTable {
     fn schema(&self) -> SchemaRef {
@@ -256,6 +488,14 @@ impl TableProvider for TraceQlTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(tree) = &self.plan.structure {
+            let batches = self.structural(state, tree).await?;
+            return Ok(MemorySourceConfig::try_new_exec(
+                &[batches],
+                self.schema.clone(),
+                projection.cloned(),
+            )?);
+        }
         let Some(filter) = &self.plan.trace_filter else {
             let search = TraceSearchTable::try_new(self.table.clone(), self.query.clone())?;
             return search.scan(state, projection, filters, limit).await;

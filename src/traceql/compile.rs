@@ -36,6 +36,54 @@ pub struct SearchPlan {
     pub trace_filter: Option<String>,
     /// The fields to show on matching spans.
     pub shown: Vec<ShownField>,
+    /// For a query with structural operators (`>`, `>>`, `<`, `<<`, `~` and their `!` and `&`
+    /// forms): the spanset expression over `leaves`, evaluated per trace on its span tree.
+    /// The trace qualifies when the resulting spanset is not empty, and its matched spans are
+    /// that spanset. `None` for other queries.
+    pub structure: Option<SpansetTree>,
+}
+
+/// A structural relation: which spans of the right-hand side a plain operator keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// `>`: those whose parent is on the left.
+    Child,
+    /// `>>`: those with an ancestor on the left.
+    Descendant,
+    /// `<`: those that are the parent of a span on the left.
+    Parent,
+    /// `<<`: those that are an ancestor of a span on the left.
+    Ancestor,
+    /// `~`: those with a sibling (same parent, another span) on the left.
+    Sibling,
+}
+
+/// How a structural operator uses its relation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// `>`: the right-hand spans in the relation.
+    Plain,
+    /// `!>`: the right-hand spans not in the relation.
+    Negated,
+    /// `&>`: the spans of both sides that are in the relation.
+    Union,
+}
+
+/// A spanset expression over the leaves (spanset filters) of a [`SearchPlan`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpansetTree {
+    /// The spans matching leaf `i` (in the window).
+    Leaf(usize),
+    /// Both sides' spans when neither is empty, else none.
+    And(Box<SpansetTree>, Box<SpansetTree>),
+    /// The spans of either side.
+    Or(Box<SpansetTree>, Box<SpansetTree>),
+    Structural {
+        relation: Relation,
+        form: Form,
+        lhs: Box<SpansetTree>,
+        rhs: Box<SpansetTree>,
+    },
 }
 
 /// The function of a compiled metrics query.
@@ -130,6 +178,34 @@ pub fn compile(query: &Query) -> Result<Compiled, TraceQlError> {
         }
     }
     let span_predicate = or_all(compiler.leaves.iter().map(|l| l.span_sql.clone()));
+    if compiler.structural_at.is_some() {
+        if let Some(at) = compiler.leaves.iter().find_map(|l| l.trace_pos) {
+            return Err(TraceQlError::new(
+                at,
+                "trace-level intrinsics (trace:duration, trace:rootName, trace:rootService) are \
+                 not supported in a query with structural operators",
+            ));
+        }
+        if let Some(stage) = query
+            .stages
+            .iter()
+            .find(|s| matches!(s, Stage::Filter { .. }))
+        {
+            return Err(TraceQlError::new(
+                stage_pos(stage),
+                "pipeline aggregates (count(), avg(), ...) are not supported after structural \
+                 operators",
+            ));
+        }
+        return Ok(Compiled::Search(SearchPlan {
+            span_predicate,
+            leaves: compiler.leaves.iter().map(|l| l.span_sql.clone()).collect(),
+            aggregates: Vec::new(),
+            trace_filter: None,
+            shown: compiler.shown,
+            structure: Some(tree.public()),
+        }));
+    }
     let needs_leaves = tree_needs_leaves(&tree, &compiler.leaves);
     let mut filter_parts = Vec::new();
     if needs_leaves {
@@ -152,6 +228,7 @@ pub fn compile(query: &Query) -> Result<Compiled, TraceQlError> {
         aggregates: compiler.aggregates,
         trace_filter,
         shown: compiler.shown,
+        structure: None,
     }))
 }
 
@@ -178,6 +255,8 @@ struct Leaf {
     span_sql: String,
     /// Conditions on the trace (over `trace_search`'s columns).
     trace_sql: Vec<String>,
+    /// Where the first trace-level condition is written.
+    trace_pos: Option<usize>,
 }
 
 /// Spanset operators over leaves.
@@ -185,12 +264,39 @@ enum Tree {
     Leaf(usize),
     And(Box<Tree>, Box<Tree>),
     Or(Box<Tree>, Box<Tree>),
+    Structural {
+        relation: Relation,
+        form: Form,
+        lhs: Box<Tree>,
+        rhs: Box<Tree>,
+    },
+}
+
+impl Tree {
+    fn public(&self) -> SpansetTree {
+        match self {
+            Tree::Leaf(i) => SpansetTree::Leaf(*i),
+            Tree::And(a, b) => SpansetTree::And(Box::new(a.public()), Box::new(b.public())),
+            Tree::Or(a, b) => SpansetTree::Or(Box::new(a.public()), Box::new(b.public())),
+            Tree::Structural {
+                relation,
+                form,
+                lhs,
+                rhs,
+            } => SpansetTree::Structural {
+                relation: *relation,
+                form: *form,
+                lhs: Box::new(lhs.public()),
+                rhs: Box::new(rhs.public()),
+            },
+        }
+    }
 }
 
 fn tree_needs_leaves(tree: &Tree, leaves: &[Leaf]) -> bool {
     match tree {
         Tree::Leaf(i) => !leaves[*i].trace_sql.is_empty(),
-        Tree::And(..) => true,
+        Tree::And(..) | Tree::Structural { .. } => true,
         Tree::Or(a, b) => tree_needs_leaves(a, leaves) || tree_needs_leaves(b, leaves),
     }
 }
@@ -200,6 +306,8 @@ struct Compiler {
     leaves: Vec<Leaf>,
     aggregates: Vec<(String, String)>,
     shown: Vec<ShownField>,
+    /// Where the first structural operator is written.
+    structural_at: Option<usize>,
 }
 
 /// An SQL string literal.
@@ -366,6 +474,7 @@ impl Compiler {
                     None => Leaf {
                         span_sql: "TRUE".into(),
                         trace_sql: Vec::new(),
+                        trace_pos: None,
                     },
                     Some(condition) => self.leaf(condition)?,
                 };
@@ -378,22 +487,44 @@ impl Compiler {
             SpansetExpr::Or(a, b) => {
                 Tree::Or(Box::new(self.spansets(a)?), Box::new(self.spansets(b)?))
             }
-            SpansetExpr::Structural { op, pos, .. } => {
-                let written = match op {
-                    StructuralOp::Child => ">",
-                    StructuralOp::Descendant => ">>",
-                    StructuralOp::Parent => "<",
-                    StructuralOp::Ancestor => "<<",
-                    StructuralOp::Sibling => "~",
-                    StructuralOp::Other(s) => s,
+            SpansetExpr::Structural { op, lhs, rhs, pos } => {
+                let (relation, form) = match op {
+                    StructuralOp::Child => (Relation::Child, Form::Plain),
+                    StructuralOp::Descendant => (Relation::Descendant, Form::Plain),
+                    StructuralOp::Parent => (Relation::Parent, Form::Plain),
+                    StructuralOp::Ancestor => (Relation::Ancestor, Form::Plain),
+                    StructuralOp::Sibling => (Relation::Sibling, Form::Plain),
+                    StructuralOp::Other(written) => {
+                        let (form, rest) = if let Some(rest) = written.strip_prefix('!') {
+                            (Form::Negated, rest)
+                        } else if let Some(rest) = written.strip_prefix('&') {
+                            (Form::Union, rest)
+                        } else {
+                            (Form::Plain, *written)
+                        };
+                        let relation = match rest {
+                            ">" => Relation::Child,
+                            ">>" => Relation::Descendant,
+                            "<" => Relation::Parent,
+                            "<<" => Relation::Ancestor,
+                            "~" => Relation::Sibling,
+                            _ => {
+                                return Err(TraceQlError::new(
+                                    *pos,
+                                    format!("the structural operator {written:?} is not supported"),
+                                ));
+                            }
+                        };
+                        (relation, form)
+                    }
                 };
-                return Err(TraceQlError::new(
-                    *pos,
-                    format!(
-                        "the structural operator {written:?} is not supported yet; spanset && and \
-                         || are"
-                    ),
-                ));
+                self.structural_at.get_or_insert(*pos);
+                Tree::Structural {
+                    relation,
+                    form,
+                    lhs: Box::new(self.spansets(lhs)?),
+                    rhs: Box::new(self.spansets(rhs)?),
+                }
             }
         })
     }
@@ -403,16 +534,18 @@ impl Compiler {
         conjuncts(condition, &mut parts);
         let mut span = Vec::new();
         let mut trace = Vec::new();
+        let mut trace_pos = None;
         for part in parts {
             match reads_trace_level(part) {
                 None => span.push(self.field(part)?),
-                Some(pos) => match part {
+                Some(at) => match part {
                     FieldExpr::Cmp { lhs, op, rhs, pos } => {
+                        trace_pos.get_or_insert(at);
                         trace.push(self.trace_comparison(lhs, *op, rhs, *pos)?)
                     }
                     _ => {
                         return Err(TraceQlError::new(
-                            pos,
+                            at,
                             "a trace-level intrinsic (trace:duration, trace:rootName, \
                              trace:rootService) may only be compared with a value and combined \
                              with && at the top of a spanset filter",
@@ -424,6 +557,7 @@ impl Compiler {
         Ok(Leaf {
             span_sql: and_all(span),
             trace_sql: trace,
+            trace_pos,
         })
     }
 
@@ -679,6 +813,9 @@ impl Compiler {
             }
             Tree::And(a, b) => format!("({}) AND ({})", self.tree_sql(a), self.tree_sql(b)),
             Tree::Or(a, b) => format!("({}) OR ({})", self.tree_sql(a), self.tree_sql(b)),
+            // Queries with structural operators are evaluated on the span tree
+            // (`SearchPlan::structure`), never through SQL.
+            Tree::Structural { .. } => "FALSE".into(),
         }
     }
 
@@ -689,6 +826,13 @@ impl Compiler {
         by: &[Operand],
         pos: usize,
     ) -> Result<MetricsPlan, TraceQlError> {
+        if let Some(at) = self.structural_at {
+            return Err(TraceQlError::new(
+                at,
+                "a metrics query counts spans: structural operators (>, >>, <, <<, ~) are not \
+                 supported in one",
+            ));
+        }
         if tree_needs_leaves(&tree, &self.leaves) {
             return Err(TraceQlError::new(
                 0,
@@ -984,9 +1128,15 @@ mod tests {
 
     #[test]
     fn unsupported_constructs_are_refused_with_their_position() {
-        let e = refused(r#"{ name = "a" } >> { name = "b" }"#);
+        let e = refused(r#"{ name = "a" } >> { name = "b" } | count() > 1"#);
+        assert_eq!(e.position, 35);
+        assert!(e.message.contains("after structural operators"), "{e}");
+        let e = refused(r#"{ name = "a" } > { trace:duration > 1s }"#);
+        assert_eq!(e.position, 19);
+        assert!(e.message.contains("structural"), "{e}");
+        let e = refused(r#"{ name = "a" } ~ { } | rate()"#);
         assert_eq!(e.position, 15);
-        assert!(e.message.contains("\">>\""), "{e}");
+        assert!(e.message.contains("metrics"), "{e}");
         let e = refused(r#"{ event.x = "a" }"#);
         assert!(e.message.contains("event."), "{e}");
         let e = refused(r#"{ duration > "a" }"#);
@@ -999,6 +1149,38 @@ mod tests {
         assert!(e.message.contains("by("), "{e}");
         let e = refused(r#"{ span.n =~ 3 }"#);
         assert!(e.message.contains("regular expression"), "{e}");
+    }
+
+    #[test]
+    fn structural_operators_compile_to_a_spanset_tree() {
+        let s = search(r#"{ name = "a" } >> ({ name = "b" } || { name = "c" }) && { }"#);
+        assert_eq!(s.leaves.len(), 4);
+        assert_eq!(s.trace_filter, None);
+        let Some(SpansetTree::And(lhs, rhs)) = s.structure else {
+            panic!("{:?}", s.structure);
+        };
+        assert_eq!(*rhs, SpansetTree::Leaf(3));
+        assert!(matches!(
+            *lhs,
+            SpansetTree::Structural {
+                relation: Relation::Descendant,
+                form: Form::Plain,
+                ..
+            }
+        ));
+        for (op, relation, form) in [
+            ("!<", Relation::Parent, Form::Negated),
+            ("&~", Relation::Sibling, Form::Union),
+            ("!~", Relation::Sibling, Form::Negated),
+        ] {
+            let s = search(&format!("{{ }} {op} {{ }}"));
+            assert!(
+                matches!(s.structure, Some(SpansetTree::Structural { relation: r, form: f, .. }) if r == relation && f == form),
+                "{op}: {:?}",
+                s.structure
+            );
+        }
+        assert_eq!(search("{ }").structure, None);
     }
 
     #[test]

@@ -21,8 +21,12 @@
 
 pub mod compile;
 pub mod parse;
+pub mod structure;
 
-pub use compile::{Compiled, MetricsKind, MetricsPlan, SearchPlan, ShownField, compile};
+pub use compile::{
+    Compiled, Form, MetricsKind, MetricsPlan, Relation, SearchPlan, ShownField, SpansetTree,
+    compile,
+};
 pub use parse::{Query, parse};
 
 /// A query TraceQL cannot read or tracelake cannot run: what and where (a byte offset into

@@ -619,6 +619,9 @@ impl Parser {
                 Tok::Structural("<<") => StructuralOp::Ancestor,
                 Tok::Structural("~") => StructuralOp::Sibling,
                 Tok::Structural(other) => StructuralOp::Other(other),
+                // Between spansets `!~` is "not a sibling of" (the lexer reads the regex
+                // operator).
+                Tok::Op(CmpOp::NotMatch) => StructuralOp::Other("!~"),
                 _ => return Ok(lhs),
             };
             self.bump();
