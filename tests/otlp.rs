@@ -499,22 +499,80 @@ async fn real_sdks_write_nested_typed_traces_through_tracelake_serve() {
     let (http_trace, http_linked) = python("http", format!("http://{}/v1/traces", server.http));
     let (grpc_trace, _) = python("grpc", server.grpc.to_string());
     // Read back through the Tempo API as Grafana does, decoded by the Python protobuf runtime.
-    let out = Command::new(&clients.python)
-        .arg(common::repo().join("tests/clients/tempo_client.py"))
-        .args([server.query.to_string(), http_trace.clone()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "tempo_client.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut read_back: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.split('\t').skip(1).collect::<Vec<_>>().join(" "))
+    let tempo = |args: &[&str]| -> Vec<String> {
+        let out = Command::new(&clients.python)
+            .arg(common::repo().join("tests/clients/tempo_client.py"))
+            .arg(server.query.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tempo_client.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let read_back: Vec<String> = tempo(&["trace", &http_trace])
+        .iter()
+        .map(|l| l.split('\t').collect::<Vec<_>>().join(" "))
         .collect();
-    read_back.sort();
-    assert_eq!(read_back, ["GET /checkout 0", "charge 1", "db.query 1"]);
+    assert_eq!(
+        read_back,
+        ["py-http GET /checkout 0", "py-http charge 1", "py-http db.query 1"]
+    );
+    // Search: a filter on a resource and a span attribute, and a structural query (the error
+    // span below the root, in both SDK traces).
+    assert_eq!(
+        tempo(&[
+            "search",
+            r#"{ resource.service.name = "py-http" && span.http.route = "/checkout" }"#
+        ]),
+        [format!("{http_trace}\tpy-http\tGET /checkout\tGET /checkout")]
+    );
+    let mut both = vec![
+        format!("{http_trace}\tpy-http\tGET /checkout\tcharge"),
+        format!("{grpc_trace}\tpy-grpc\tGET /checkout\tcharge"),
+    ];
+    both.sort();
+    assert_eq!(
+        tempo(&["search", r#"{ name = "GET /checkout" } >> { status = error }"#]),
+        both
+    );
+    // Tags and their typed values.
+    let tags = tempo(&["tags"]);
+    for tag in [
+        "span\thttp.route",
+        "span\tdb.rows",
+        "resource\tdeployment.environment",
+        "intrinsic\tduration",
+    ] {
+        assert!(tags.iter().any(|t| t == tag), "{tag:?} not in {tags:?}");
+    }
+    assert_eq!(tempo(&["values", "span.http.route"]), ["string\t/checkout"]);
+    assert_eq!(
+        tempo(&["values", "span.http.response.status_code"]),
+        ["int\t200"]
+    );
+    assert_eq!(
+        tempo(&["values", "resource.service.name"]),
+        ["string\tpy-grpc", "string\tpy-http"]
+    );
+    // Metrics: each SDK process sent four spans (the linked root and the three of the trace),
+    // one of them an error.
+    assert_eq!(
+        tempo(&["metrics", "{ } | count_over_time() by (resource.service.name)"]),
+        ["resource.service.name=py-grpc\t4", "resource.service.name=py-http\t4"]
+    );
+    assert_eq!(
+        tempo(&["metrics", "{ status = error } | count_over_time()"]),
+        ["\t2"]
+    );
     // JavaScript over OTLP/HTTP JSON.
     let out = Command::new("node")
         .arg(common::repo().join("tests/clients/otel_node.js"))
