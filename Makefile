@@ -8,7 +8,8 @@
 #                             1M spans in 24, 2,000 and 10,000 files, INSERT ... SELECT vs COPY,
 #                             open/refresh at 10 and 1,000 commits, ingest of 1M spans, OTLP/HTTP
 #                             ingest with 8 concurrent exporters, one process vs a Ballista cluster,
-#                             search by attributes on the demo generator's spans (group `search`)
+#                             search by attributes on the demo generator's spans (group `search`),
+#                             the Tempo HTTP API over loopback (group `tempo_api`)
 #   make bench.certification  Tier 2: against a latency-injected object store and an S3-protocol
 #                             server on loopback (moto from PyPI, installed and started here;
 #                             needs python3 and curl), built with the `s3` feature

@@ -8,6 +8,13 @@
 //!
 //! Each figure is the p50 of 30 runs (the lookups: 200 fresh ids), with the scan metrics of
 //! one run in the artifact's `extra`: row groups read and pruned (by attributes), bytes.
+//!
+//! Group `tempo_api` (`TRACELAKE_BENCH_GROUP=tempo_api`): the Tempo HTTP API of
+//! [`tracelake::tempo::router`] served by axum on loopback over the same 1M-span table, driven
+//! by a keep-alive HTTP/1.1 client as Grafana drives it (unix-second windows of the fixture's
+//! hour): trace by id as protobuf (200 fresh ids), search, tags, tag values and a metrics
+//! `query_range`. Each figure is the p50 of 30 requests (trace by id: 200), answer bytes in
+//! `extra`.
 
 mod support;
 
@@ -258,5 +265,181 @@ fn search(_c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, search);
+/// A keep-alive HTTP/1.1 client: enough of the protocol for the answers axum sends
+/// (`content-length` or chunked bodies).
+struct HttpClient {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl HttpClient {
+    async fn connect(address: std::net::SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream: tokio::io::BufReader::new(stream),
+        }
+    }
+
+    /// `GET path` with `accept`: the status and the body.
+    async fn get(&mut self, path: &str, accept: &str) -> (u16, Vec<u8>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAccept: {accept}\r\n\r\n");
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .expect("send");
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.expect("status");
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let (mut length, mut chunked) = (None, false);
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.expect("header");
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').expect("header line");
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse::<usize>().ok(),
+                "transfer-encoding" => chunked = value.trim().eq_ignore_ascii_case("chunked"),
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.stream.read_line(&mut line).await.expect("chunk size");
+                let size = usize::from_str_radix(line.trim(), 16).expect("chunk size");
+                let mut chunk = vec![0; size + 2];
+                self.stream.read_exact(&mut chunk).await.expect("chunk");
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else {
+            body.resize(length.expect("content-length"), 0);
+            self.stream.read_exact(&mut body).await.expect("body");
+        }
+        (status, body)
+    }
+}
+
+fn encoded(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+fn tempo_api(_c: &mut Criterion) {
+    if !enabled(BenchTier::Extended) || !group_selected("tempo_api") {
+        return;
+    }
+    let rt = runtime();
+    let (path, ids) = rt.block_on(fixture(1_000_000));
+    let (lake, _) = rt.block_on(open(&path));
+    let stats = lake.stats().expect("stats");
+    let table = json!({"spans": stats.spans, "files": stats.files, "commits": COMMITS});
+    let router = tracelake::tempo::router(&lake, tracelake::tempo::TempoApiConfig::default())
+        .expect("router");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    rt.spawn(async move { axum::serve(listener, router).await });
+    let mut client = rt.block_on(HttpClient::connect(address));
+    let (start, end) = (DAY0 / 1_000_000_000, (DAY0 + HOUR) / 1_000_000_000);
+    let window = format!("start={start}&end={end}");
+    let mut record = |name: &str,
+                      entrypoint: &str,
+                      runs: usize,
+                      path: &dyn Fn(usize) -> String,
+                      accept: &str| {
+        let (status, body) = rt.block_on(client.get(&path(0), accept));
+        assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
+        let mut bytes = 0;
+        let timings = sample(runs, |i| {
+            let (status, body) = rt.block_on(client.get(&path(i), accept));
+            assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
+            bytes = body.len();
+        });
+        let mut artifact = Artifact::new(
+            &format!("tempo_api_{name}"),
+            BenchTier::Extended,
+            entrypoint,
+        );
+        artifact.timings = timings;
+        artifact.table = table.clone();
+        artifact.extra = json!({ "answer_bytes": bytes, "example": path(0) });
+        artifact.write();
+    };
+    record(
+        "trace_v2_protobuf",
+        "GET /api/v2/traces/<id>?start=&end= (Accept: application/protobuf), fresh ids",
+        200.min(ids.len()),
+        &|i| format!("/api/v2/traces/{}?{window}", ids[(i + 1) % ids.len()]),
+        "application/protobuf",
+    );
+    for (name, query) in [
+        // The issue's query (no checkout span of the demo has http.route: nothing matches, so
+        // the whole hour is searched), and the demo's own route.
+        (
+            "search_checkout_pay",
+            r#"{resource.service.name="checkout" && span.http.route="/pay" && duration > 100ms}"#,
+        ),
+        (
+            "search_frontend_checkout",
+            r#"{resource.service.name="frontend" && span.http.route="/checkout" && duration > 100ms}"#,
+        ),
+    ] {
+        let path = format!("/api/search?q={}&limit=20&spss=3&{window}", encoded(query));
+        record(
+            name,
+            &format!("GET /api/search?q={query}&limit=20 (1 hour)"),
+            30,
+            &|_| path.clone(),
+            "application/json",
+        );
+    }
+    let tags = format!("/api/v2/search/tags?{window}");
+    record(
+        "tags_v2",
+        "GET /api/v2/search/tags (1 hour)",
+        30,
+        &|_| tags.clone(),
+        "application/json",
+    );
+    let values = format!(
+        "/api/v2/search/tag/{}/values?{window}",
+        encoded(&encoded("span.http.route"))
+    );
+    record(
+        "tag_values_v2",
+        "GET /api/v2/search/tag/span.http.route/values (1 hour)",
+        30,
+        &|_| values.clone(),
+        "application/json",
+    );
+    let rate = "{} | rate() by (resource.service.name)";
+    let range = format!(
+        "/api/metrics/query_range?q={}&step=60&{window}",
+        encoded(rate)
+    );
+    record(
+        "query_range_rate_by_service",
+        &format!("GET /api/metrics/query_range?q={rate}&step=60 (1 hour)"),
+        30,
+        &|_| range.clone(),
+        "application/json",
+    );
+}
+
+criterion_group!(benches, search, tempo_api);
 criterion_main!(benches);

@@ -524,7 +524,11 @@ async fn real_sdks_write_nested_typed_traces_through_tracelake_serve() {
         .collect();
     assert_eq!(
         read_back,
-        ["py-http GET /checkout 0", "py-http charge 1", "py-http db.query 1"]
+        [
+            "py-http GET /checkout 0",
+            "py-http charge 1",
+            "py-http db.query 1"
+        ]
     );
     // Search: a filter on a resource and a span attribute, and a structural query (the error
     // span below the root, in both SDK traces).
@@ -533,7 +537,9 @@ async fn real_sdks_write_nested_typed_traces_through_tracelake_serve() {
             "search",
             r#"{ resource.service.name = "py-http" && span.http.route = "/checkout" }"#
         ]),
-        [format!("{http_trace}\tpy-http\tGET /checkout\tGET /checkout")]
+        [format!(
+            "{http_trace}\tpy-http\tGET /checkout\tGET /checkout"
+        )]
     );
     let mut both = vec![
         format!("{http_trace}\tpy-http\tGET /checkout\tcharge"),
@@ -541,7 +547,10 @@ async fn real_sdks_write_nested_typed_traces_through_tracelake_serve() {
     ];
     both.sort();
     assert_eq!(
-        tempo(&["search", r#"{ name = "GET /checkout" } >> { status = error }"#]),
+        tempo(&[
+            "search",
+            r#"{ name = "GET /checkout" } >> { status = error }"#
+        ]),
         both
     );
     // Tags and their typed values.
@@ -566,8 +575,14 @@ async fn real_sdks_write_nested_typed_traces_through_tracelake_serve() {
     // Metrics: each SDK process sent four spans (the linked root and the three of the trace),
     // one of them an error.
     assert_eq!(
-        tempo(&["metrics", "{ } | count_over_time() by (resource.service.name)"]),
-        ["resource.service.name=py-grpc\t4", "resource.service.name=py-http\t4"]
+        tempo(&[
+            "metrics",
+            "{ } | count_over_time() by (resource.service.name)"
+        ]),
+        [
+            "resource.service.name=py-grpc\t4",
+            "resource.service.name=py-http\t4"
+        ]
     );
     assert_eq!(
         tempo(&["metrics", "{ status = error } | count_over_time()"]),
