@@ -31,6 +31,14 @@ fn demo_then_sql_stats_and_maintenance() {
     assert!(out.contains("wrote 120 traces"), "{out}");
     assert!(out.contains("Spans and errors per service"), "{out}");
     assert!(out.contains("frontend"), "{out}");
+    // The demo ends by pointing at the trace view.
+    assert!(
+        out.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("open http://127.0.0.1:3200/")),
+        "{out}"
+    );
 
     // Every span as a JSON object per line, with the required keys.
     let spans = std::fs::read_to_string(&spans_file).unwrap();

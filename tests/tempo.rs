@@ -392,4 +392,20 @@ async fn a_bearer_token_is_required_when_configured() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // The trace view's page holds no data and loads without the token (its API calls send
+    // the one the user enters).
+    for page in [
+        "/",
+        "/trace/0af7651916cd43dd8448eb211c80319c",
+        "/ui/app.js",
+        "/ui/style.css",
+    ] {
+        let (status, body) = get(&app, page, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(!body.is_empty(), "{page}");
+    }
+    assert_eq!(
+        get(&app, "/api/search?q=%7B%7D", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -3,7 +3,9 @@
 //! names and values, and TraceQL metrics, so a Grafana Tempo data source pointed at it works.
 //! Every answer is computed with the SQL functions of [`crate::functions`] (`traceql`,
 //! `traceql_metrics`, `attribute_keys`, `attribute_values`) in a read-only session: nothing on
-//! this router writes. docs/grafana.md lists the endpoints and what is supported.
+//! this router writes. docs/grafana.md lists the endpoints and what is supported. The same
+//! router serves the trace view ([`ui`]): a search page at `/` and a waterfall at
+//! `/trace/<id>` (docs/ui.md).
 //!
 //! ```no_run
 //! # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,6 +17,7 @@
 //! ```
 
 pub mod otlp_out;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -160,7 +163,10 @@ pub fn router(lake: &TraceLake, config: TempoApiConfig) -> Result<Router> {
         .route("/api/metrics/query_range", get(query_range))
         .route("/api/metrics/query", get(query_instant))
         .layer(middleware::from_fn_with_state(api.clone(), guard))
-        .with_state(api);
+        .with_state(api)
+        // The trace view's page holds no data: it is served without the token (its API calls
+        // send it).
+        .merge(ui::routes());
     Ok(routes)
 }
 
@@ -543,13 +549,26 @@ async fn search(
             }));
         }
     }
-    let spans = matched_spans(&api, &wanted, &shown).await?;
+    let (spans, stats) = matched_spans(&api, &wanted, &shown).await?;
     for (trace, (id, _)) in traces.iter_mut().zip(&wanted) {
         let matched = trace["matched"].take();
         let list = spans.get(id).cloned().unwrap_or_default();
         let set = json!({ "spans": list, "matched": matched });
         trace["spanSet"] = set.clone();
         trace["spanSets"] = json!([set]);
+        let services: serde_json::Map<String, Value> = stats
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|(service, (spans, errors))| {
+                let mut entry = json!({ "spanCount": spans });
+                if *errors > 0 {
+                    entry["errorCount"] = json!(errors);
+                }
+                (service.clone(), entry)
+            })
+            .collect();
+        trace["serviceStats"] = Value::Object(services);
         if let Some(object) = trace.as_object_mut() {
             object.remove("matched");
         }
@@ -568,19 +587,16 @@ async fn matched_spans(
     api: &Api,
     wanted: &[(String, Vec<String>)],
     shown: &[ShownField],
-) -> std::result::Result<HashMap<String, Vec<Value>>, Refusal> {
+) -> std::result::Result<(HashMap<String, Vec<Value>>, HashMap<String, ServiceStats>), Refusal> {
     let mut out: HashMap<String, Vec<Value>> = HashMap::new();
-    let ids: Vec<String> = wanted
-        .iter()
-        .filter(|(_, spans)| !spans.is_empty())
-        .map(|(t, _)| sql_string(t))
-        .collect();
+    let mut stats: HashMap<String, ServiceStats> = HashMap::new();
+    let ids: Vec<String> = wanted.iter().map(|(t, _)| sql_string(t)).collect();
     if ids.is_empty() {
-        return Ok(out);
+        return Ok((out, stats));
     }
     let sql = format!(
         "SELECT trace_id, span_id, name, start_time, duration_ns, attributes, resource_attributes, \
-         service_name FROM spans WHERE trace_id IN ({})",
+         service_name, status_code = 'ERROR' FROM spans WHERE trace_id IN ({})",
         ids.join(", ")
     );
     let batches = run_sql(api, &sql).await?;
@@ -602,9 +618,25 @@ async fn matched_spans(
             .as_map_opt()
             .ok_or_else(|| failed("resource_attributes is not a map"))?;
         let services = strings(batch, 7)?;
+        let errors = batch
+            .column(8)
+            .as_boolean_opt()
+            .ok_or_else(|| failed("the error flag is not boolean"))?;
         for row in 0..batch.num_rows() {
             let trace = traces.value(row);
             let span = span_ids.value(row);
+            let service = if services.is_valid(row) {
+                services.value(row)
+            } else {
+                ""
+            };
+            let counts = stats
+                .entry(trace.to_string())
+                .or_default()
+                .entry(service.to_string())
+                .or_default();
+            counts.0 += 1;
+            counts.1 += u64::from(errors.is_valid(row) && errors.value(row));
             if !wanted_spans
                 .get(trace)
                 .is_some_and(|s| s.iter().any(|x| x == span))
@@ -652,8 +684,11 @@ async fn matched_spans(
             .collect();
         out.insert(trace.clone(), list);
     }
-    Ok(out)
+    Ok((out, stats))
 }
+
+/// Per service of a trace: its spans and error spans.
+type ServiceStats = std::collections::BTreeMap<String, (u64, u64)>;
 
 /// TraceQL's intrinsic tag names, as the tag pickers list them.
 const INTRINSIC_TAGS: [&str; 8] = [

@@ -4,7 +4,7 @@
 #     SDK with its OTLP/HTTP and OTLP/gRPC exporters, and Python `deltalake` (another Delta
 #     reader, to check that tracelake's tables stay standard) with `pyarrow`;
 #   - npm packages under target/clients/node: the OpenTelemetry JavaScript SDK with its
-#     OTLP/HTTP (JSON) exporter.
+#     OTLP/HTTP (JSON) exporter, and playwright-core (drives the system's Chromium).
 # Needs python3 (with venv) and npm, and the package registries. The tests run it themselves
 # the first time they need a client; .ci/run runs it up front.
 set -euo pipefail
@@ -19,12 +19,18 @@ python_packages=(
   "opentelemetry-exporter-otlp-proto-grpc==1.45.2"
   "deltalake==1.6.6"
   "pyarrow==26.0.1"
+  # The independent protobuf decoder of tests/clients/tempo_client.py (also an exporter
+  # dependency; pinned here because the Tempo API tests use it directly).
+  "protobuf==7.36.2"
 )
 node_packages=(
   "@opentelemetry/api@1.10.0"
   "@opentelemetry/sdk-trace@3.1.0"
   "@opentelemetry/resources@3.1.1"
   "@opentelemetry/exporter-trace-otlp-http@0.301.0"
+  # Drives Debian's Chromium (/usr/bin/chromium; .ci/run installs it) for the trace view's
+  # tests (tests/clients/trace_view.js). playwright-core downloads no browser.
+  "playwright-core@1.65.2"
 )
 
 # One installer at a time (test binaries run in parallel).

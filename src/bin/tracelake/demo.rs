@@ -112,7 +112,10 @@ pub(crate) async fn run(
          tracelake sql --table {table}          # an interactive SQL shell\n  \
          tracelake serve --table {table}        # receive spans over OTLP on 127.0.0.1:4318 (HTTP) and :4317 (gRPC)\n  \
          tracelake stats --table {table}\n  \
-         tracelake optimize --table {table}"
+         tracelake optimize --table {table}\n\n\
+         To see the traces in a browser, run `tracelake serve --table {table}` and open \
+         http://127.0.0.1:3200/ (a search page and each trace as a waterfall; Grafana's Tempo \
+         data source works on the same address)."
     )?;
     Ok(())
 }

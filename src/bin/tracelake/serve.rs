@@ -255,7 +255,7 @@ pub(crate) async fn run(
     if let Some((addr, _)) = &query {
         writeln!(
             out,
-            "listening query-http http://{addr} (Grafana Tempo API)"
+            "listening query-http http://{addr} (Grafana Tempo API; the trace view at http://{addr}/)"
         )?;
     }
     out.flush()?;
