@@ -12,7 +12,8 @@
 //! Group `tempo_api` (`TRACELAKE_BENCH_GROUP=tempo_api`): the Tempo HTTP API of
 //! [`tracelake::tempo::router`] served by axum on loopback over the same 1M-span table, driven
 //! by a keep-alive HTTP/1.1 client as Grafana drives it (unix-second windows of the fixture's
-//! hour): trace by id as protobuf (200 fresh ids), search, tags, tag values and a metrics
+//! hour; none for trace by id, as Grafana by default): trace by id as protobuf (200 fresh
+//! ids), search, tags, tag values and a metrics
 //! `query_range`. Each figure is the p50 of 30 requests (trace by id: 200), answer bytes in
 //! `extra`.
 
@@ -195,7 +196,12 @@ fn measure(rt: &tokio::runtime::Runtime, path: &Path, ids: &[String], label: &st
     });
     disk.timings = vec![std::time::Duration::ZERO];
     disk.write();
+    // `TRACELAKE_BENCH_QUERY=dedicated_count` measures that query alone (for profiling).
+    let only = std::env::var("TRACELAKE_BENCH_QUERY").ok();
     for (name, sql) in queries() {
+        if only.as_deref().is_some_and(|q| q != name) {
+            continue;
+        }
         let (rows, metrics) = rt.block_on(run(&ctx, &sql));
         let timings = sample(30, |_| {
             rt.block_on(run(&ctx, &sql));
@@ -382,9 +388,9 @@ fn tempo_api(_c: &mut Criterion) {
     };
     record(
         "trace_v2_protobuf",
-        "GET /api/v2/traces/<id>?start=&end= (Accept: application/protobuf), fresh ids",
+        "GET /api/v2/traces/<id> (Accept: application/protobuf; no window, Grafana's default), fresh ids",
         200.min(ids.len()),
-        &|i| format!("/api/v2/traces/{}?{window}", ids[(i + 1) % ids.len()]),
+        &|i| format!("/api/v2/traces/{}", ids[(i + 1) % ids.len()]),
         "application/protobuf",
     );
     for (name, query) in [
