@@ -89,9 +89,9 @@ impl TraceSpans {
                 .collect(),
             Relation::Parent => {
                 let mut out = vec![false; n];
-                for s in 0..n {
-                    if let (true, Some(p)) = (set[s], self.parent[s]) {
-                        out[p] = true;
+                for (&member, parent) in set.iter().zip(&self.parent) {
+                    if let (true, Some(p)) = (member, parent) {
+                        out[*p] = true;
                     }
                 }
                 out
@@ -99,9 +99,9 @@ impl TraceSpans {
             Relation::Sibling => {
                 // Per parent: how many of its children are in `set`.
                 let mut in_set = vec![0usize; n];
-                for s in 0..n {
-                    if let (true, Some(p)) = (set[s], self.parent[s]) {
-                        in_set[p] += 1;
+                for (&member, parent) in set.iter().zip(&self.parent) {
+                    if let (true, Some(p)) = (member, parent) {
+                        in_set[*p] += 1;
                     }
                 }
                 (0..n)
@@ -112,11 +112,11 @@ impl TraceSpans {
                 // Walk up from each member, stopping at a span already marked: each span is
                 // marked once.
                 let mut out = vec![false; n];
-                for s in 0..n {
-                    if !set[s] {
+                for (&member, parent) in set.iter().zip(&self.parent) {
+                    if !member {
                         continue;
                     }
-                    let mut at = self.parent[s];
+                    let mut at = *parent;
                     let mut steps = 0;
                     while let Some(p) = at {
                         if out[p] || steps > n {
