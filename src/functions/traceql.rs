@@ -168,16 +168,8 @@ impl TraceQlTable {
             .map(|(f, a)| Ok((f.clone(), parse_sql_expr(state, a, &spans_schema)?)))
             .collect::<Result<Vec<_>>>()?;
         let window = in_window(self.query.start, self.query.end);
-        let mut fetch = self.query.limit;
-        loop {
-            let round = SearchQuery {
-                limit: fetch,
-                ..self.query.clone()
-            };
-            let ids = candidates(&self.table, &round, &predicate, state).await?;
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
+        let (predicate, leaves, aggregates, window) = (&predicate, &leaves, &aggregates, &window);
+        self.in_rounds(state, predicate, move |ids: Vec<String>| async move {
             let plan = summaries_plan_with(
                 spans_scan(&self.table, "spans")?,
                 &ids,
@@ -221,9 +213,38 @@ impl TraceQlTable {
                 .project(output)?
                 .limit(0, Some(self.query.limit))?
                 .build()?;
-            let batches = run(state, plan).await?;
+            run(state, plan).await
+        })
+        .await
+    }
+
+    /// Reads candidates (traces with a span matching `predicate`, newest first) in rounds:
+    /// `limit` of them, then 4x as many each round up to `MAX_SEARCH_LIMIT`, until `qualify`
+    /// (the rows of the traces among a round's ids that qualify) returns `limit` rows or the
+    /// window holds no more.
+    async fn in_rounds<F>(
+        &self,
+        state: &dyn Session,
+        predicate: &Expr,
+        qualify: impl Fn(Vec<String>) -> F,
+    ) -> Result<Vec<RecordBatch>>
+    where
+        F: std::future::Future<Output = Result<Vec<RecordBatch>>>,
+    {
+        let mut fetch = self.query.limit;
+        loop {
+            let round = SearchQuery {
+                limit: fetch,
+                ..self.query.clone()
+            };
+            let ids = candidates(&self.table, &round, predicate, state).await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let found = ids.len();
+            let batches = qualify(ids).await?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            if rows >= self.query.limit || ids.len() < fetch || fetch >= MAX_SEARCH_LIMIT {
+            if rows >= self.query.limit || found < fetch || fetch >= MAX_SEARCH_LIMIT {
                 return Ok(batches);
             }
             fetch = fetch.saturating_mul(4).min(MAX_SEARCH_LIMIT);
@@ -258,16 +279,8 @@ impl TraceQlTable {
                     .alias(format!("__leaf_{i}")),
             );
         }
-        let mut fetch = self.query.limit;
-        loop {
-            let round = SearchQuery {
-                limit: fetch,
-                ..self.query.clone()
-            };
-            let ids = candidates(&self.table, &round, &predicate, state).await?;
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
+        let (predicate, columns) = (&predicate, &columns);
+        self.in_rounds(state, predicate, move |ids: Vec<String>| async move {
             let plan = spans_scan(&self.table, "spans")?
                 .filter(
                     col(c::TRACE_ID)
@@ -290,12 +303,9 @@ impl TraceQlTable {
                 let summaries = run(state, plan).await?;
                 found = with_matches(&self.schema, &summaries, &matched, self.query.limit)?;
             }
-            let rows: usize = found.iter().map(|b| b.num_rows()).sum();
-            if rows >= self.query.limit || ids.len() < fetch || fetch >= MAX_SEARCH_LIMIT {
-                return Ok(found);
-            }
-            fetch = fetch.saturating_mul(4).min(MAX_SEARCH_LIMIT);
-        }
+            Ok(found)
+        })
+        .await
     }
 }
 
