@@ -196,14 +196,19 @@ fn measure(rt: &tokio::runtime::Runtime, path: &Path, ids: &[String], label: &st
     });
     disk.timings = vec![std::time::Duration::ZERO];
     disk.write();
-    // `TRACELAKE_BENCH_QUERY=dedicated_count` measures that query alone (for profiling).
+    // `TRACELAKE_BENCH_QUERY=dedicated_count` measures that query alone, on the 1M table only,
+    // `TRACELAKE_BENCH_RUNS` times (default 30): for `perf record`.
     let only = std::env::var("TRACELAKE_BENCH_QUERY").ok();
+    let runs: usize = std::env::var("TRACELAKE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     for (name, sql) in queries() {
         if only.as_deref().is_some_and(|q| q != name) {
             continue;
         }
         let (rows, metrics) = rt.block_on(run(&ctx, &sql));
-        let timings = sample(30, |_| {
+        let timings = sample(runs, |_| {
             rt.block_on(run(&ctx, &sql));
         });
         let mut artifact =
@@ -220,6 +225,9 @@ fn measure(rt: &tokio::runtime::Runtime, path: &Path, ids: &[String], label: &st
             "bytes_pruned_attributes": metrics.bytes_pruned_attributes,
         });
         artifact.write();
+    }
+    if only.is_some() {
+        return;
     }
     for (name, template) in [
         (
@@ -254,6 +262,9 @@ fn search(_c: &mut Criterion) {
     let rt = runtime();
     let (path, ids) = rt.block_on(fixture(1_000_000));
     measure(&rt, &path, &ids, "1m");
+    if std::env::var("TRACELAKE_BENCH_QUERY").is_ok() {
+        return;
+    }
     // The same spans compacted: a copy, optimized.
     let dir = tempfile::tempdir().expect("temp dir");
     let copy = dir.path().join("spans");

@@ -92,6 +92,12 @@ async fn tree(lake: &TraceLake, id: &str) -> (Vec<(String, i64, String)>, Vec<(S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trace_view_searches_and_draws_traces_in_chromium() {
     let clients = common::clients();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "this test needs Chromium at {chromium} (set CHROMIUM to another path): Debian's \
+         `chromium` package, which tests/clients/setup.sh installs when run as root or with sudo"
+    );
     let dir = common::scratch("ui");
     let table = dir.join("spans");
     let now = std::time::SystemTime::now()

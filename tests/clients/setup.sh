@@ -5,6 +5,7 @@
 #     reader, to check that tracelake's tables stay standard) with `pyarrow`;
 #   - npm packages under target/clients/node: the OpenTelemetry JavaScript SDK with its
 #     OTLP/HTTP (JSON) exporter, and playwright-core (drives the system's Chromium).
+#   - Debian's chromium (apt-get, as root or with sudo), when it is missing.
 # Needs python3 (with venv) and npm, and the package registries. The tests run it themselves
 # the first time they need a client; .ci/run runs it up front.
 set -euo pipefail
@@ -36,6 +37,18 @@ node_packages=(
 # One installer at a time (test binaries run in parallel).
 exec 9>"$root/.lock"
 flock 9
+
+# Debian's Chromium for the trace view's browser test (tests/ui.rs), when missing and this
+# user may install packages.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "tests/clients/setup.sh: installing Debian's chromium" >&2
+  if [[ "$(id -u)" == 0 ]]; then
+    (apt-get install -y chromium || (apt-get update && apt-get install -y chromium)) >/dev/null 2>&1 || true
+  elif sudo -n true 2>/dev/null; then
+    (sudo apt-get install -y chromium || (sudo apt-get update && sudo apt-get install -y chromium)) \
+      >/dev/null 2>&1 || true
+  fi
+fi
 
 stamp="$root/.installed"
 want="$(printf '%s\n' "${python_packages[@]}" "${node_packages[@]}" | sha256sum | cut -d' ' -f1)"
