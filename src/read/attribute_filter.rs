@@ -203,7 +203,7 @@ fn condition(e: &Expr) -> Option<AttributeCondition> {
 
 /// Whether row group `rg` of `file` may hold spans starting within `bounds` (its start-time
 /// statistics), so that its bloom filters are worth reading.
-fn may_start_within(file: &IndexedFile, rg: usize, bounds: &StartBounds) -> bool {
+pub(crate) fn may_start_within(file: &IndexedFile, rg: usize, bounds: &StartBounds) -> bool {
     let descr = file.metadata().file_metadata().schema_descr();
     let Some(leaf) = (0..descr.num_columns())
         .find(|&i| descr.column(i).path().string() == col::START_TIME_UNIX_NANO)

@@ -12,6 +12,7 @@ pub(crate) mod attribute_filter;
 pub(crate) mod attributes;
 pub(crate) mod decoded;
 pub(crate) mod dedicated_filter;
+pub(crate) mod dictionary_values;
 pub(crate) mod filters;
 pub(crate) mod index;
 pub(crate) mod lookup_exec;

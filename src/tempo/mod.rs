@@ -93,6 +93,8 @@ impl TempoApiConfig {
 struct Api {
     ctx: SessionContext,
     config: TempoApiConfig,
+    /// For tag pickers answered from dictionary pages.
+    table: Arc<crate::table::TraceTable>,
 }
 
 /// An answer that is not 200.
@@ -149,7 +151,11 @@ fn primitive<T: arrow::datatypes::ArrowPrimitiveType>(
 pub fn router(lake: &TraceLake, config: TempoApiConfig) -> Result<Router> {
     let ctx = SessionContext::new();
     lake.register_with(&ctx, &Registration::default().read_only(true))?;
-    let api = Arc::new(Api { ctx, config });
+    let api = Arc::new(Api {
+        ctx,
+        config,
+        table: lake.table().clone(),
+    });
     let routes = Router::new()
         .route("/api/echo", get(|| async { "echo" }))
         .route("/api/status/buildinfo", get(buildinfo))
@@ -708,6 +714,30 @@ async fn keys(
 ) -> std::result::Result<(Vec<String>, Vec<String>), Refusal> {
     let (start, end) = window(api, params)?;
     let limit = limit_param(api, params, "limit", 5_000).unwrap_or(5_000);
+    // The keys in the dictionary pages of the maps' key leaves (no rows decoded), when every
+    // file in the window has them.
+    let leaf = |column: &'static str| {
+        move |_: &crate::read::index::IndexedFile| {
+            Some(crate::table::AttributeLeaf::Key.path(column))
+        }
+    };
+    if let (Some(span), Some(resource)) = (
+        dictionary_values(api, start, end, leaf(crate::schema::col::ATTRIBUTES), limit).await?,
+        dictionary_values(
+            api,
+            start,
+            end,
+            leaf(crate::schema::col::RESOURCE_ATTRIBUTES),
+            limit,
+        )
+        .await?,
+    ) {
+        let mut resource: Vec<String> = resource.into_iter().collect();
+        if !resource.iter().any(|k| k == "service.name") {
+            resource.insert(0, "service.name".to_string());
+        }
+        return Ok((span.into_iter().collect(), resource));
+    }
     let sql = format!(
         "SELECT scope, key FROM attribute_keys({}, {}) ORDER BY scope, key",
         sql_time(start),
@@ -730,6 +760,39 @@ async fn keys(
         }
     }
     Ok((span, resource))
+}
+
+/// Which leaf of a file holds a tag's values (`None`: the file does not hold it).
+type DictionaryLeaf = dyn Fn(&crate::read::index::IndexedFile) -> Option<parquet::schema::types::ColumnPath>
+    + Send
+    + Sync;
+
+/// The distinct values of a leaf in the window from dictionary pages (see
+/// [`crate::read::dictionary_values`]); `None` when they cannot answer.
+async fn dictionary_values(
+    api: &Api,
+    start: Option<i64>,
+    end: Option<i64>,
+    leaf: impl Fn(&crate::read::index::IndexedFile) -> Option<parquet::schema::types::ColumnPath>,
+    cap: usize,
+) -> std::result::Result<Option<std::collections::BTreeSet<String>>, Refusal> {
+    let snapshot = api.table.snapshot();
+    let Some(index) = snapshot.index() else {
+        return Ok(None);
+    };
+    let bounds = crate::read::filters::StartBounds {
+        min: start,
+        max: end,
+    };
+    crate::read::dictionary_values::distinct(
+        index,
+        &api.table.location().root_store,
+        &bounds,
+        leaf,
+        cap,
+    )
+    .await
+    .map_err(failed)
 }
 
 async fn tags_v1(
@@ -790,6 +853,57 @@ async fn tag_values(
         end.map(|e| format!(" AND start_time <= to_timestamp_nanos({e})"))
             .unwrap_or_default()
     );
+    // From dictionary pages where they list the values: the span name, the service, and
+    // dedicated string attribute columns.
+    let dedicated = |scope: crate::dedicated::AttributeScope, key: &str| {
+        let wanted = crate::dedicated::DedicatedColumn {
+            scope,
+            key: key.to_string(),
+            kind: crate::dedicated::DedicatedType::String,
+        };
+        api.table
+            .dedicated_columns()
+            .columns()
+            .contains(&wanted)
+            .then_some(wanted)
+    };
+    let from_dictionary: Option<Box<DictionaryLeaf>> = match tag.as_str() {
+        "name" | "span:name" | "trace:rootName" | "rootName" => Some(Box::new(|_| {
+            Some(parquet::schema::types::ColumnPath::from(
+                crate::schema::col::NAME,
+            ))
+        })),
+        "trace:rootService" | "rootServiceName" | "resource.service.name" | "service.name" => {
+            Some(Box::new(|_| {
+                Some(parquet::schema::types::ColumnPath::from(
+                    crate::schema::col::SERVICE_NAME,
+                ))
+            }))
+        }
+        other => other
+            .strip_prefix("span.")
+            .and_then(|k| dedicated(crate::dedicated::AttributeScope::Span, k))
+            .or_else(|| {
+                other
+                    .strip_prefix("resource.")
+                    .and_then(|k| dedicated(crate::dedicated::AttributeScope::Resource, k))
+            })
+            .map(|column| -> Box<DictionaryLeaf> {
+                Box::new(move |file| {
+                    file.dedicated
+                        .contains(&column)
+                        .then(|| parquet::schema::types::ColumnPath::from(column.column_name()))
+                })
+            }),
+    };
+    if let Some(leaf) = from_dictionary
+        && let Some(values) = dictionary_values(api, start, end, leaf, 1_000).await?
+    {
+        return Ok(values
+            .into_iter()
+            .map(|v| ("string".to_string(), v))
+            .collect());
+    }
     let column_values = |column: &str, kind: &str| {
         (
             format!(
