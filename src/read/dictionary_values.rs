@@ -269,7 +269,7 @@ mod tests {
         let keys = |_: &IndexedFile| Some(AttributeLeaf::Key.path(crate::schema::col::ATTRIBUTES));
         let all = StartBounds::default();
         assert_eq!(
-            values(&lake, all.clone(), keys).await.unwrap(),
+            values(&lake, all, keys).await.unwrap(),
             ["early.key", "http.route", "late.key"]
         );
         // The window keeps the files (row groups) whose start times it overlaps.
@@ -278,7 +278,7 @@ mod tests {
             max: None,
         };
         assert_eq!(
-            values(&lake, late.clone(), keys).await.unwrap(),
+            values(&lake, late, keys).await.unwrap(),
             ["http.route", "late.key"]
         );
         let dedicated = |file: &IndexedFile| {
@@ -287,7 +287,7 @@ mod tests {
                 .then(|| ColumnPath::from(route.column_name()))
         };
         assert_eq!(
-            values(&lake, all.clone(), dedicated).await.unwrap(),
+            values(&lake, all, dedicated).await.unwrap(),
             ["/a", "/b", "/c"]
         );
         assert_eq!(values(&lake, late, dedicated).await.unwrap(), ["/c"]);
