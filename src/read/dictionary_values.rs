@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::ObjectStore;
 use parquet::basic::Encoding;
 use parquet::column::page::{Page, PageReader};
@@ -25,6 +26,9 @@ use super::filters::StartBounds;
 use super::index::{IndexedFile, TraceIdIndex};
 use crate::error::{Result, TraceLakeError};
 
+/// Files whose dictionary pages are read at the same time.
+const CONCURRENT_READS: usize = 8;
+
 /// The distinct values of one leaf over the row groups of `index` that may start within
 /// `bounds`, at most `cap` of them (the first `cap` in order). `leaf` names the leaf in a file
 /// (`None`: the file does not hold it, and the answer is `None`).
@@ -36,7 +40,8 @@ pub(crate) async fn distinct(
     cap: usize,
 ) -> Result<Option<BTreeSet<String>>> {
     let plan = index.plan_all(store, bounds).await?;
-    let mut out = BTreeSet::new();
+    // Per file: the dictionary pages to read, as (row group, column, byte range).
+    let mut wanted = Vec::new();
     for (file, row_groups) in &plan.files {
         let Some(path) = leaf(file) else {
             return Ok(None);
@@ -46,8 +51,7 @@ pub(crate) async fn distinct(
         else {
             return Ok(None);
         };
-        let mut ranges = Vec::new();
-        let mut chunks = Vec::new();
+        let mut pages = Vec::new();
         for &rg in row_groups {
             if !super::attribute_filter::may_start_within(file, rg, bounds) {
                 continue;
@@ -59,25 +63,41 @@ pub(crate) async fn distinct(
             let Some(range) = dictionary_range(chunk) else {
                 return Ok(None);
             };
-            ranges.push(range);
-            chunks.push(chunk);
+            pages.push((rg, range));
         }
-        if ranges.is_empty() {
-            continue;
+        if !pages.is_empty() {
+            wanted.push((file.clone(), column, pages));
         }
-        let pages = store
-            .get_ranges(&file.location, &ranges)
-            .await
-            .map_err(|e| TraceLakeError::data_file(&file.location, e))?;
-        for ((range, chunk), bytes) in ranges.iter().zip(chunks).zip(pages) {
-            let values = dictionary(range.start, bytes, chunk)
-                .map_err(|e| TraceLakeError::data_file(&file.location, e))?;
-            for value in values {
-                if out.len() >= cap {
-                    return Ok(Some(out));
+    }
+    // The files' pages read concurrently (one request a file), decoded as they arrive.
+    let mut read = futures::stream::iter(wanted)
+        .map(|(file, column, pages)| {
+            let store = store.clone();
+            async move {
+                let ranges: Vec<_> = pages.iter().map(|(_, r)| r.clone()).collect();
+                let bytes = store
+                    .get_ranges(&file.location, &ranges)
+                    .await
+                    .map_err(|e| TraceLakeError::data_file(&file.location, e))?;
+                let mut values = Vec::new();
+                for ((rg, range), bytes) in pages.iter().zip(bytes) {
+                    let chunk = file.metadata().row_group(*rg).column(column);
+                    values.extend(
+                        dictionary(range.start, bytes, chunk)
+                            .map_err(|e| TraceLakeError::data_file(&file.location, e))?,
+                    );
                 }
-                out.insert(value);
+                Ok::<_, TraceLakeError>(values)
             }
+        })
+        .buffered(CONCURRENT_READS);
+    let mut out = BTreeSet::new();
+    while let Some(values) = read.next().await {
+        for value in values? {
+            if out.len() >= cap {
+                return Ok(Some(out));
+            }
+            out.insert(value);
         }
     }
     Ok(Some(out))
