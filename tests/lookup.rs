@@ -448,6 +448,73 @@ async fn attribute_filters_skip_row_groups_by_their_bloom_filters() {
     }
 }
 
+/// Filters on the string values of a dedicated column skip the row groups whose dictionary
+/// page lists none of the filter's values (and those whose chunk holds only nulls), values
+/// that min/max statistics cannot rule out: five files, four with routes of their own
+/// between `/a` and `/z`, one without the attribute.
+#[tokio::test]
+async fn dedicated_string_filters_skip_row_groups_by_their_dictionaries() {
+    let lake = TraceLake::create("memory:///dictionary-pruning")
+        .await
+        .unwrap();
+    assert!(
+        lake.table()
+            .dedicated_columns()
+            .columns()
+            .iter()
+            .any(|d| d.key == "http.route"),
+        "http.route is a default dedicated column"
+    );
+    let routes = [["/a", "/m1"], ["/m2", "/z"], ["/a", "/z"], ["/m3", "/z"]];
+    for (commit, pair) in routes.iter().enumerate() {
+        let mut spans = common::spans(200 + commit as u64, 100);
+        for (i, span) in spans.iter_mut().enumerate() {
+            span.attributes.retain(|(k, _)| k != "http.route");
+            span.attributes.push((
+                "http.route".into(),
+                tracelake::AttributeValue::String(pair[i % 2].into()),
+            ));
+        }
+        lake.append_spans(&spans).await.unwrap();
+    }
+    let mut bare = common::spans(300, 100);
+    for span in &mut bare {
+        span.attributes.retain(|(k, _)| k != "http.route");
+    }
+    lake.append_spans(&bare).await.unwrap();
+    let ctx = lake.session_context().unwrap();
+    for (filter, expected_rows, pruned) in [
+        // Inside every file's min/max (`/a`..`/z`), in one dictionary.
+        ("attr_str(attributes, 'http.route') = '/m2'", 250, 4),
+        ("attributes['http.route']['string_value'] = '/m2'", 250, 4),
+        (
+            "attr_str(attributes, 'http.route') IN ('/m1', '/m3')",
+            500,
+            3,
+        ),
+        (
+            "attr_str(attributes, 'http.route') = '/m1' OR attr_str(attributes, 'http.route') = '/m2'",
+            500,
+            3,
+        ),
+        ("attr_str(attributes, 'http.route') = '/m'", 0, 5),
+        ("attr_str(attributes, 'http.route') = '/a'", 500, 3),
+        // Not a value condition: only the file without the attribute is skipped (its key
+        // bloom), the rows decide the rest.
+        ("attr_str(attributes, 'http.route') LIKE '/m%'", 750, 1),
+    ] {
+        let sql = format!("SELECT count(*) FROM spans WHERE {filter}");
+        let (batches, metrics) = run(&ctx, &sql).await;
+        let count = batches[0].column(0).as_primitive::<Int64Type>().value(0);
+        assert_eq!(count, expected_rows, "{filter}");
+        assert_eq!(
+            metrics.row_groups_pruned_attributes, pruned,
+            "{filter}: {metrics:?}"
+        );
+        assert_eq!(metrics.files_opened, 5 - pruned, "{filter}: {metrics:?}");
+    }
+}
+
 /// The footer of a small file (one commit of 500 spans, one row group), as held for lookups
 /// (decoded, with its page index and `trace_id` bloom filter): ~118 KB with the nested
 /// attribute layout (78 leaves, statistics on every leaf), 66 KB with the lean one (54

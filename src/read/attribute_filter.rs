@@ -1,16 +1,22 @@
 //! Pruning by attributes: the row groups a filter on a span or resource attribute cannot
-//! match, found from the bloom filters tracelake writes on the keys and the string values of
-//! `attributes` and `resource_attributes` (see `writer_properties`), before DataFusion's scan
-//! reads anything of them.
+//! match, found before DataFusion's scan reads anything of them. Two sources tell:
+//!
+//! - the dictionary page of a dedicated string column (see [`crate::dedicated`]) for a filter
+//!   on the string values of its key: a chunk dictionary-encoded throughout holds exactly the
+//!   values its dictionary lists, so a row group whose dictionary lists none of the filter's
+//!   values is skipped (Tempo's dictionary pruning), and so is one whose chunk holds only
+//!   nulls;
+//! - otherwise the bloom filters tracelake writes on the keys and the string values of
+//!   `attributes` and `resource_attributes` (see `writer_properties`).
 //!
 //! A condition is taken from a conjunct of the query's filters that only rows holding the
 //! attribute satisfy: `attr_str(attributes, 'k') = 'v'`, `attributes['k']['string_value'] =
 //! 'v'`, `... IN ('a', 'b')`, an `OR` of those on one key (the string values), and any
 //! comparison, `LIKE` or `IS NOT NULL` of an `attr_*(attributes, 'k')` (the key). A row group
-//! is skipped when a condition's key, or every one of its values, is absent from its
-//! filter. The filters themselves are applied above the scan as always: pruning only drops
-//! row groups no row of which could pass. This module reads bloom filters of files the
-//! version names and nothing else.
+//! is skipped when a condition's key, or every one of its values, is absent from it. The
+//! filters themselves are still applied to the rows: pruning only drops row groups no row of
+//! which could pass. This module reads parts of files the version names and nothing else, at
+//! most [`CONCURRENT_FILES`] files at a time, one request a file.
 
 use std::sync::Arc;
 
@@ -21,6 +27,7 @@ use datafusion::logical_expr::{BinaryExpr, Expr, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use parquet::bloom_filter::Sbbf;
 use parquet::file::statistics::Statistics;
@@ -40,6 +47,10 @@ pub(crate) struct AttributeCondition {
     /// The attribute's string value is one of these (`None`: any value, of any type).
     pub(crate) values: Option<Vec<String>>,
 }
+
+/// Files whose filters and dictionaries are read at the same time (bounds what a query holds
+/// of them: a few KB a row group).
+pub(crate) const CONCURRENT_FILES: usize = 16;
 
 /// What pruning by attributes skipped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -235,14 +246,17 @@ pub(crate) async fn prune(
         return Ok(pruned);
     }
     let files = std::mem::take(&mut plan.files);
-    let checks = futures::future::try_join_all(files.into_iter().map(|(file, row_groups)| {
-        let store = store.clone();
-        async move {
-            let keep = keep_row_groups(&store, &file, &row_groups, conditions, bounds).await?;
-            Ok::<_, TraceLakeError>((file, row_groups, keep))
-        }
-    }))
-    .await?;
+    let checks: Vec<_> = futures::stream::iter(files)
+        .map(|(file, row_groups)| {
+            let store = store.clone();
+            async move {
+                let keep = keep_row_groups(&store, &file, &row_groups, conditions, bounds).await?;
+                Ok::<_, TraceLakeError>((file, row_groups, keep))
+            }
+        })
+        .buffered(CONCURRENT_FILES)
+        .try_collect()
+        .await?;
     for (file, row_groups, keep) in checks {
         let mut kept = Vec::with_capacity(row_groups.len());
         for (rg, keep) in row_groups.into_iter().zip(keep) {
@@ -260,7 +274,40 @@ pub(crate) async fn prune(
     Ok(pruned)
 }
 
+/// The dedicated string column of `file` that holds `condition`'s values, if any.
+fn dedicated_leaf(file: &IndexedFile, condition: &AttributeCondition) -> Option<usize> {
+    condition.values.as_ref()?;
+    let column = file.dedicated.iter().find(|d| {
+        d.kind == crate::dedicated::DedicatedType::String
+            && d.scope.column() == condition.column
+            && d.key == condition.key
+    })?;
+    let path = parquet::schema::types::ColumnPath::from(column.column_name());
+    let descr = file.metadata().file_metadata().schema_descr();
+    (0..descr.num_columns()).find(|&i| descr.column(i).path() == &path)
+}
+
+/// Largest dictionary page read to prune a row group (a bigger one is as costly as the
+/// column's pages: the row group is scanned instead).
+const MAX_DICTIONARY_PAGE: u64 = 256 * 1024;
+
+/// What one byte range read for pruning holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// The bloom filter of an attribute map's leaf.
+    Bloom,
+    /// The dictionary page of a dedicated string column.
+    Dictionary,
+}
+
 /// For each of `row_groups` of `file`, whether it may hold a row satisfying `conditions`.
+///
+/// A condition on the string values of a key the file holds a dedicated column of is checked
+/// against that column's dictionary page: a row group whose chunk is dictionary-encoded
+/// throughout holds exactly the values its dictionary lists (as Tempo prunes by dictionary),
+/// and one whose chunk is all nulls holds none. Every other condition is checked against the
+/// bloom filters of the map's key and string-value leaves. All ranges of a file are read in
+/// one request.
 async fn keep_row_groups(
     store: &Arc<dyn ObjectStore>,
     file: &IndexedFile,
@@ -268,35 +315,65 @@ async fn keep_row_groups(
     conditions: &[AttributeCondition],
     bounds: &StartBounds,
 ) -> Result<Vec<bool>> {
-    // A string value of a key the file holds a dedicated column of is found through that
-    // column's statistics and page index (see `super::dedicated_filter`): its blooms are not
-    // read.
-    let conditions: Vec<&AttributeCondition> = conditions
-        .iter()
-        .filter(|c| {
-            c.values.is_none()
-                || !file.dedicated.iter().any(|d| {
-                    d.kind == crate::dedicated::DedicatedType::String
-                        && d.scope.column() == c.column
-                        && d.key == c.key
-                })
-        })
-        .collect();
-    if conditions.is_empty() {
-        return Ok(vec![true; row_groups.len()]);
-    }
     let descr = file.metadata().file_metadata().schema_descr();
     let leaf = |column: &str, leaf: AttributeLeaf| {
         let path = leaf.path(column);
         (0..descr.num_columns()).find(|&i| descr.column(i).path() == &path)
     };
-    // (row group, leaf) -> the filter's byte range, for the leaves the conditions check.
-    let mut wanted: Vec<(usize, usize)> = Vec::new();
-    for &rg in row_groups {
+    // Per condition: the dedicated leaf holding its values, if the file has one.
+    let dedicated: Vec<Option<usize>> =
+        conditions.iter().map(|c| dedicated_leaf(file, c)).collect();
+    // Row groups ruled out without reading anything (a dedicated chunk of nulls only).
+    let mut ruled_out = vec![false; row_groups.len()];
+    // (row group, leaf, what it is) -> the byte range to read.
+    let mut wanted: Vec<(usize, usize, Held)> = Vec::new();
+    let mut ranges = Vec::new();
+    for (i, &rg) in row_groups.iter().enumerate() {
         if !may_start_within(file, rg, bounds) {
             continue;
         }
-        for condition in &conditions {
+        for (condition, dedicated) in conditions.iter().zip(&dedicated) {
+            // Whether the range is read (or already was wanted).
+            let mut want = |c: usize, held: Held| {
+                if wanted.iter().any(|w| *w == (rg, c, held)) {
+                    return true;
+                }
+                let chunk = file.metadata().row_group(rg).column(c);
+                let range = match held {
+                    Held::Bloom => match (chunk.bloom_filter_offset(), chunk.bloom_filter_length())
+                    {
+                        (Some(offset), Some(length)) if offset >= 0 && length > 0 => {
+                            Some(offset as u64..offset as u64 + length as u64)
+                        }
+                        _ => None,
+                    },
+                    Held::Dictionary => super::dictionary_values::dictionary_range(chunk)
+                        .filter(|r| r.end - r.start <= MAX_DICTIONARY_PAGE),
+                };
+                match range {
+                    Some(range) => {
+                        wanted.push((rg, c, held));
+                        ranges.push(range);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if let Some(c) = *dedicated {
+                let chunk = file.metadata().row_group(rg).column(c);
+                let nulls_only = chunk
+                    .statistics()
+                    .and_then(|s| s.null_count_opt())
+                    .is_some_and(|nulls| nulls as i64 >= chunk.num_values());
+                if nulls_only {
+                    ruled_out[i] = true;
+                    continue;
+                }
+                if want(c, Held::Dictionary) {
+                    continue;
+                }
+                // Not dictionary-encoded throughout: the maps (which hold the value too).
+            }
             let leaves = [
                 Some(AttributeLeaf::Key),
                 condition
@@ -305,59 +382,81 @@ async fn keep_row_groups(
                     .map(|_| AttributeLeaf::StringValue),
             ];
             for l in leaves.into_iter().flatten() {
-                if let Some(c) = leaf(condition.column, l)
-                    && !wanted.contains(&(rg, c))
-                {
-                    wanted.push((rg, c));
+                if let Some(c) = leaf(condition.column, l) {
+                    want(c, Held::Bloom);
                 }
             }
         }
     }
-    let mut ranges = Vec::new();
-    let mut owners = Vec::new();
-    for &(rg, c) in &wanted {
-        let chunk = file.metadata().row_group(rg).column(c);
-        if let (Some(offset), Some(length)) =
-            (chunk.bloom_filter_offset(), chunk.bloom_filter_length())
-            && offset >= 0
-            && length > 0
-        {
-            ranges.push(offset as u64..offset as u64 + length as u64);
-            owners.push((rg, c));
-        }
+    enum Read {
+        Bloom(Sbbf),
+        Dictionary(Vec<String>),
     }
-    let mut filters: Vec<((usize, usize), Sbbf)> = Vec::with_capacity(owners.len());
+    let mut read: Vec<((usize, usize, Held), Read)> = Vec::with_capacity(wanted.len());
     if !ranges.is_empty() {
         let bytes = store
             .get_ranges(&file.location, &ranges)
             .await
             .map_err(|e| TraceLakeError::data_file(&file.location, e))?;
-        for (owner, bytes) in owners.into_iter().zip(bytes) {
-            let filter = Sbbf::from_bytes(&bytes)
-                .map_err(|e| TraceLakeError::data_file(&file.location, e))?;
-            filters.push((owner, filter));
+        for ((owner, range), bytes) in wanted.into_iter().zip(ranges).zip(bytes) {
+            let (rg, c, held) = owner;
+            let value = match held {
+                Held::Bloom => Read::Bloom(
+                    Sbbf::from_bytes(&bytes)
+                        .map_err(|e| TraceLakeError::data_file(&file.location, e))?,
+                ),
+                Held::Dictionary => {
+                    let chunk = file.metadata().row_group(rg).column(c);
+                    Read::Dictionary(
+                        super::dictionary_values::dictionary(range.start, bytes, chunk)
+                            .map_err(|e| TraceLakeError::data_file(&file.location, e))?,
+                    )
+                }
+            };
+            read.push((owner, value));
         }
     }
-    let filter = |rg: usize, column: &str, l: AttributeLeaf| {
+    let bloom = |rg: usize, column: &str, l: AttributeLeaf| {
         let c = leaf(column, l)?;
-        filters
-            .iter()
-            .find(|(owner, _)| *owner == (rg, c))
-            .map(|(_, f)| f)
+        read.iter().find_map(|(owner, r)| match r {
+            Read::Bloom(f) if *owner == (rg, c, Held::Bloom) => Some(f),
+            _ => None,
+        })
+    };
+    let dictionary = |rg: usize, c: usize| {
+        read.iter().find_map(|(owner, r)| match r {
+            Read::Dictionary(values) if *owner == (rg, c, Held::Dictionary) => Some(values),
+            _ => None,
+        })
     };
     Ok(row_groups
         .iter()
-        .map(|&rg| {
-            conditions.iter().all(|condition| {
-                let key_present = filter(rg, condition.column, AttributeLeaf::Key)
-                    .is_none_or(|f| f.check(condition.key.as_str()));
-                let value_present = match &condition.values {
-                    None => true,
-                    Some(values) => filter(rg, condition.column, AttributeLeaf::StringValue)
-                        .is_none_or(|f| values.iter().any(|v| f.check(v.as_str()))),
-                };
-                key_present && value_present
-            })
+        .zip(ruled_out)
+        .map(|(&rg, ruled_out)| {
+            !ruled_out
+                && conditions
+                    .iter()
+                    .zip(&dedicated)
+                    .all(|(condition, dedicated)| {
+                        let listed = dedicated.and_then(|c| dictionary(rg, c));
+                        match (listed, &condition.values) {
+                            (Some(held), Some(values)) => values.iter().any(|v| held.contains(v)),
+                            _ => {
+                                let key_present = bloom(rg, condition.column, AttributeLeaf::Key)
+                                    .is_none_or(|f| f.check(condition.key.as_str()));
+                                let value_present = match &condition.values {
+                                    None => true,
+                                    Some(values) => {
+                                        bloom(rg, condition.column, AttributeLeaf::StringValue)
+                                            .is_none_or(|f| {
+                                                values.iter().any(|v| f.check(v.as_str()))
+                                            })
+                                    }
+                                };
+                                key_present && value_present
+                            }
+                        }
+                    })
         })
         .collect())
 }

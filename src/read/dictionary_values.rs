@@ -105,7 +105,7 @@ pub(crate) async fn distinct(
 
 /// The byte range of `chunk`'s dictionary page, when every data page of the chunk is
 /// dictionary-encoded (else the dictionary does not list every value).
-fn dictionary_range(chunk: &ColumnChunkMetaData) -> Option<std::ops::Range<u64>> {
+pub(crate) fn dictionary_range(chunk: &ColumnChunkMetaData) -> Option<std::ops::Range<u64>> {
     let start = u64::try_from(chunk.dictionary_page_offset()?).ok()?;
     let end = u64::try_from(chunk.data_page_offset()).ok()?;
     let only_dictionary = |e: Encoding| {
@@ -130,7 +130,7 @@ fn dictionary_range(chunk: &ColumnChunkMetaData) -> Option<std::ops::Range<u64>>
 }
 
 /// The values of the dictionary page held by `bytes` (read from file offset `start`).
-fn dictionary(
+pub(crate) fn dictionary(
     start: u64,
     bytes: Bytes,
     chunk: &ColumnChunkMetaData,
