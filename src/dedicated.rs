@@ -561,6 +561,25 @@ pub(crate) fn with_columns(schema: &Schema, columns: &[DedicatedColumn]) -> Sche
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
+/// `schema` with the fields of `columns` after its own, as the scan reads them: string
+/// columns as `Dictionary(Int32, Utf8)`, so that the parquet reader hands over a chunk's
+/// dictionary and its keys instead of decoding every value (a filter compares the few
+/// dictionary values, then selects keys; most rows of a dedicated column are null).
+pub(crate) fn with_read_columns(schema: &Schema, columns: &[DedicatedColumn]) -> SchemaRef {
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    fields.extend(columns.iter().map(|c| {
+        Arc::new(match c.kind {
+            DedicatedType::String => Field::new(
+                c.column_name(),
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                true,
+            ),
+            _ => c.field(),
+        })
+    }));
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// `batch` with the values of `columns` after its own columns.
 pub(crate) fn add_columns(batch: RecordBatch, columns: &[DedicatedColumn]) -> Result<RecordBatch> {
     if columns.is_empty() {

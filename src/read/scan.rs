@@ -271,7 +271,7 @@ fn group_scan(
     let schema = if held.is_empty() {
         base.clone()
     } else {
-        crate::dedicated::with_columns(&base, held)
+        crate::dedicated::with_read_columns(&base, held)
     };
     let mut projection = read
         .iter()
@@ -454,6 +454,12 @@ fn parquet_scan(
         }
         let mut file = PartitionedFile::new(entry.location.to_string(), entry.size);
         file.extensions.insert(access);
+        // A file tracelake wrote is read with the scan's types (dedicated strings as
+        // dictionaries, see `dedicated::with_read_columns`) by the parquet reader itself;
+        // another writer's file is read with its own and cast.
+        if entry.native {
+            file = file.with_arrow_schema(file_schema.clone());
+        }
         files.push(file);
     }
     let df_schema = DFSchema::try_from(file_schema.as_ref().clone())?;
