@@ -374,11 +374,21 @@ fn tempo_api(_c: &mut Criterion) {
     let mut client = rt.block_on(HttpClient::connect(address));
     let (start, end) = (DAY0 / 1_000_000_000, (DAY0 + HOUR) / 1_000_000_000);
     let window = format!("start={start}&end={end}");
+    // As in the `search` group: `TRACELAKE_BENCH_QUERY=trace_v2_protobuf` measures that
+    // request alone, `TRACELAKE_BENCH_RUNS` times, for `perf record`.
+    let only = std::env::var("TRACELAKE_BENCH_QUERY").ok();
+    let forced_runs: Option<usize> = std::env::var("TRACELAKE_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok());
     let mut record = |name: &str,
                       entrypoint: &str,
                       runs: usize,
                       path: &dyn Fn(usize) -> String,
                       accept: &str| {
+        if only.as_deref().is_some_and(|o| o != name) {
+            return;
+        }
+        let runs = forced_runs.unwrap_or(runs);
         let (status, body) = rt.block_on(client.get(&path(0), accept));
         assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
         let mut bytes = 0;

@@ -352,13 +352,24 @@ async fn read_trace(
 ) -> std::result::Result<Vec<opentelemetry_proto::tonic::trace::v1::ResourceSpans>, Refusal> {
     let id = trace_id(id)?;
     let (start, end) = window(api, params)?;
-    let sql = format!(
-        "SELECT * FROM trace_tree({}, {}, {})",
-        sql_string(&id),
-        sql_time(start),
-        sql_time(end)
-    );
-    let batches = run_sql(api, &sql).await?;
+    // What `SELECT * FROM trace_tree(id, start, end)` returns, planned directly: the table
+    // function's scan is the whole plan, so SQL parsing and the optimizer (a third of a
+    // fresh lookup's time) are skipped.
+    let tree = crate::functions::trace_tree::TraceTreeTable {
+        table: api.table.clone(),
+        lookup: crate::functions::trace_tree::TraceLookup {
+            trace_id: id.clone(),
+            start,
+            end,
+        },
+    };
+    let state = api.ctx.state();
+    let plan = datafusion::catalog::TableProvider::scan(&tree, &state, None, &[], None)
+        .await
+        .map_err(|e| plan_refusal(&e))?;
+    let batches = datafusion::physical_plan::collect(plan, state.task_ctx())
+        .await
+        .map_err(|e| plan_refusal(&e))?;
     if batches.iter().all(|b| b.num_rows() == 0) {
         return Err(Refusal(
             StatusCode::NOT_FOUND,
