@@ -57,6 +57,9 @@ pub enum TraceLakeError {
     /// reached (see [`crate::distributed`]).
     #[error("cluster: {0}")]
     Cluster(String),
+    /// A network endpoint (for example [`crate::flight_sql::serve`]) stopped with an error.
+    #[error("server: {0}")]
+    Server(String),
     /// A function that starts a background task was called outside a tokio runtime.
     #[error(
         "{0} needs a tokio runtime: call it from async code running on one (for example under #[tokio::main])"
@@ -147,7 +150,7 @@ impl TraceLakeError {
             | Self::OutOfRange { .. }
             | Self::NoRuntime(_)
             | Self::AppenderStopped => false,
-            Self::Busy(_) | Self::NotCommitted(_) | Self::Cluster(_) => true,
+            Self::Busy(_) | Self::NotCommitted(_) | Self::Cluster(_) | Self::Server(_) => true,
             Self::AppendFailed { transient, .. } => *transient,
             Self::Delta(e) => delta_is_transient(e),
             Self::ObjectStore(e) => object_store_is_transient(e),

@@ -15,6 +15,7 @@
 pub mod dedicated;
 pub mod distributed;
 pub mod error;
+pub mod flight_sql;
 pub mod functions;
 pub(crate) mod layout;
 pub mod observe;

@@ -2,7 +2,8 @@
 # Installs the real clients the integration tests drive, once per checkout (idempotent):
 #   - Python packages into a virtualenv at target/clients/venv: the OpenTelemetry Python
 #     SDK with its OTLP/HTTP and OTLP/gRPC exporters, and Python `deltalake` (another Delta
-#     reader, to check that tracelake's tables stay standard) with `pyarrow`;
+#     reader, to check that tracelake's tables stay standard) with `pyarrow`, and the ADBC
+#     Flight SQL driver with its driver manager;
 #   - npm packages under target/clients/node: the OpenTelemetry JavaScript SDK with its
 #     OTLP/HTTP (JSON) exporter, and playwright-core (drives the system's Chromium).
 #   - Debian's chromium (apt-get, as root or with sudo), when it is missing.
@@ -23,6 +24,10 @@ python_packages=(
   # The independent protobuf decoder of tests/clients/tempo_client.py (also an exporter
   # dependency; pinned here because the Tempo API tests use it directly).
   "protobuf==7.36.2"
+  # Flight SQL clients of tests/clients/flight_sql_client.py: the ADBC driver manager and
+  # the ADBC Flight SQL driver (a Go implementation shipped in the wheel).
+  "adbc-driver-manager==1.13.0"
+  "adbc-driver-flightsql==1.13.0"
 )
 node_packages=(
   "@opentelemetry/api@1.10.0"

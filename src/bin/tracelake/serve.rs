@@ -45,6 +45,27 @@ pub(crate) struct ServeArgs {
     /// The longest search or metrics window the query API accepts, in hours.
     #[arg(long, default_value_t = 168)]
     query_max_window_hours: u64,
+    /// Arrow Flight SQL address (for ADBC, JDBC and other Arrow clients; see
+    /// docs/flight-sql.md), for example 127.0.0.1:50061. Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    flight_sql: Option<SocketAddr>,
+    /// Accept `INSERT INTO spans` over Flight SQL (default: read-only).
+    #[arg(long)]
+    flight_sql_allow_insert: bool,
+    /// A file holding the bearer token Flight SQL calls must carry.
+    #[arg(long)]
+    flight_sql_token_file: Option<std::path::PathBuf>,
+    /// Cancel a Flight SQL query running longer than this many seconds (DEADLINE_EXCEEDED).
+    #[arg(long, default_value_t = 300)]
+    flight_sql_timeout_seconds: u64,
+    /// Flight SQL queries running at once; beyond, new ones get RESOURCE_EXHAUSTED (1 to
+    /// 65,536).
+    #[arg(long, default_value_t = 16)]
+    flight_sql_max_queries: usize,
+    /// Run the Flight SQL queries on the Ballista cluster whose scheduler is at
+    /// df://HOST:PORT (its nodes must reach the table).
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
     /// Commit when this many spans are waiting (1 to 100,000,000).
     #[arg(long, default_value_t = 100_000)]
     commit_max_spans: usize,
@@ -180,19 +201,49 @@ pub(crate) async fn run(
             )
         }
     };
-    let token = match &args.query_token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read --query-token-file {}: {e}", path.display()))?
-                .trim()
-                .to_string(),
-        )
-        .filter(|t| !t.is_empty()),
+    let token = read_token(args.query_token_file.as_deref(), "--query-token-file")?;
+    let flight_sql = match args.flight_sql {
+        Some(addr) => {
+            let config = tracelake::flight_sql::FlightSqlConfig::default()
+                .with_allow_insert(args.flight_sql_allow_insert)
+                .with_bearer_token(read_token(
+                    args.flight_sql_token_file.as_deref(),
+                    "--flight-sql-token-file",
+                )?)
+                .with_query_timeout(Duration::from_secs(args.flight_sql_timeout_seconds.max(1)))
+                .with_max_concurrent_queries(args.flight_sql_max_queries);
+            config.validate()?;
+            let ctx = match &args.cluster {
+                Some(url) => {
+                    tracelake::distributed::remote_context(
+                        &lake,
+                        url,
+                        datafusion::prelude::SessionConfig::new(),
+                    )
+                    .await?
+                }
+                None => {
+                    let ctx = datafusion::prelude::SessionContext::new_with_config(
+                        datafusion::prelude::SessionConfig::new().with_information_schema(true),
+                    );
+                    lake.register_with(
+                        &ctx,
+                        &tracelake::Registration::default()
+                            .read_only(!args.flight_sql_allow_insert),
+                    )?;
+                    ctx
+                }
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (Flight SQL): {e}"))?;
+            Some((ctx, config, listener))
+        }
+        None if args.cluster.is_some() => {
+            return Err("--cluster runs Flight SQL queries: give --flight-sql ADDR too".into());
+        }
         None => None,
     };
-    if args.query_token_file.is_some() && token.is_none() {
-        return Err("--query-token-file holds no token".into());
-    }
     let query_config = tracelake::tempo::TempoApiConfig::default()
         .with_bearer_token(token)
         .with_timeout(Duration::from_secs(args.query_timeout_seconds.max(1)))
@@ -243,6 +294,19 @@ pub(crate) async fn run(
         }
         None => None,
     };
+    let flight = match flight_sql {
+        Some((ctx, config, listener)) => {
+            let addr = listener.local_addr()?;
+            let task = tokio::spawn(tracelake::flight_sql::serve(
+                ctx,
+                config,
+                listener,
+                stopped(stop_rx.clone()),
+            ));
+            Some((addr, task))
+        }
+        None => None,
+    };
     health.ready.store(true, Ordering::SeqCst);
     writeln!(
         out,
@@ -256,6 +320,18 @@ pub(crate) async fn run(
         writeln!(
             out,
             "listening query-http http://{addr} (Grafana Tempo API; the trace view at http://{addr}/)"
+        )?;
+    }
+    if let Some((addr, _)) = &flight {
+        writeln!(
+            out,
+            "listening flight-sql {} (Arrow Flight SQL; {})",
+            tracelake::flight_sql::client_uri(*addr),
+            if args.flight_sql_allow_insert {
+                "queries and INSERT"
+            } else {
+                "read-only"
+            }
         )?;
     }
     out.flush()?;
@@ -274,6 +350,11 @@ pub(crate) async fn run(
     let grpc_result = grpc.await;
     if let Some((_, task)) = query {
         let _ = task.await;
+    }
+    if let Some((_, task)) = flight
+        && let Ok(Err(e)) = task.await
+    {
+        writeln!(out, "tracelake serve: {e}")?;
     }
     let outcome = match Arc::try_unwrap(appender) {
         Ok(appender) => appender.shutdown().await?,
@@ -305,4 +386,19 @@ fn tokio_stream_listener(
         });
         Some((accepted, listener))
     })
+}
+
+/// The token in the file `path` names (trimmed), if one is given; an empty file is an error.
+fn read_token(path: Option<&std::path::Path>, flag: &str) -> CliResult<Option<String>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        return Err(format!("{flag} holds no token").into());
+    }
+    Ok(Some(token))
 }
