@@ -65,8 +65,8 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::dml::WriteOp;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::dml::WriteOp;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
@@ -143,7 +143,11 @@ impl FlightSqlConfig {
     /// Checks the settings: a non-empty token, a timeout of at least 1 ms, 1 to 65,536
     /// concurrent queries.
     pub fn validate(&self) -> Result<()> {
-        if self.bearer_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        if self
+            .bearer_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
             return Err(TraceLakeError::InvalidArgument(
                 "the Flight SQL bearer token is empty".into(),
             ));
@@ -275,7 +279,9 @@ struct Handle {
 impl Handle {
     fn decode_from(bytes: &[u8], what: &str) -> std::result::Result<Self, Status> {
         Handle::decode(bytes).map_err(|e| {
-            Status::invalid_argument(format!("malformed {what} (not one this server issued): {e}"))
+            Status::invalid_argument(format!(
+                "malformed {what} (not one this server issued): {e}"
+            ))
         })
     }
 }
@@ -330,7 +336,24 @@ impl FlightSqlEndpoint {
     ) -> std::result::Result<DataFrame, Status> {
         let state = self.ctx.state();
         let dialect = state.config().options().sql_parser.dialect;
-        let sql = positional_placeholders(sql, &dialect.to_string())?;
+        let dialect = dialect.to_string();
+        let sql = positional_placeholders(sql, &dialect)?;
+        if let Some(batch) = parameters {
+            if batch.num_rows() != 1 {
+                return Err(Status::invalid_argument(format!(
+                    "bind one row of parameters to a query, not {}",
+                    batch.num_rows()
+                )));
+            }
+            if let Some(written) = with_literals(&sql, &dialect, batch)? {
+                let plan = state
+                    .create_logical_plan(&written)
+                    .await
+                    .map_err(|e| planning_status(&e))?;
+                self.check(&plan)?;
+                return Ok(DataFrame::new(state, plan));
+            }
+        }
         let plan = state
             .create_logical_plan(&sql)
             .await
@@ -378,7 +401,10 @@ impl FlightSqlEndpoint {
     }
 
     /// The parameters of `handle`: those it carries, else those kept for it.
-    async fn parameters(&self, handle: &Handle) -> std::result::Result<Option<RecordBatch>, Status> {
+    async fn parameters(
+        &self,
+        handle: &Handle,
+    ) -> std::result::Result<Option<RecordBatch>, Status> {
         let bytes = if !handle.parameters.is_empty() {
             Some(handle.parameters.clone())
         } else if handle.id != 0 {
@@ -455,10 +481,7 @@ impl FlightSqlEndpoint {
 
     /// The schemas of catalog `name`, sorted, with DataFusion's `information_schema` when the
     /// session enables it (DataFusion adds it when a query names it, not to the catalog).
-    fn schemas(
-        &self,
-        name: &str,
-    ) -> Vec<(String, Arc<dyn datafusion::catalog::SchemaProvider>)> {
+    fn schemas(&self, name: &str) -> Vec<(String, Arc<dyn datafusion::catalog::SchemaProvider>)> {
         let Some(catalog) = self.ctx.catalog(name) else {
             return Vec::new();
         };
@@ -469,8 +492,7 @@ impl FlightSqlEndpoint {
             .filter_map(|n| catalog.schema(&n).map(|s| (n, s)))
             .collect();
         let info = datafusion::catalog::information_schema::INFORMATION_SCHEMA;
-        if self.ctx.state().config().information_schema() && !out.iter().any(|(n, _)| n == info)
-        {
+        if self.ctx.state().config().information_schema() && !out.iter().any(|(n, _)| n == info) {
             let provider = datafusion::catalog::information_schema::InformationSchemaProvider::new(
                 self.ctx.state().catalog_list().clone(),
             );
@@ -577,34 +599,152 @@ fn execution_status(e: &DataFusionError) -> Status {
     }
 }
 
-/// `sql` with its `?` placeholders numbered in order (`$1`, `$2`, ...), as DataFusion names
-/// positional parameters; unchanged without any.
-fn positional_placeholders(sql: &str, dialect: &str) -> std::result::Result<String, Status> {
-    if !sql.contains('?') {
-        return Ok(sql.to_string());
+/// The placeholders of `sql` (`?`, `$1`, `$name`), as byte ranges of the text and their
+/// names, in order; found by DataFusion's SQL tokenizer, so a `?` inside a literal, a quoted
+/// identifier or a comment is none.
+fn placeholders(
+    sql: &str,
+    dialect: &str,
+) -> std::result::Result<Vec<(std::ops::Range<usize>, String)>, Status> {
+    if !sql.contains('?') && !sql.contains('$') {
+        return Ok(Vec::new());
     }
     let dialect = datafusion::sql::sqlparser::dialect::dialect_from_str(dialect)
         .unwrap_or_else(|| Box::new(datafusion::sql::sqlparser::dialect::GenericDialect {}));
     let tokens = Tokenizer::new(dialect.as_ref(), sql)
-        .tokenize()
+        .tokenize_with_location()
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    if !tokens
-        .iter()
-        .any(|t| matches!(t, Token::Placeholder(p) if p == "?"))
-    {
+    // Byte offset of each line's start (the tokenizer counts lines at '\n', columns in chars).
+    let mut lines = vec![0usize];
+    lines.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+    let offset = |line: u64, column: u64| -> Option<usize> {
+        let start = *lines.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
+        let column = usize::try_from(column).ok()?.checked_sub(1)?;
+        let rest = &sql[start..];
+        match rest.char_indices().nth(column) {
+            Some((i, _)) => Some(start + i),
+            None => (rest.chars().count() == column).then_some(sql.len()),
+        }
+    };
+    let mut out = Vec::new();
+    for t in tokens {
+        if let Token::Placeholder(name) = t.token {
+            let at = offset(t.span.start.line, t.span.start.column)
+                .filter(|&at| sql.get(at..at + name.len()) == Some(name.as_str()))
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("cannot locate the placeholder {name}"))
+                })?;
+            out.push((at..at + name.len(), name));
+        }
+    }
+    Ok(out)
+}
+
+/// `sql` with each placeholder's text replaced by what `by` gives for (its position in
+/// order, its name).
+fn splice(
+    sql: &str,
+    found: &[(std::ops::Range<usize>, String)],
+    mut by: impl FnMut(usize, &str) -> std::result::Result<String, Status>,
+) -> std::result::Result<String, Status> {
+    let mut out = String::with_capacity(sql.len());
+    let mut at = 0;
+    for (i, (range, name)) in found.iter().enumerate() {
+        out.push_str(&sql[at..range.start]);
+        out.push_str(&by(i, name)?);
+        at = range.end;
+    }
+    out.push_str(&sql[at..]);
+    Ok(out)
+}
+
+/// `sql` with its `?` placeholders numbered in order (`$1`, `$2`, ...), as DataFusion names
+/// positional parameters; unchanged without any.
+fn positional_placeholders(sql: &str, dialect: &str) -> std::result::Result<String, Status> {
+    let found = placeholders(sql, dialect)?;
+    if !found.iter().any(|(_, name)| name == "?") {
         return Ok(sql.to_string());
     }
     let mut n = 0;
-    Ok(tokens
-        .into_iter()
-        .map(|t| match t {
-            Token::Placeholder(p) if p == "?" => {
-                n += 1;
-                format!("${n}")
-            }
-            other => other.to_string(),
+    splice(sql, &found, |_, name| {
+        Ok(if name == "?" {
+            n += 1;
+            format!("${n}")
+        } else {
+            name.to_string()
         })
-        .collect())
+    })
+}
+
+/// `value` as an SQL literal, for the types whose literal means exactly the value (`None`:
+/// another type, bound to the plan instead).
+fn sql_literal(value: &ScalarValue) -> Option<String> {
+    if value.is_null() {
+        return Some("NULL".into());
+    }
+    let quoted = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    Some(match value {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::LargeUtf8(Some(s))
+        | ScalarValue::Utf8View(Some(s)) => quoted(s),
+        ScalarValue::Boolean(Some(b)) => if *b { "TRUE" } else { "FALSE" }.into(),
+        ScalarValue::Int8(Some(v)) => format!("CAST({v} AS TINYINT)"),
+        ScalarValue::Int16(Some(v)) => format!("CAST({v} AS SMALLINT)"),
+        ScalarValue::Int32(Some(v)) => format!("CAST({v} AS INT)"),
+        ScalarValue::Int64(Some(v)) => format!("CAST({v} AS BIGINT)"),
+        ScalarValue::UInt8(Some(v)) => format!("CAST({v} AS TINYINT UNSIGNED)"),
+        ScalarValue::UInt16(Some(v)) => format!("CAST({v} AS SMALLINT UNSIGNED)"),
+        ScalarValue::UInt32(Some(v)) => format!("CAST({v} AS INT UNSIGNED)"),
+        ScalarValue::UInt64(Some(v)) => format!("CAST({v} AS BIGINT UNSIGNED)"),
+        ScalarValue::Float32(Some(v)) => format!("CAST({} AS REAL)", quoted(&v.to_string())),
+        ScalarValue::Float64(Some(v)) => format!("CAST({} AS DOUBLE)", quoted(&v.to_string())),
+        _ => return None,
+    })
+}
+
+/// `sql` (placeholders `$1`..`$n`) with the one row of `batch` written in as literals, when
+/// every parameter has a literal form: table functions take constants only, so a prepared
+/// `trace_tree(?)` must be planned with its value. `None`: bind to the plan instead.
+fn with_literals(
+    sql: &str,
+    dialect: &str,
+    batch: &RecordBatch,
+) -> std::result::Result<Option<String>, Status> {
+    let found = placeholders(sql, dialect)?;
+    let mut values = Vec::with_capacity(batch.num_columns());
+    for (i, column) in batch.columns().iter().enumerate() {
+        let value = ScalarValue::try_from_array(column.as_ref(), 0).map_err(|e| {
+            Status::invalid_argument(format!("parameter {} cannot be read: {e}", i + 1))
+        })?;
+        match sql_literal(&value) {
+            Some(literal) => values.push(literal),
+            None => return Ok(None),
+        }
+    }
+    let mut positions = Vec::with_capacity(found.len());
+    for (_, name) in &found {
+        match name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n >= 1 => positions.push(n),
+            _ => return Ok(None),
+        }
+    }
+    let wanted = positions.iter().copied().max().unwrap_or(0);
+    if wanted != values.len() {
+        return Err(Status::invalid_argument(format!(
+            "the statement has {wanted} parameters, {} were bound",
+            values.len()
+        )));
+    }
+    splice(sql, &found, |i, _| Ok(values[positions[i] - 1].clone())).map(Some)
+}
+
+/// The `$1`..`$n` placeholders of `sql`: how many (the highest number).
+fn placeholder_count(sql: &str, dialect: &str) -> std::result::Result<usize, Status> {
+    Ok(placeholders(sql, dialect)?
+        .iter()
+        .filter_map(|(_, name)| name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()))
+        .max()
+        .unwrap_or(0))
 }
 
 /// The parameters of `plan`, in order (`$1`, `$2`, ...), as a schema (`Null`: a type the
@@ -635,12 +775,6 @@ fn parameter_schema(plan: &LogicalPlan) -> std::result::Result<Schema, Status> {
 /// `plan` with the one row of `batch` bound to its parameters, each cast to the type the
 /// planner inferred for it.
 fn bind(plan: LogicalPlan, batch: &RecordBatch) -> std::result::Result<LogicalPlan, Status> {
-    if batch.num_rows() != 1 {
-        return Err(Status::invalid_argument(format!(
-            "bind one row of parameters to a query, not {}",
-            batch.num_rows()
-        )));
-    }
     let expected = parameter_schema(&plan)?;
     if expected.fields().len() != batch.num_columns() {
         return Err(Status::invalid_argument(format!(
@@ -654,19 +788,19 @@ fn bind(plan: LogicalPlan, batch: &RecordBatch) -> std::result::Result<LogicalPl
         let value = ScalarValue::try_from_array(column.as_ref(), 0).map_err(|e| {
             Status::invalid_argument(format!("parameter {} cannot be read: {e}", i + 1))
         })?;
-        let value = if field.data_type() == &DataType::Null || &value.data_type() == field.data_type()
-        {
-            value
-        } else {
-            value.cast_to(field.data_type()).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "parameter {} ({}) is not a {}: {e}",
-                    i + 1,
-                    value.data_type(),
-                    field.data_type()
-                ))
-            })?
-        };
+        let value =
+            if field.data_type() == &DataType::Null || &value.data_type() == field.data_type() {
+                value
+            } else {
+                value.cast_to(field.data_type()).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "parameter {} ({}) is not a {}: {e}",
+                        i + 1,
+                        value.data_type(),
+                        field.data_type()
+                    ))
+                })?
+            };
         values.push(value);
     }
     plan.with_param_values(ParamValues::from(values))
@@ -678,10 +812,13 @@ fn decode_parameters(bytes: &Bytes) -> std::result::Result<RecordBatch, Status> 
     let bad = |e: &dyn std::fmt::Display| {
         Status::invalid_argument(format!("malformed parameters in the handle: {e}"))
     };
-    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.clone()), None)
-        .map_err(|e| bad(&e))?;
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.clone()), None)
+            .map_err(|e| bad(&e))?;
     let schema = reader.schema();
-    let batches: Vec<RecordBatch> = reader.collect::<std::result::Result<_, _>>().map_err(|e| bad(&e))?;
+    let batches: Vec<RecordBatch> = reader
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(&e))?;
     arrow::compute::concat_batches(&schema, &batches).map_err(|e| bad(&e))
 }
 
@@ -702,14 +839,12 @@ async fn received_parameters(
     request: Request<PeekableFlightDataStream>,
 ) -> std::result::Result<Option<RecordBatch>, Status> {
     let stream = request.into_inner().map_err(FlightError::from);
-    let mut batches =
-        arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(stream);
+    let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(stream);
     let mut received: Vec<RecordBatch> = Vec::new();
     let mut values = 0usize;
     while let Some(batch) = batches.next().await {
-        let batch = batch.map_err(|e| {
-            Status::invalid_argument(format!("malformed parameter batch: {e}"))
-        })?;
+        let batch = batch
+            .map_err(|e| Status::invalid_argument(format!("malformed parameter batch: {e}")))?;
         values = values.saturating_add(batch.num_rows().saturating_mul(batch.num_columns()));
         if values > MAX_BOUND_VALUES {
             return Err(Status::invalid_argument(format!(
@@ -757,7 +892,9 @@ impl Stream for Deadline {
         match self.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Err(e))) => {
                 self.done = true;
-                Poll::Ready(Some(Err(FlightError::Tonic(Box::new(execution_status(&e))))))
+                Poll::Ready(Some(Err(FlightError::Tonic(Box::new(execution_status(
+                    &e,
+                ))))))
             }
             Poll::Ready(None) => {
                 self.done = true;
@@ -771,7 +908,10 @@ impl Stream for Deadline {
 
 /// `batch` as `schema`: relabelled when only nullability differs (the physical plan may know
 /// a column holds no nulls), cast otherwise (dictionaries to their values).
-fn conform(batch: RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, FlightError> {
+fn conform(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, FlightError> {
     if batch.schema_ref() == schema {
         return Ok(batch);
     }
@@ -847,7 +987,9 @@ impl FlightSqlService for FlightSqlEndpoint {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> std::result::Result<
-        Response<Pin<Box<dyn Stream<Item = std::result::Result<HandshakeResponse, Status>> + Send>>>,
+        Response<
+            Pin<Box<dyn Stream<Item = std::result::Result<HandshakeResponse, Status>> + Send>>,
+        >,
         Status,
     > {
         // The interceptor accepted the credentials; the answer is the bearer to use.
@@ -873,9 +1015,10 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let planned = tokio::time::timeout(self.config.query_timeout, self.plan(&query.query, None))
-            .await
-            .map_err(|_| self.timed_out())??;
+        let planned =
+            tokio::time::timeout(self.config.query_timeout, self.plan(&query.query, None))
+                .await
+                .map_err(|_| self.timed_out())??;
         let schema = hydrated(planned.schema().as_arrow());
         let handle = Handle {
             sql: query.query,
@@ -894,8 +1037,10 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let mut handle =
-            Handle::decode_from(&query.prepared_statement_handle, "prepared statement handle")?;
+        let mut handle = Handle::decode_from(
+            &query.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         let parameters = self.parameters(&handle).await?;
         let planned = tokio::time::timeout(
             self.config.query_timeout,
@@ -929,8 +1074,10 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> std::result::Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let handle =
-            Handle::decode_from(&query.prepared_statement_handle, "prepared statement handle")?;
+        let handle = Handle::decode_from(
+            &query.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         self.rows(handle).await
     }
 
@@ -950,11 +1097,38 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> std::result::Result<ActionCreatePreparedStatementResult, Status> {
-        let planned = tokio::time::timeout(self.config.query_timeout, self.plan(&query.query, None))
-            .await
-            .map_err(|_| self.timed_out())??;
-        let parameters = parameter_schema(planned.logical_plan())?;
-        let schema = hydrated(planned.schema().as_arrow());
+        let planned =
+            tokio::time::timeout(self.config.query_timeout, self.plan(&query.query, None))
+                .await
+                .map_err(|_| self.timed_out())?;
+        let (schema, parameters) = match planned {
+            Ok(planned) => (
+                hydrated(planned.schema().as_arrow()),
+                parameter_schema(planned.logical_plan())?,
+            ),
+            Err(e) => {
+                // A statement whose parameters are arguments of a table function (constants
+                // only) is planned once they are bound; its parameters' types are unknown
+                // until then. Other errors are reported now.
+                let dialect = self
+                    .ctx
+                    .state()
+                    .config()
+                    .options()
+                    .sql_parser
+                    .dialect
+                    .to_string();
+                let sql = positional_placeholders(&query.query, &dialect)?;
+                let count = placeholder_count(&sql, &dialect)?;
+                if count == 0 || e.code() == tonic::Code::PermissionDenied {
+                    return Err(e);
+                }
+                let fields: Vec<Field> = (1..=count)
+                    .map(|n| Field::new(format!("${n}"), DataType::Null, true))
+                    .collect();
+                (Arc::new(Schema::empty()), Schema::new(fields))
+            }
+        };
         let ipc = |schema: &Schema| -> std::result::Result<Bytes, Status> {
             let message: std::result::Result<IpcMessage, _> =
                 SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into();
@@ -983,8 +1157,10 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: ActionClosePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> std::result::Result<(), Status> {
-        let handle =
-            Handle::decode_from(&query.prepared_statement_handle, "prepared statement handle")?;
+        let handle = Handle::decode_from(
+            &query.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         if handle.id != 0 {
             self.bound.invalidate(&handle.id).await;
         }
@@ -996,8 +1172,10 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<DoPutPreparedStatementResult, Status> {
-        let mut handle =
-            Handle::decode_from(&query.prepared_statement_handle, "prepared statement handle")?;
+        let mut handle = Handle::decode_from(
+            &query.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         let Some(batch) = received_parameters(request).await? else {
             return Err(Status::invalid_argument("no parameters were sent"));
         };
@@ -1027,8 +1205,10 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<i64, Status> {
-        let handle =
-            Handle::decode_from(&query.prepared_statement_handle, "prepared statement handle")?;
+        let handle = Handle::decode_from(
+            &query.prepared_statement_handle,
+            "prepared statement handle",
+        )?;
         let sent = received_parameters(request).await?;
         let parameters = match sent {
             Some(batch) => Some(batch),
@@ -1186,13 +1366,42 @@ mod tests {
     #[test]
     fn question_marks_become_positional_parameters_outside_literals() {
         assert_eq!(
-            positional_placeholders("SELECT * FROM spans WHERE a = ? AND b = '?' AND c > ?", "generic")
-                .unwrap(),
+            positional_placeholders(
+                "SELECT * FROM spans WHERE a = ? AND b = '?' AND c > ?",
+                "generic"
+            )
+            .unwrap(),
             "SELECT * FROM spans WHERE a = $1 AND b = '?' AND c > $2"
         );
         assert_eq!(
             positional_placeholders("SELECT 1", "generic").unwrap(),
             "SELECT 1"
+        );
+    }
+
+    #[test]
+    fn parameters_are_written_in_as_escaped_literals() {
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "a",
+                Arc::new(arrow::array::StringArray::from(vec!["it's"])) as arrow::array::ArrayRef,
+            ),
+            (
+                "b",
+                Arc::new(arrow::array::Int64Array::from(vec![-3])) as arrow::array::ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let sql =
+            "SELECT 'é?' AS x, $2 AS n FROM t WHERE a = $1 AND b = 'it''s' -- $1\n AND c = $1";
+        assert_eq!(
+            with_literals(sql, "generic", &batch).unwrap().unwrap(),
+            "SELECT 'é?' AS x, CAST(-3 AS BIGINT) AS n FROM t WHERE a = 'it''s' AND b = 'it''s' -- $1\n AND c = 'it''s'"
+        );
+        let error = with_literals("SELECT $1", "generic", &batch).unwrap_err();
+        assert!(
+            error.message().contains("1 parameters, 2 were bound"),
+            "{error}"
         );
     }
 

@@ -147,9 +147,13 @@ async fn adbc_queries_prepared_statements_and_catalog_calls() {
             .contains(&json!("tables")),
         "{objects}"
     );
-    let schema = client(&uri, "-", &["table_schema", "datafusion", "public", "spans"])
-        .await
-        .unwrap();
+    let schema = client(
+        &uri,
+        "-",
+        &["table_schema", "datafusion", "public", "spans"],
+    )
+    .await
+    .unwrap();
     let names: Vec<&str> = schema["schema"]
         .as_array()
         .unwrap()
@@ -179,14 +183,23 @@ async fn adbc_queries_prepared_statements_and_catalog_calls() {
     // Malformed input: a clear error, and the server keeps serving.
     let error = client(&uri, "-", &["query", "SELEC 1"]).await.unwrap_err();
     assert!(error.contains("SELEC"), "{error}");
-    let error = client(&uri, "-", &["prepared", "SELECT * FROM trace_tree(?)", "nothex"])
-        .await
-        .unwrap_err();
+    let error = client(
+        &uri,
+        "-",
+        &["prepared", "SELECT * FROM trace_tree(?)", "nothex"],
+    )
+    .await
+    .unwrap_err();
     assert!(error.contains("trace"), "{error}");
     let error = client(
         &uri,
         "-",
-        &["prepared", "SELECT count(*) FROM spans WHERE trace_id = ?", "a", "b"],
+        &[
+            "prepared",
+            "SELECT count(*) FROM spans WHERE trace_id = ?",
+            "a",
+            "b",
+        ],
     )
     .await
     .unwrap_err();
@@ -207,7 +220,10 @@ async fn a_large_result_is_streamed_in_batches() {
         .unwrap();
     assert_eq!(answer["rows"], 50_000, "{answer}");
     assert!(answer["batches"].as_u64().unwrap() >= 6, "{answer}");
-    assert!(answer["largest_batch"].as_u64().unwrap() <= 8_192, "{answer}");
+    assert!(
+        answer["largest_batch"].as_u64().unwrap() <= 8_192,
+        "{answer}"
+    );
 }
 
 /// With a token, calls without it (or with another) are refused, the bearer header and the
@@ -289,7 +305,9 @@ async fn the_timeout_and_the_concurrency_bound_give_their_status_codes() {
     let mut refused = None;
     for _ in 0..100 {
         match client(&uri, "-", &["query", "SELECT 1 AS one"]).await {
-            Err(e) if e.to_lowercase().contains("resource") || e.contains("queries are running") => {
+            Err(e)
+                if e.to_lowercase().contains("resource") || e.contains("queries are running") =>
+            {
                 refused = Some(e);
                 break;
             }
@@ -298,4 +316,61 @@ async fn the_timeout_and_the_concurrency_bound_give_their_status_codes() {
     }
     assert!(refused.is_some(), "a second query was never refused");
     busy.abort();
+}
+
+/// On a cluster: the same endpoint over a Ballista context (an in-process scheduler and
+/// executor) answers as in one process, `trace_tree` included; it still refuses INSERT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_runs_its_queries_on_ballista() {
+    let (_dir, lake) = lake(40).await;
+    let id = common::spans(7, 40)[3].trace_id.clone();
+    let ctx = tracelake::distributed::standalone_context(
+        &lake,
+        datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+        tracelake::distributed::StandaloneOptions::default(),
+    )
+    .await
+    .unwrap();
+    let uri = start(ctx, FlightSqlConfig::default()).await;
+    let answer = client(
+        &uri,
+        "-",
+        &["query", "SELECT service_name, count(*) AS n FROM spans GROUP BY service_name ORDER BY service_name"],
+    )
+    .await
+    .unwrap();
+    let local = read_only(&lake);
+    let expected = local
+        .sql("SELECT service_name, count(*) AS n FROM spans GROUP BY service_name ORDER BY service_name")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["rows"].as_array().unwrap().len(),
+        common::rows(&expected),
+        "{answer}"
+    );
+    let answer = client(
+        &uri,
+        "-",
+        &["prepared", "SELECT count(*) AS n FROM trace_tree(?)", &id],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer["rows"], json!([[5]]), "{answer}");
+    let error = client(
+        &uri,
+        "-",
+        &[
+            "execute",
+            "INSERT INTO spans (trace_id, span_id, name, start_time, end_time) VALUES \
+          ('4bf92f3577b34da6a3ce929d0e0e4736', 'a000000000000001', 'x', \
+          '2024-05-01T12:00:00Z', '2024-05-01T12:00:01Z')",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(error.contains("read-only"), "{error}");
 }
