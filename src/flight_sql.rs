@@ -1240,7 +1240,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         Self::metadata_info(&schema, query.as_any(), request.into_inner())
     }
 
@@ -1340,7 +1340,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         Self::metadata_info(&schema, query.as_any(), request.into_inner())
     }
 

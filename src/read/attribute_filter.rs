@@ -335,7 +335,7 @@ async fn keep_row_groups(
         for (condition, dedicated) in conditions.iter().zip(&dedicated) {
             // Whether the range is read (or already was wanted).
             let mut want = |c: usize, held: Held| {
-                if wanted.iter().any(|w| *w == (rg, c, held)) {
+                if wanted.contains(&(rg, c, held)) {
                     return true;
                 }
                 let chunk = file.metadata().row_group(rg).column(c);
