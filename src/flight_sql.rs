@@ -479,6 +479,14 @@ impl FlightSqlEndpoint {
             .map_err(|_| self.timed_out())?
     }
 
+    /// The catalogs of the session, sorted (only `only` when given).
+    fn catalogs(&self, only: Option<&str>) -> Vec<String> {
+        let mut names = self.ctx.catalog_names();
+        names.retain(|n| only.is_none_or(|o| o == n));
+        names.sort();
+        names
+    }
+
     /// The schemas of catalog `name`, sorted, with DataFusion's `information_schema` when the
     /// session enables it (DataFusion adds it when a query names it, not to the catalog).
     fn schemas(&self, name: &str) -> Vec<(String, Arc<dyn datafusion::catalog::SchemaProvider>)> {
@@ -1250,9 +1258,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         _request: Request<Ticket>,
     ) -> std::result::Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let mut builder = query.into_builder();
-        let mut names = self.ctx.catalog_names();
-        names.sort();
-        for name in names {
+        for name in self.catalogs(None) {
             builder.append(name);
         }
         Ok(Self::one_batch(builder.schema(), builder.build()))
@@ -1272,14 +1278,9 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandGetDbSchemas,
         _request: Request<Ticket>,
     ) -> std::result::Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let catalog_filter = query.catalog.clone();
+        let catalogs = self.catalogs(query.catalog.as_deref());
         let mut builder = query.into_builder();
-        let mut catalogs = self.ctx.catalog_names();
-        catalogs.sort();
         for catalog_name in catalogs {
-            if catalog_filter.as_ref().is_some_and(|c| c != &catalog_name) {
-                continue;
-            }
             for (schema, _) in self.schemas(&catalog_name) {
                 builder.append(&catalog_name, schema);
             }
@@ -1301,14 +1302,9 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandGetTables,
         _request: Request<Ticket>,
     ) -> std::result::Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let catalog_filter = query.catalog.clone();
+        let catalogs = self.catalogs(query.catalog.as_deref());
         let mut builder = query.into_builder();
-        let mut catalogs = self.ctx.catalog_names();
-        catalogs.sort();
         for catalog_name in catalogs {
-            if catalog_filter.as_ref().is_some_and(|c| c != &catalog_name) {
-                continue;
-            }
             for (schema_name, schema) in self.schemas(&catalog_name) {
                 let mut tables = schema.table_names();
                 tables.sort();
