@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use criterion::{Criterion, criterion_group, criterion_main};
 use datafusion::prelude::SessionContext;
 use serde_json::json;
-use support::{Artifact, BenchTier, DAY0, enabled, group_selected, runtime, sample};
+use support::{Artifact, BenchTier, DAY0, enabled, group_selected, percentile, runtime, sample};
 use tracelake::synth::{TraceGenerator, TraceShape};
 use tracelake::{AttributeValue, TraceLake};
 
@@ -355,6 +355,109 @@ fn encoded(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
+/// One Flight SQL statement through the Rust client: its rows, read batch by batch.
+async fn flight_rows(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    sql: &str,
+) -> usize {
+    use futures::StreamExt;
+    let info = client
+        .execute(sql.to_string(), None)
+        .await
+        .expect("execute");
+    let mut rows = 0;
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.expect("ticket");
+        let mut stream = client.do_get(ticket).await.expect("do_get");
+        while let Some(batch) = stream.next().await {
+            rows += batch.expect("batch").num_rows();
+        }
+    }
+    rows
+}
+
+/// Tier 1 group `flight_sql` (issue 26): the endpoint of `tracelake serve --flight-sql` on
+/// loopback, driven by arrow-flight's Flight SQL client, against the same statements in
+/// process.
+fn flight_sql(_c: &mut Criterion) {
+    if !enabled(BenchTier::Extended) || !group_selected("flight_sql") {
+        return;
+    }
+    let rt = runtime();
+    let (path, ids) = rt.block_on(fixture(1_000_000));
+    let (lake, ctx) = rt.block_on(open(&path));
+    let stats = lake.stats().expect("stats");
+    let table = json!({"spans": stats.spans, "files": stats.files, "commits": COMMITS});
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    rt.spawn(tracelake::flight_sql::serve(
+        ctx.clone(),
+        tracelake::flight_sql::FlightSqlConfig::default(),
+        listener,
+        std::future::pending(),
+    ));
+    let channel = rt
+        .block_on(
+            tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .expect("endpoint")
+                .tcp_nodelay(true)
+                .connect(),
+        )
+        .expect("connect");
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    let tree = |i: usize| format!("SELECT * FROM trace_tree('{}')", ids[(i + 7) % ids.len()]);
+    // Fresh ids, in process and over Flight SQL (other ids than each other's).
+    rt.block_on(run(&ctx, &tree(0)));
+    let local = sample(200.min(ids.len() / 2), |i| {
+        rt.block_on(run(&ctx, &tree(2 * i)));
+    });
+    let mut rows = 0;
+    let remote = sample(200.min(ids.len() / 2), |i| {
+        rows = rt.block_on(flight_rows(&mut client, &tree(2 * i + 1)));
+    });
+    let (local_p50, remote_p50) = (percentile(&local, 50.0), percentile(&remote, 50.0));
+    let mut artifact = Artifact::new(
+        "flight_sql_trace_tree",
+        BenchTier::Extended,
+        "SELECT * FROM trace_tree('<fresh id>') over Flight SQL (loopback)",
+    );
+    artifact.timings = remote;
+    artifact.rows = rows as u64;
+    artifact.table = table.clone();
+    artifact.extra = json!({
+        "in_process_p50_ns": local_p50,
+        "above_in_process_ns": remote_p50.saturating_sub(local_p50),
+    });
+    artifact.write();
+    eprintln!(
+        "flight_sql trace_tree: in process {:.3} ms, over Flight SQL {:.3} ms",
+        local_p50 as f64 / 1e6,
+        remote_p50 as f64 / 1e6
+    );
+    let mut rows = 0;
+    let scans = sample(3, |_| {
+        rows = rt.block_on(flight_rows(&mut client, "SELECT * FROM spans"));
+    });
+    let p50 = percentile(&scans, 50.0);
+    let mut artifact = Artifact::new(
+        "flight_sql_select_star",
+        BenchTier::Extended,
+        "SELECT * FROM spans over Flight SQL (loopback), every batch read by the client",
+    );
+    artifact.timings = scans;
+    artifact.rows = rows as u64;
+    artifact.table = table;
+    artifact.extra = json!({ "rows_per_second": rows as f64 / (p50 as f64 / 1e9) });
+    artifact.write();
+    eprintln!(
+        "flight_sql select *: {rows} rows in {:.3} s, {:.0} rows/s",
+        p50 as f64 / 1e9,
+        rows as f64 / (p50 as f64 / 1e9)
+    );
+}
+
 fn tempo_api(_c: &mut Criterion) {
     if !enabled(BenchTier::Extended) || !group_selected("tempo_api") {
         return;
@@ -468,5 +571,5 @@ fn tempo_api(_c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, search, tempo_api);
+criterion_group!(benches, search, tempo_api, flight_sql);
 criterion_main!(benches);
