@@ -54,10 +54,11 @@ pub enum TraceLakeError {
     },
 
     /// A Ballista scheduler or executor could not be started, or a scheduler could not be
-    /// reached (see [`crate::distributed`]).
+    /// reached (see `tracelake::distributed`, cargo feature `cluster`).
     #[error("cluster: {0}")]
     Cluster(String),
-    /// A network endpoint (for example [`crate::flight_sql::serve`]) stopped with an error.
+    /// A network endpoint (for example `tracelake::flight_sql::serve`, cargo feature
+    /// `flight-sql`) stopped with an error.
     #[error("server: {0}")]
     Server(String),
     /// A function that starts a background task was called outside a tokio runtime.

@@ -11,14 +11,31 @@
 //! ctx.sql("SELECT service_name, count(*) FROM spans GROUP BY 1").await?.show().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Cargo features
+//!
+//! The core (the table, the `spans` provider, the SQL functions, TraceQL, observability and
+//! [`synth`]) needs no feature. The default features add everything the `tracelake` binary
+//! uses; an embedder depends on `tracelake` with `default-features = false` and names only
+//! what it calls:
+//!
+//! - `otlp`: `tracelake::otlp` (OTLP decoding and the HTTP/gRPC receivers);
+//! - `query-api`: `tracelake::tempo` (Grafana's Tempo HTTP API and the trace view);
+//! - `flight-sql`: `tracelake::flight_sql` (an Arrow Flight SQL endpoint);
+//! - `cluster`: `tracelake::distributed` (Apache Ballista);
+//! - `cli`: the `tracelake` binary (with `otlp` and `query-api`);
+//! - `s3`, `gcs`, `azure` (not default): tables on cloud object stores.
 
 pub mod dedicated;
+#[cfg(feature = "cluster")]
 pub mod distributed;
 pub mod error;
+#[cfg(feature = "flight-sql")]
 pub mod flight_sql;
 pub mod functions;
 pub(crate) mod layout;
 pub mod observe;
+#[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod provider;
 mod read;
@@ -27,6 +44,7 @@ pub mod span;
 pub mod store;
 pub mod synth;
 pub mod table;
+#[cfg(feature = "query-api")]
 pub mod tempo;
 pub mod traceql;
 

@@ -135,6 +135,7 @@ impl TableProvider for TraceTableProvider {
 #[derive(Debug)]
 pub(crate) enum SinkTable {
     Open(Arc<TraceTable>),
+    #[cfg(feature = "cluster")]
     Remote {
         location: String,
         lakes: Arc<crate::distributed::Lakes>,
@@ -146,6 +147,7 @@ impl SinkTable {
     pub(crate) fn location(&self) -> String {
         match self {
             SinkTable::Open(table) => table.location().url.to_string(),
+            #[cfg(feature = "cluster")]
             SinkTable::Remote { location, .. } => location.clone(),
         }
     }
@@ -196,6 +198,7 @@ impl DataSink for SpanSink {
         });
         let table = match &self.table {
             SinkTable::Open(table) => table.clone(),
+            #[cfg(feature = "cluster")]
             SinkTable::Remote { location, lakes } => lakes.current(location).await?,
         };
         let outcome = table

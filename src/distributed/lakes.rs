@@ -9,31 +9,8 @@ use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStor
 use object_store::ObjectStore;
 use url::Url;
 
+use crate::store::location::location_of_store_url;
 use crate::table::{TableOptions, TraceTable};
-
-/// The scheme of the URLs tables register their stores under in the sessions that scan them.
-const SCHEME: &str = "tracelake";
-
-/// The URL table instance `id` at `location` registers its root store under:
-/// `tracelake://table-<id>-<hex of the location URL>/`. The instance id keeps two instances
-/// (with their own caches and metrics) apart in one session; the location lets a node that
-/// never opened the table (a Ballista executor) build the store the URL names.
-pub(crate) fn store_url(id: u64, location: &Url) -> String {
-    format!(
-        "{SCHEME}://table-{id}-{}/",
-        hex::encode(location.as_str().as_bytes())
-    )
-}
-
-/// The table location a [`store_url`] names, if it is one.
-pub(crate) fn location_of_store_url(url: &Url) -> Option<String> {
-    if url.scheme() != SCHEME {
-        return None;
-    }
-    let host = url.host_str()?.strip_prefix("table-")?;
-    let (_, encoded) = host.split_once('-')?;
-    String::from_utf8(hex::decode(encoded).ok()?).ok()
-}
 
 /// The trace tables one Ballista node (scheduler or executor) has opened, by location, with
 /// the [`TableOptions`] (object-store credentials, caches, metrics) it opens them with.
@@ -166,6 +143,7 @@ impl ObjectStoreRegistry for LakeStores {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::location::store_url;
 
     #[test]
     fn store_urls_name_their_location() {

@@ -44,7 +44,6 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 pub use codec::{TraceLogicalCodec, TracePhysicalCodec};
 use lakes::LakeStores;
 pub use lakes::Lakes;
-pub(crate) use lakes::store_url;
 
 use crate::error::{Result, TraceLakeError};
 use crate::table::TableOptions;

@@ -183,7 +183,9 @@ impl TagQuery {
 /// planned when the query is (like DataFusion's `ViewTable`).
 #[derive(Debug)]
 pub struct TagTable {
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) table: Arc<TraceTable>,
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) query: TagQuery,
     plan: LogicalPlan,
 }

@@ -118,6 +118,7 @@ impl TableFunctionImpl for TraceQlFunction {
 #[derive(Debug)]
 pub struct TraceQlTable {
     pub(crate) table: Arc<TraceTable>,
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) text: String,
     pub(crate) query: SearchQuery,
     plan: SearchPlan,
@@ -127,6 +128,7 @@ pub struct TraceQlTable {
 impl TraceQlTable {
     /// The table of search `text` (TraceQL) with `query`'s window and limit; the span
     /// predicate is compiled from `text`.
+    #[cfg(feature = "cluster")]
     pub(crate) fn try_new(
         table: Arc<TraceTable>,
         text: String,

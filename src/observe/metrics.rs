@@ -190,6 +190,7 @@ impl TraceLakeMetrics {
         }
     }
 
+    #[cfg(feature = "otlp")]
     /// Counts an OTLP request of `protocol` (`http`, `grpc`) with `outcome`.
     pub(crate) fn otlp_request(&self, protocol: &'static str, outcome: &'static str) {
         self.otlp_requests
@@ -198,6 +199,7 @@ impl TraceLakeMetrics {
     }
 
     /// Counts spans received over OTLP.
+    #[cfg(feature = "otlp")]
     pub(crate) fn otlp_spans(&self, accepted: u64, rejected: u64) {
         self.otlp_spans
             .get_or_create(&ResultLabels { result: "accepted" })

@@ -49,6 +49,7 @@ impl NestedAttributes {
     }
 
     /// The SQL column this presents.
+    #[cfg(feature = "cluster")]
     pub(crate) fn column(&self) -> &str {
         &self.column
     }

@@ -9,29 +9,38 @@
 //! from the rows instead) when the version has no trace-id index, a file lacks the column, or
 //! a chunk fell back from dictionary encoding.
 
+#[cfg(feature = "query-api")]
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+#[cfg(feature = "query-api")]
 use futures::StreamExt;
+#[cfg(feature = "query-api")]
 use object_store::ObjectStore;
 use parquet::basic::Encoding;
 use parquet::column::page::{Page, PageReader};
 use parquet::file::metadata::ColumnChunkMetaData;
 use parquet::file::reader::{ChunkReader, Length};
 use parquet::file::serialized_reader::SerializedPageReader;
+#[cfg(feature = "query-api")]
 use parquet::schema::types::ColumnPath;
 
+#[cfg(feature = "query-api")]
 use super::filters::StartBounds;
+#[cfg(feature = "query-api")]
 use super::index::{IndexedFile, TraceIdIndex};
+#[cfg(feature = "query-api")]
 use crate::error::{Result, TraceLakeError};
 
 /// Files whose dictionary pages are read at the same time.
+#[cfg(feature = "query-api")]
 const CONCURRENT_READS: usize = 8;
 
 /// The distinct values of one leaf over the row groups of `index` that may start within
 /// `bounds`, at most `cap` of them (the first `cap` in order). `leaf` names the leaf in a file
 /// (`None`: the file does not hold it, and the answer is `None`).
+#[cfg(feature = "query-api")]
 pub(crate) async fn distinct(
     index: &TraceIdIndex,
     store: &Arc<dyn ObjectStore>,

@@ -64,6 +64,7 @@ type BatchStream = futures::stream::BoxStream<'static, DfResult<RecordBatch>>;
 pub struct LookupExec {
     store: Arc<dyn ObjectStore>,
     /// The URL `store` is registered under (what a plan shipped to another node names).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     store_url: ObjectStoreUrl,
     /// Files with the row groups to read, in table order.
     pub(crate) files: Vec<(Arc<IndexedFile>, Vec<usize>)>,
@@ -112,6 +113,7 @@ impl LookupExec {
 
 impl LookupExec {
     /// The URL the files' store is registered under.
+    #[cfg(feature = "cluster")]
     pub(crate) fn store_url(&self) -> &ObjectStoreUrl {
         &self.store_url
     }

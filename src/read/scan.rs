@@ -513,6 +513,7 @@ fn parquet_scan(
 
 /// One file of a lookup shipped to another node: its path in the root store, its size, how
 /// many row groups it has and which of them to read.
+#[cfg(feature = "cluster")]
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ShippedFile {
     pub(crate) path: String,
@@ -527,6 +528,7 @@ pub(crate) struct ShippedFile {
 /// it), read with DataFusion's standard parquet scan: the same files and row groups, the rows
 /// of `ids`, the file columns `projection` produced as the SQL columns `wanted`, in one
 /// partition. The files are read through the store registered under `store_url`.
+#[cfg(feature = "cluster")]
 pub(crate) fn shipped_lookup_scan(
     store_url: &ObjectStoreUrl,
     files: &[ShippedFile],

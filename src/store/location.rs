@@ -209,6 +209,31 @@ fn register_delta_handlers() {
     });
 }
 
+/// The scheme of the URLs tables register their stores under in the sessions that scan them.
+const SCHEME: &str = "tracelake";
+
+/// The URL table instance `id` at `location` registers its root store under:
+/// `tracelake://table-<id>-<hex of the location URL>/`. The instance id keeps two instances
+/// (with their own caches and metrics) apart in one session; the location lets a node that
+/// never opened the table (a Ballista executor) build the store the URL names.
+pub(crate) fn store_url(id: u64, location: &Url) -> String {
+    format!(
+        "{SCHEME}://table-{id}-{}/",
+        hex::encode(location.as_str().as_bytes())
+    )
+}
+
+/// The table location a [`store_url`] names, if it is one.
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) fn location_of_store_url(url: &Url) -> Option<String> {
+    if url.scheme() != SCHEME {
+        return None;
+    }
+    let host = url.host_str()?.strip_prefix("table-")?;
+    let (_, encoded) = host.split_once('-')?;
+    String::from_utf8(hex::decode(encoded).ok()?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -663,7 +663,7 @@ impl TraceTable {
         let state = TableState::from_delta(&table, &home, None)?;
         static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let store_url = ObjectStoreUrl::parse(crate::distributed::store_url(id, &location.url))?;
+        let store_url = ObjectStoreUrl::parse(crate::store::location::store_url(id, &location.url))?;
         let log_store = table.log_store();
         let current = ArcSwap::from_pointee(TableSnapshot::new(state, Some(table), &home));
         Ok(Self {
@@ -703,7 +703,7 @@ impl TraceTable {
 
     /// The URL the root store is registered under for scans: unique to this instance, and
     /// naming the table's location so that a Ballista executor can resolve it (see
-    /// [`crate::distributed`]).
+    /// `tracelake::distributed`, cargo feature `cluster`).
     pub fn store_url(&self) -> &ObjectStoreUrl {
         &self.store_url
     }

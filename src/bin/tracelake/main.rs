@@ -21,6 +21,7 @@
 //! (object-store settings such as `aws_region`; object_store's environment variables work too).
 
 mod demo;
+#[cfg(feature = "cluster")]
 mod node;
 mod serve;
 mod shell;
@@ -203,6 +204,16 @@ pub(crate) enum Format {
 
 pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// The error of a command or flag whose part of tracelake this build left out.
+#[cfg(not(all(feature = "cluster", feature = "flight-sql")))]
+pub(crate) fn not_built(what: &str, feature: &str) -> Box<dyn std::error::Error> {
+    format!(
+        "{what} needs tracelake built with the cargo feature `{feature}` \
+         (cargo install tracelake --features {feature}, or the default features)"
+    )
+    .into()
+}
+
 pub(crate) fn print_batches(
     out: &mut dyn Write,
     batches: &[RecordBatch],
@@ -271,9 +282,15 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
             cluster,
             sql,
         } => shell::run(out, &table, sql, file, format, cluster, options).await?,
+        #[cfg(not(feature = "cluster"))]
+        Command::Scheduler { .. } | Command::Executor { .. } => {
+            return Err(not_built("tracelake scheduler and executor", "cluster"));
+        }
+        #[cfg(feature = "cluster")]
         Command::Scheduler { bind, metrics_addr } => {
             node::scheduler(out, bind, metrics_addr, options).await?
         }
+        #[cfg(feature = "cluster")]
         Command::Executor {
             scheduler,
             bind,

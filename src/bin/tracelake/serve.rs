@@ -202,48 +202,7 @@ pub(crate) async fn run(
         }
     };
     let token = read_token(args.query_token_file.as_deref(), "--query-token-file")?;
-    let flight_sql = match args.flight_sql {
-        Some(addr) => {
-            let config = tracelake::flight_sql::FlightSqlConfig::default()
-                .with_allow_insert(args.flight_sql_allow_insert)
-                .with_bearer_token(read_token(
-                    args.flight_sql_token_file.as_deref(),
-                    "--flight-sql-token-file",
-                )?)
-                .with_query_timeout(Duration::from_secs(args.flight_sql_timeout_seconds.max(1)))
-                .with_max_concurrent_queries(args.flight_sql_max_queries);
-            config.validate()?;
-            let ctx = match &args.cluster {
-                Some(url) => {
-                    tracelake::distributed::remote_context(
-                        &lake,
-                        url,
-                        datafusion::prelude::SessionConfig::new(),
-                    )
-                    .await?
-                }
-                None => {
-                    let ctx = datafusion::prelude::SessionContext::new_with_config(
-                        datafusion::prelude::SessionConfig::new().with_information_schema(true),
-                    );
-                    lake.register_with(
-                        &ctx,
-                        &tracelake::Registration::default()
-                            .read_only(!args.flight_sql_allow_insert),
-                    )?;
-                    ctx
-                }
-            };
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr} (Flight SQL): {e}"))?;
-            Some((ctx, config, listener))
-        }
-        None if args.cluster.is_some() => {
-            return Err("--cluster runs Flight SQL queries: give --flight-sql ADDR too".into());
-        }
-        None => None,
-    };
+    let flight_sql = flight_sql_endpoint(&args, &lake).await?;
     let query_config = tracelake::tempo::TempoApiConfig::default()
         .with_bearer_token(token)
         .with_timeout(Duration::from_secs(args.query_timeout_seconds.max(1)))
@@ -295,16 +254,7 @@ pub(crate) async fn run(
         None => None,
     };
     let flight = match flight_sql {
-        Some((ctx, config, listener)) => {
-            let addr = listener.local_addr()?;
-            let task = tokio::spawn(tracelake::flight_sql::serve(
-                ctx,
-                config,
-                listener,
-                stopped(stop_rx.clone()),
-            ));
-            Some((addr, task))
-        }
+        Some(endpoint) => Some(start_flight_sql(endpoint, stopped(stop_rx.clone()))?),
         None => None,
     };
     health.ready.store(true, Ordering::SeqCst);
@@ -325,8 +275,7 @@ pub(crate) async fn run(
     if let Some((addr, _)) = &flight {
         writeln!(
             out,
-            "listening flight-sql {} (Arrow Flight SQL; {})",
-            tracelake::flight_sql::client_uri(*addr),
+            "listening flight-sql {addr} (Arrow Flight SQL; {})",
             if args.flight_sql_allow_insert {
                 "queries and INSERT"
             } else {
@@ -373,6 +322,100 @@ pub(crate) async fn run(
         outcome.version.max(lake.version())
     )?;
     Ok(())
+}
+
+/// The Flight SQL endpoint `--flight-sql` asks for: the context its queries run in, its
+/// configuration and its bound listener (`Infallible` in a build without Flight SQL).
+#[cfg(feature = "flight-sql")]
+type FlightSql = (
+    datafusion::prelude::SessionContext,
+    tracelake::flight_sql::FlightSqlConfig,
+    tokio::net::TcpListener,
+);
+#[cfg(not(feature = "flight-sql"))]
+type FlightSql = std::convert::Infallible;
+
+/// A running endpoint: the URI its clients connect to and the task serving it.
+type Running = (String, tokio::task::JoinHandle<tracelake::Result<()>>);
+
+/// Checks the Flight SQL flags and binds the endpoint's address, before anything starts.
+#[cfg(feature = "flight-sql")]
+async fn flight_sql_endpoint(args: &ServeArgs, lake: &TraceLake) -> CliResult<Option<FlightSql>> {
+    Ok(match args.flight_sql {
+        Some(addr) => {
+            let config = tracelake::flight_sql::FlightSqlConfig::default()
+                .with_allow_insert(args.flight_sql_allow_insert)
+                .with_bearer_token(read_token(
+                    args.flight_sql_token_file.as_deref(),
+                    "--flight-sql-token-file",
+                )?)
+                .with_query_timeout(Duration::from_secs(args.flight_sql_timeout_seconds.max(1)))
+                .with_max_concurrent_queries(args.flight_sql_max_queries);
+            config.validate()?;
+            let ctx = match &args.cluster {
+                #[cfg(feature = "cluster")]
+                Some(url) => {
+                    tracelake::distributed::remote_context(
+                        lake,
+                        url,
+                        datafusion::prelude::SessionConfig::new(),
+                    )
+                    .await?
+                }
+                #[cfg(not(feature = "cluster"))]
+                Some(_) => return Err(crate::not_built("--cluster", "cluster")),
+                None => {
+                    let ctx = datafusion::prelude::SessionContext::new_with_config(
+                        datafusion::prelude::SessionConfig::new().with_information_schema(true),
+                    );
+                    lake.register_with(
+                        &ctx,
+                        &tracelake::Registration::default()
+                            .read_only(!args.flight_sql_allow_insert),
+                    )?;
+                    ctx
+                }
+            };
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (Flight SQL): {e}"))?;
+            Some((ctx, config, listener))
+        }
+        None if args.cluster.is_some() => {
+            return Err("--cluster runs Flight SQL queries: give --flight-sql ADDR too".into());
+        }
+        None => None,
+    })
+}
+
+#[cfg(not(feature = "flight-sql"))]
+async fn flight_sql_endpoint(args: &ServeArgs, _lake: &TraceLake) -> CliResult<Option<FlightSql>> {
+    if args.flight_sql.is_some() {
+        return Err(crate::not_built("--flight-sql", "flight-sql"));
+    }
+    if args.cluster.is_some() {
+        return Err("--cluster runs Flight SQL queries: give --flight-sql ADDR too".into());
+    }
+    Ok(None)
+}
+
+/// Serves the endpoint until `stop` completes.
+#[cfg(feature = "flight-sql")]
+fn start_flight_sql(
+    (ctx, config, listener): FlightSql,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> CliResult<Running> {
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(tracelake::flight_sql::serve(ctx, config, listener, stop));
+    Ok((tracelake::flight_sql::client_uri(addr), task))
+}
+
+#[cfg(not(feature = "flight-sql"))]
+fn start_flight_sql(
+    endpoint: FlightSql,
+    _stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> CliResult<Running> {
+    match endpoint {}
 }
 
 /// The accepted connections of `listener`, as the stream tonic serves.

@@ -78,6 +78,7 @@ pub(crate) async fn run(
 ) -> CliResult<()> {
     let lake = TraceLake::open_with_options(table, options).await?;
     let ctx = match cluster {
+        #[cfg(feature = "cluster")]
         Some(url) => {
             tracelake::distributed::remote_context(
                 &lake,
@@ -86,6 +87,8 @@ pub(crate) async fn run(
             )
             .await?
         }
+        #[cfg(not(feature = "cluster"))]
+        Some(_) => return Err(crate::not_built("--cluster", "cluster")),
         None => lake.session_context()?,
     };
     let text = match (sql, file) {

@@ -1,12 +1,12 @@
 //! The `tracelake` binary as a user runs it: demo, sql (table, csv, json), maintenance
 //! commands, `--export-spans` and `--metrics`, and errors.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::tracelake;
+use crate::common::tracelake;
 
 #[test]
 fn demo_then_sql_stats_and_maintenance() {

@@ -342,11 +342,13 @@ pub fn repo() -> PathBuf {
 }
 
 /// The `tracelake` binary built for these tests.
+#[cfg(feature = "cli")]
 pub fn tracelake_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tracelake"))
 }
 
 /// Runs `tracelake args...`; returns (success, stdout, stderr).
+#[cfg(feature = "cli")]
 pub fn tracelake(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(tracelake_bin())
         .args(args)
@@ -472,6 +474,7 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 }
 
 /// A `tracelake serve` process on loopback ports chosen by the system, killed when dropped.
+#[cfg(feature = "cli")]
 pub struct ServeProcess {
     pub child: std::process::Child,
     pub http: std::net::SocketAddr,
@@ -481,6 +484,7 @@ pub struct ServeProcess {
     pub output: Arc<Mutex<Vec<String>>>,
 }
 
+#[cfg(feature = "cli")]
 impl ServeProcess {
     pub fn start(table: &FsPath, extra: &[&str]) -> Self {
         use std::io::BufRead;
@@ -541,6 +545,7 @@ impl ServeProcess {
     }
 }
 
+#[cfg(feature = "cli")]
 impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -6,7 +6,7 @@
 //! Screenshots go to `TRACELAKE_SCREENSHOTS` when set (docs/images/ is made that way), else
 //! to the test's scratch directory.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

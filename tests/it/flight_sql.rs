@@ -1,7 +1,7 @@
 //! The Flight SQL endpoint (`tracelake::flight_sql`) driven by a real client: the ADBC Flight
 //! SQL driver (Go, from PyPI) through `tests/clients/flight_sql_client.py`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -1,9 +1,8 @@
 //! Tables of many files (issue 13): what opening, refreshing and looking up read, asserted as
 //! object-store request counts, and the footer budget that bounds the memory lookups hold.
 
-mod common;
 
-use common::{TestStore, count, rows, run};
+use crate::common::{TestStore, count, rows, run};
 use tracelake::synth::{TraceShape, traces};
 use tracelake::{TableOptions, TraceLake};
 

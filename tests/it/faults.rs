@@ -3,12 +3,14 @@
 //! append leaves a table that tracelake and Python `deltalake` read the same, and that the
 //! next append extends.
 
-mod common;
+use crate::common;
 
+#[cfg(feature = "cli")]
 use std::process::{Command, Stdio};
+#[cfg(feature = "cli")]
 use std::time::{Duration, Instant};
 
-use common::{TestStore, count, count_spans, day, rows, run};
+use crate::common::{TestStore, count, count_spans, day, rows, run};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracelake::{TableOptions, TraceLake};
@@ -92,6 +94,7 @@ async fn an_unreadable_data_file_fails_only_the_queries_that_need_it() {
 }
 
 /// Spans in `path` as (tracelake's count, Python deltalake's count, Python's distinct ids).
+#[cfg(feature = "cli")]
 async fn counts(path: &str, python: &std::path::Path) -> (i64, i64, i64) {
     let lake = TraceLake::open(path).await.unwrap();
     let ours = count_spans(&lake).await;
@@ -111,6 +114,7 @@ async fn counts(path: &str, python: &std::path::Path) -> (i64, i64, i64) {
 }
 
 /// Committed versions (`_delta_log/*.json`) of a local table.
+#[cfg(feature = "cli")]
 fn commits(path: &std::path::Path) -> usize {
     std::fs::read_dir(path.join("_delta_log"))
         .map(|entries| {
@@ -122,6 +126,7 @@ fn commits(path: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+#[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_killed_mid_append_leaves_a_table_every_reader_agrees_on() {
     let clients = common::clients();

@@ -2,9 +2,8 @@
 //! query keeping its snapshot, and filters on `trace_id` and `start_time` reaching Delta file
 //! skipping and parquet pruning (read from the scan's metrics).
 
-mod common;
 
-use common::{rows, run};
+use crate::common::{rows, run};
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;

@@ -3,7 +3,7 @@
 //! table function called with right and wrong argument types, NULLs, empty and huge values.
 //! Never a panic; every accepted row reads back equal; every refused append writes nothing.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{LazyLock, Once};

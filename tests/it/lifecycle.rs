@@ -2,7 +2,7 @@
 //! files a running query may still read, a reader querying during appends and maintenance
 //! never errors and sees every committed span exactly once, checkpoints keep opening bounded.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use common::{DAY, DAY0, count_spans, day};
+use crate::common::{DAY, DAY0, count_spans, day};
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;

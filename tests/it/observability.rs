@@ -2,13 +2,12 @@
 //! counters equal to a ground-truth count of the inner store's calls, zero LIST requests on
 //! the query path, lifecycle spans.
 
-mod common;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use common::TestStore;
+use crate::common::TestStore;
 use tracelake::observe::{TraceLakeMetrics, names};
 use tracelake::store::telemetry;
 use tracelake::synth::{TraceShape, traces};
@@ -64,6 +63,9 @@ where
         }
     }
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        if !CAPTURING.with(|c| c.get()) {
+            return;
+        }
         if let Some(span) = ctx.span(&id) {
             let fields = span
                 .extensions()
@@ -80,10 +82,18 @@ where
     }
 }
 
+thread_local! {
+    /// Whether this thread's spans are recorded: only the threads of the tests that asked for
+    /// the capture are, so the other tests of the binary leave nothing in its buffer.
+    static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Capture {
     /// The process-wide capture (installed once as the global subscriber: callsite interest is
-    /// global, so a per-thread subscriber would race with the other tests).
+    /// global, so a per-thread subscriber would race with the other tests), recording the
+    /// spans that close on the calling thread from now on.
     fn global() -> Capture {
+        CAPTURING.with(|c| c.set(true));
         static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
         CAPTURE
             .get_or_init(|| {

@@ -3,7 +3,7 @@
 //! serve` driven by real OpenTelemetry SDKs (Python over OTLP/HTTP protobuf with gzip and over
 //! gRPC, JavaScript over OTLP/HTTP JSON), shut down with SIGTERM and killed with SIGKILL.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Int32Type, Int64Type};
-use common::{TestStore, http_request};
+use crate::common::{TestStore, http_request};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };

@@ -1,9 +1,9 @@
 //! Trace lookups on a table written in many commits, before and after compaction: the
 //! number of data files and row groups a lookup opens is asserted (deterministic figures).
 
-mod common;
+use crate::common;
 
-use common::{rows, run};
+use crate::common::{rows, run};
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;

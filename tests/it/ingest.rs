@@ -1,11 +1,11 @@
 //! Buffered ingest: commits by size and by time, bad rows rejected at once, failed commits
 //! retried or reported (never dropped), concurrent writers losing nothing, background refresh.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{DAY0, Fault, TestStore, count_spans as count, spans, wait_until};
+use crate::common::{DAY0, Fault, TestStore, count_spans as count, spans, wait_until};
 use tracelake::synth::{TraceShape, traces};
 use tracelake::table::AppenderConfig;
 use tracelake::{TableOptions, TraceLake};

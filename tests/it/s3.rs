@@ -2,7 +2,7 @@
 //! `make bench.certification` start moto's server on loopback and pass its address in
 //! `TRACELAKE_S3_ENDPOINT`): create, concurrent appends from two handles (conditional-put
 //! commits, nothing lost), lookups with no LIST on the query path, refresh, reopen.
-#![cfg(feature = "s3")]
+
 
 use std::collections::HashMap;
 
@@ -146,6 +146,7 @@ async fn a_missing_table_on_s3_is_a_clear_error() {
 
 /// The same queries on an in-process Ballista cluster whose nodes open the S3 table with
 /// their own credentials (`StandaloneOptions::table_options`) and read its files there.
+#[cfg(feature = "cluster")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_on_s3_answers_the_same_on_a_ballista_cluster() {
     let url = location("cluster");

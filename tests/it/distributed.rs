@@ -4,7 +4,7 @@
 //! `service_graph`, a parent/child self-join), and an `INSERT` run on the cluster is committed
 //! to the lake. The client itself reads nothing while the cluster runs its queries.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -16,7 +16,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tracelake::store::telemetry::{BACKENDS, OPERATIONS};
 use tracelake::{TableOptions, TraceLake};
 
-use common::{day, tracelake_bin};
+use crate::common::{day, tracelake_bin};
 
 /// Child processes killed when the test ends, however it ends.
 struct Nodes(Vec<Child>);
