@@ -1,4 +1,4 @@
-"""A real Flight SQL client for tests/flight_sql.rs: the ADBC Flight SQL driver (Go, shipped
+"""A real Flight SQL client for tests/it/flight_sql.rs: the ADBC Flight SQL driver (Go, shipped
 in the `adbc-driver-flightsql` wheel) through the ADBC driver manager's DB-API.
 
     flight_sql_client.py URI AUTH COMMAND [ARG ...]

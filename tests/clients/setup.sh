@@ -43,7 +43,7 @@ node_packages=(
 exec 9>"$root/.lock"
 flock 9
 
-# Debian's Chromium for the trace view's browser test (tests/ui.rs), when missing and this
+# Debian's Chromium for the trace view's browser test (tests/it/ui.rs), when missing and this
 # user may install packages.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   echo "tests/clients/setup.sh: installing Debian's chromium" >&2

@@ -1,6 +1,6 @@
 // Drives tracelake's trace view (served by `tracelake serve --query-http`) in headless
 // Chromium (Debian's /usr/bin/chromium, driven by playwright-core) as a user would, and
-// prints what the page showed as one JSON object for tests/ui.rs to check.
+// prints what the page showed as one JSON object for tests/it/ui.rs to check.
 //
 //   node trace_view.js BASE_URL SCENARIO_JSON
 //
