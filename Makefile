@@ -20,8 +20,9 @@
 
 PROFILE ?= bench
 CURRENT ?= target/bench-current
-# bench_compare is built the way the tests build it (with the dev-dependencies' features),
-# so it reuses the dependencies the benches were built with instead of compiling them again.
+# bench_compare is the crate's binary that cargo builds with every bench (as for integration
+# tests): with the dev-dependencies' features, so it reuses the dependencies the benches were
+# built with instead of compiling them again.
 PROFILE_DIR = $(if $(filter dev test,$(PROFILE)),debug,release)
 BENCH_COMPARE = target/$(PROFILE_DIR)/bench_compare
 CRITERION_ARGS ?= --warm-up-time 1 --measurement-time 3
@@ -33,7 +34,7 @@ bench.core:
 	rm -rf $(CURRENT) && mkdir -p $(CURRENT)
 	TRACELAKE_BENCH_TIER=0 TRACELAKE_BENCH_METRICS=$(CURRENT) \
 		$(CARGO) bench --profile $(PROFILE) --bench core -- $(CRITERION_ARGS)
-	$(CARGO) test --profile $(PROFILE) --no-run --test bench_compare
+	$(CARGO) bench --profile $(PROFILE) --no-run --bench core
 	$(BENCH_COMPARE) bench_metrics $(CURRENT)
 
 bench.baseline: bench.core

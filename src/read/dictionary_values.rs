@@ -225,7 +225,7 @@ impl ChunkReader for Slice {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "query-api"))]
 mod tests {
     use super::*;
     use crate::dedicated::{AttributeScope, DedicatedColumn, DedicatedColumns, DedicatedType};

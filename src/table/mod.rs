@@ -663,7 +663,8 @@ impl TraceTable {
         let state = TableState::from_delta(&table, &home, None)?;
         static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let store_url = ObjectStoreUrl::parse(crate::store::location::store_url(id, &location.url))?;
+        let store_url =
+            ObjectStoreUrl::parse(crate::store::location::store_url(id, &location.url))?;
         let log_store = table.log_store();
         let current = ArcSwap::from_pointee(TableSnapshot::new(state, Some(table), &home));
         Ok(Self {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::common::{DAY, DAY0, count_spans, day};
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use crate::common::{DAY, DAY0, count_spans, day};
 use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;

@@ -2,7 +2,6 @@
 //! counters equal to a ground-truth count of the inner store's calls, zero LIST requests on
 //! the query path, lifecycle spans.
 
-
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,6 @@
 //! query keeping its snapshot, and filters on `trace_id` and `start_time` reaching Delta file
 //! skipping and parquet pruning (read from the scan's metrics).
 
-
 use crate::common::{rows, run};
 
 use arrow::array::AsArray;

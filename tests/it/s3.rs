@@ -3,7 +3,6 @@
 //! `TRACELAKE_S3_ENDPOINT`): create, concurrent appends from two handles (conditional-put
 //! commits, nothing lost), lookups with no LIST on the query path, refresh, reopen.
 
-
 use std::collections::HashMap;
 
 use arrow::array::AsArray;

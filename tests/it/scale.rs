@@ -1,7 +1,6 @@
 //! Tables of many files (issue 13): what opening, refreshing and looking up read, asserted as
 //! object-store request counts, and the footer budget that bounds the memory lookups hold.
 
-
 use crate::common::{TestStore, count, rows, run};
 use tracelake::synth::{TraceShape, traces};
 use tracelake::{TableOptions, TraceLake};
