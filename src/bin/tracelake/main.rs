@@ -209,7 +209,7 @@ pub(crate) type CliResult<T> = Result<T, Box<dyn std::error::Error>>;
 pub(crate) fn not_built(what: &str, feature: &str) -> Box<dyn std::error::Error> {
     format!(
         "{what} needs tracelake built with the cargo feature `{feature}` \
-         (cargo install tracelake --features {feature}, or the default features)"
+         (build it with `--features {feature}`, or with the default features)"
     )
     .into()
 }

@@ -202,6 +202,9 @@ pub(crate) async fn run(
         }
     };
     let token = read_token(args.query_token_file.as_deref(), "--query-token-file")?;
+    if args.flight_sql.is_none() && args.cluster.is_some() {
+        return Err("--cluster runs Flight SQL queries: give --flight-sql ADDR too".into());
+    }
     let flight_sql = flight_sql_endpoint(&args, &lake).await?;
     let query_config = tracelake::tempo::TempoApiConfig::default()
         .with_bearer_token(token)
@@ -381,9 +384,6 @@ async fn flight_sql_endpoint(args: &ServeArgs, lake: &TraceLake) -> CliResult<Op
                 .map_err(|e| format!("cannot listen on {addr} (Flight SQL): {e}"))?;
             Some((ctx, config, listener))
         }
-        None if args.cluster.is_some() => {
-            return Err("--cluster runs Flight SQL queries: give --flight-sql ADDR too".into());
-        }
         None => None,
     })
 }
@@ -392,9 +392,6 @@ async fn flight_sql_endpoint(args: &ServeArgs, lake: &TraceLake) -> CliResult<Op
 async fn flight_sql_endpoint(args: &ServeArgs, _lake: &TraceLake) -> CliResult<Option<FlightSql>> {
     if args.flight_sql.is_some() {
         return Err(crate::not_built("--flight-sql", "flight-sql"));
-    }
-    if args.cluster.is_some() {
-        return Err("--cluster runs Flight SQL queries: give --flight-sql ADDR too".into());
     }
     Ok(None)
 }
