@@ -9,7 +9,8 @@
 #                             open/refresh at 10 and 1,000 commits, ingest of 1M spans, OTLP/HTTP
 #                             ingest with 8 concurrent exporters, one process vs a Ballista cluster,
 #                             search by attributes on the demo generator's spans (group `search`),
-#                             the Tempo HTTP API over loopback (group `tempo_api`)
+#                             the Tempo HTTP API over loopback (group `tempo_api`), compaction of
+#                             a 5.16M-span day in 150 files (group `compaction`)
 #   make bench.certification  Tier 2: against a latency-injected object store and an S3-protocol
 #                             server on loopback (moto from PyPI, installed and started here;
 #                             needs python3 and curl), built with the `s3` feature
@@ -43,7 +44,7 @@ bench.baseline: bench.core
 bench.extended:
 	mkdir -p target/bench-extended
 	TRACELAKE_BENCH_TIER=1 TRACELAKE_BENCH_METRICS=target/bench-extended \
-		$(CARGO) bench --profile $(PROFILE) --bench lookup --bench search --bench files --bench insert --bench lifecycle --bench otlp --bench distributed -- $(CRITERION_ARGS)
+		$(CARGO) bench --profile $(PROFILE) --bench lookup --bench search --bench files --bench insert --bench lifecycle --bench compaction --bench otlp --bench distributed -- $(CRITERION_ARGS)
 
 S3_PORT ?= 5077
 S3_BUCKET ?= tracelake-bench

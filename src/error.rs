@@ -89,6 +89,11 @@ pub enum TraceLakeError {
     #[error("the spans were not committed (sending them again is safe): {0}")]
     NotCommitted(String),
 
+    /// A rewrite (compaction) lost to another commit that removed a file it was rewriting;
+    /// nothing was committed, and running it again is safe.
+    #[error("conflict: {0}")]
+    Conflict(String),
+
     /// An error of the Delta layer.
     #[error("delta table error: {0}")]
     Delta(#[from] deltalake::DeltaTableError),
@@ -151,7 +156,11 @@ impl TraceLakeError {
             | Self::OutOfRange { .. }
             | Self::NoRuntime(_)
             | Self::AppenderStopped => false,
-            Self::Busy(_) | Self::NotCommitted(_) | Self::Cluster(_) | Self::Server(_) => true,
+            Self::Busy(_)
+            | Self::NotCommitted(_)
+            | Self::Conflict(_)
+            | Self::Cluster(_)
+            | Self::Server(_) => true,
             Self::AppendFailed { transient, .. } => *transient,
             Self::Delta(e) => delta_is_transient(e),
             Self::ObjectStore(e) => object_store_is_transient(e),

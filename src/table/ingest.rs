@@ -555,6 +555,15 @@ pub(crate) fn sort_in_background(batches: Vec<RecordBatch>) -> SortedChunks {
 }
 
 impl SortedChunks {
+    /// Batches that arrive already in storage order (a compaction's merge): handed to the
+    /// writer as they come, until every sender is dropped.
+    pub(crate) fn presorted(batches: tokio::sync::mpsc::Receiver<Result<RecordBatch>>) -> Self {
+        SortedChunks(Chunks::Background {
+            batches,
+            task: None,
+        })
+    }
+
     /// The next sorted batch; `None` once all are handed over. A sort that panicked is an
     /// error here, never a silently shorter commit.
     pub(crate) async fn next(&mut self) -> Option<Result<RecordBatch>> {

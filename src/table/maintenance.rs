@@ -9,14 +9,21 @@
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use deltalake::kernel::Action;
 use deltalake::operations::optimize::OptimizeType;
+use deltalake::operations::vacuum::VacuumMode;
+use deltalake::protocol::DeltaOperation;
 use deltalake::{FilterOp, FilterValue};
 use tracing::{Instrument, field};
 
+use super::compact::{Compactor, Input, plan_partition};
+pub use super::compact::{DEFAULT_COMPACTION_MEMORY, MIN_COMPACTION_MEMORY};
 use super::{TraceTable, writer_properties};
 use crate::error::{Result, TraceLakeError};
 use crate::observe::names;
@@ -32,23 +39,161 @@ pub struct OptimizeOutcome {
     pub files_added: u64,
     /// The version after the run (unchanged when nothing needed optimizing).
     pub version: i64,
+    /// Merge passes run (tracelake's own compaction: one per group of files, more when a
+    /// group has more files than the memory budget lets one merge read, or holds an unsorted
+    /// file); 0 with deltalake's optimize.
+    pub merge_passes: u64,
+    /// The most memory the merges reserved at once, bytes (their batches, as DataFusion's
+    /// memory pool counts them; never more than the budget).
+    pub peak_merge_memory: u64,
 }
 
 impl TraceTable {
     /// The partitions whose files overlap in trace-id range and would be rewritten by
     /// [`TraceTable::optimize`].
     pub fn partitions_to_optimize(&self) -> Result<Vec<String>> {
-        let snapshot = self.snapshot();
-        let mut ranges: BTreeMap<String, Vec<Option<(String, String)>>> = BTreeMap::new();
-        for slot in snapshot.state().files.values() {
-            let date = slot.log.span_date.clone().unwrap_or_default();
-            ranges.entry(date).or_default().push(slot.trace_id_range());
-        }
-        Ok(ranges
+        let target = self.snapshot().state().write.target_file_size.get();
+        Ok(self
+            .compaction_plan(target)
             .into_iter()
-            .filter(|(_, files)| overlapping(files))
             .map(|(date, _)| date)
             .collect())
+    }
+
+    /// The groups of files to rewrite, by partition: in each day, the files whose trace-id
+    /// ranges overlap, and runs of adjacent small files (see [`plan_partition`]).
+    fn compaction_plan(&self, target_file_size: u64) -> Vec<(String, Vec<Vec<Input>>)> {
+        let snapshot = self.snapshot();
+        let mut days: BTreeMap<String, Vec<Input>> = BTreeMap::new();
+        for slot in snapshot.state().files.values() {
+            let log = &slot.log;
+            let date = log.span_date.clone().unwrap_or_default();
+            days.entry(date).or_default().push(Input {
+                path: log.path.clone(),
+                size: log.size,
+                rows: log.num_records.unwrap_or(0),
+                ids: slot.trace_id_range(),
+                run: false,
+            });
+        }
+        days.into_iter()
+            .filter_map(|(date, files)| {
+                let groups = plan_partition(&files, target_file_size);
+                (!groups.is_empty()).then_some((date, groups))
+            })
+            .collect()
+    }
+
+    /// tracelake's own compaction (see [`super::compact`]): each day with groups to rewrite
+    /// is merged in bounded memory and committed on its own (`dataChange = false`), so a
+    /// failure in one day leaves the days already committed.
+    async fn run_compaction(
+        &self,
+        target: Option<std::num::NonZeroU64>,
+        memory: u64,
+    ) -> Result<OptimizeOutcome> {
+        let settings = (*self.snapshot().state().write).clone();
+        let target_file_size = target.unwrap_or(settings.target_file_size).get();
+        let plan = self.compaction_plan(target_file_size);
+        let before = self.version();
+        let span = tracing::info_span!(
+            names::DELTA_OPTIMIZE,
+            { names::ATTR_VERSION_BEFORE } = before,
+            { names::ATTR_VERSION_AFTER } = field::Empty,
+            { names::ATTR_PARTITIONS } = plan.len(),
+            { names::ATTR_FILES_ADDED } = field::Empty,
+            { names::ATTR_FILES_REMOVED } = field::Empty,
+            { names::ATTR_ERROR } = field::Empty,
+        );
+        let passes = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let result = async {
+            let mut outcome = OptimizeOutcome {
+                version: before,
+                ..Default::default()
+            };
+            for (date, groups) in plan {
+                let compactor = Compactor {
+                    log_store: self.log_store.clone(),
+                    settings: settings.clone(),
+                    span_date: date.clone(),
+                    memory,
+                    target_file_size,
+                    passes: passes.clone(),
+                    peak_reserved: peak.clone(),
+                };
+                let mut actions: Vec<Action> = Vec::new();
+                let mut inputs: Vec<String> = Vec::new();
+                let mut runs: Vec<String> = Vec::new();
+                let mut written: Vec<String> = Vec::new();
+                let mut removed = 0u64;
+                let mut added = 0u64;
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let mut failed = None;
+                for group in groups {
+                    inputs.extend(group.iter().map(|f| f.path.clone()));
+                    removed += group.len() as u64;
+                    actions.extend(super::compact::removes(&group, &date, now_ms));
+                    match compactor.merge_group(group).await {
+                        Ok(merged) => {
+                            runs.extend(merged.runs);
+                            for action in &merged.adds {
+                                if let Action::Add(add) = action {
+                                    written.push(add.path.clone());
+                                }
+                            }
+                            added += merged.adds.len() as u64;
+                            actions.extend(merged.adds);
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                // The runs are not needed once the day's files are written.
+                compactor.delete_paths(&runs).await;
+                if let Some(e) = failed {
+                    compactor.delete_paths(&written).await;
+                    return Err(e);
+                }
+                let operation = DeltaOperation::Optimize {
+                    predicate: Some(format!("{} = '{date}'", col::SPAN_DATE)),
+                    target_size: target_file_size as i64,
+                };
+                let committed = {
+                    let _guard = self.commit_lock.lock().await;
+                    let snapshot = self.snapshot();
+                    self.commit_actions(snapshot.state(), actions, None, operation, &inputs)
+                        .instrument(tracing::info_span!(names::DELTA_APPEND_COMMIT))
+                        .await
+                };
+                match committed {
+                    Ok(version) => outcome.version = version,
+                    Err(e) => {
+                        // Not committed (a conflict or a failing store before the log entry
+                        // was attempted): the new files are not part of the table.
+                        if matches!(e, TraceLakeError::Conflict(_)) {
+                            compactor.delete_paths(&written).await;
+                        }
+                        return Err(e);
+                    }
+                }
+                outcome.partitions.push(date);
+                outcome.files_removed += removed;
+                outcome.files_added += added;
+            }
+            outcome.merge_passes = passes.load(Ordering::Relaxed) as u64;
+            outcome.peak_merge_memory = peak.load(Ordering::Relaxed) as u64;
+            Ok(outcome)
+        }
+        .instrument(span.clone())
+        .await;
+        let outcome = super::record_result(&span, result)?;
+        span.record(names::ATTR_VERSION_AFTER, outcome.version);
+        span.record(names::ATTR_FILES_ADDED, outcome.files_added);
+        span.record(names::ATTR_FILES_REMOVED, outcome.files_removed);
+        Ok(outcome)
     }
 
     /// Compacts the partitions that need it (see [`TraceTable::partitions_to_optimize`]) into
@@ -58,10 +203,25 @@ impl TraceTable {
         OptimizeBuilder {
             table: self,
             target_file_size: None,
+            memory_budget: None,
         }
     }
 
-    async fn run_optimize(&self, target_file_size: Option<u64>) -> Result<OptimizeOutcome> {
+    async fn run_optimize(
+        &self,
+        target_file_size: Option<u64>,
+        memory: Option<u64>,
+    ) -> Result<OptimizeOutcome> {
+        let memory = match memory {
+            None => DEFAULT_COMPACTION_MEMORY,
+            Some(bytes) if bytes >= MIN_COMPACTION_MEMORY => bytes,
+            Some(bytes) => {
+                return Err(TraceLakeError::InvalidArgument(format!(
+                    "optimize memory_budget {bytes} is too small: at least \
+                     {MIN_COMPACTION_MEMORY} bytes"
+                )));
+            }
+        };
         let target = match target_file_size {
             None => None,
             Some(bytes)
@@ -77,6 +237,16 @@ impl TraceTable {
                 )));
             }
         };
+        let snapshot = self.snapshot();
+        let state = snapshot.state();
+        // tracelake's own compaction reads the data files directly: tables whose files have
+        // deletion vectors, or whose features the direct write path does not honour, take
+        // deltalake's optimize instead.
+        if state.deletion_vectors == 0 && state.write.direct {
+            drop(snapshot);
+            return self.run_compaction(target, memory).await;
+        }
+        drop(snapshot);
         let partitions = self.partitions_to_optimize()?;
         let before = self.version();
         let span = tracing::info_span!(
@@ -116,6 +286,7 @@ impl TraceTable {
                 files_removed: metrics.num_files_removed,
                 files_added: metrics.num_files_added,
                 version,
+                ..Default::default()
             })
         }
         .instrument(span.clone())
@@ -169,6 +340,7 @@ pub struct ExpireOutcome {
 pub struct OptimizeBuilder<'a> {
     table: &'a TraceTable,
     target_file_size: Option<u64>,
+    memory_budget: Option<u64>,
 }
 
 /// The smallest target file size [`OptimizeBuilder::target_file_size`] accepts (1 MiB).
@@ -185,6 +357,16 @@ impl OptimizeBuilder<'_> {
         self.target_file_size = Some(bytes);
         self
     }
+
+    /// The memory compaction may hold, in bytes (at least [`MIN_COMPACTION_MEMORY`]; default
+    /// [`DEFAULT_COMPACTION_MEMORY`], 256 MiB). It bounds how many files one merge reads at
+    /// once (a day with more files is merged in several passes through sorted runs) and the
+    /// external sort of files that are not in storage order; it does not grow with the size
+    /// of a day.
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
 }
 
 impl<'a> IntoFuture for OptimizeBuilder<'a> {
@@ -192,7 +374,10 @@ impl<'a> IntoFuture for OptimizeBuilder<'a> {
     type IntoFuture = BoxFuture<'a, Self::Output>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.table.run_optimize(self.target_file_size))
+        Box::pin(
+            self.table
+                .run_optimize(self.target_file_size, self.memory_budget),
+        )
     }
 }
 
@@ -203,6 +388,7 @@ pub struct VacuumBuilder<'a> {
     table: &'a TraceTable,
     retention: Duration,
     dry_run: bool,
+    orphans: bool,
 }
 
 impl VacuumBuilder<'_> {
@@ -228,6 +414,18 @@ impl VacuumBuilder<'_> {
         self.dry_run = dry_run;
         self
     }
+
+    /// Also delete orphans (default: no): data files in the table's directory that no
+    /// version names, such as the files of a writer killed before its commit or a
+    /// compaction's runs. As Delta's full vacuum defines it: a file is deleted only when it is
+    /// older than the retention and neither the current version nor a file removed within
+    /// the retention names it, so a writer still committing and a reader of any version
+    /// within the retention keep their files. This lists the table's directory (one request
+    /// per page of a thousand files on object stores).
+    pub fn orphans(mut self, orphans: bool) -> Self {
+        self.orphans = orphans;
+        self
+    }
 }
 
 impl<'a> IntoFuture for VacuumBuilder<'a> {
@@ -235,7 +433,10 @@ impl<'a> IntoFuture for VacuumBuilder<'a> {
     type IntoFuture = BoxFuture<'a, Self::Output>;
 
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(self.table.run_vacuum(self.retention, self.dry_run))
+        Box::pin(
+            self.table
+                .run_vacuum(self.retention, self.dry_run, self.orphans),
+        )
     }
 }
 
@@ -339,10 +540,16 @@ impl TraceTable {
             table: self,
             retention: Duration::from_secs(DEFAULT_VACUUM_RETENTION_HOURS * 3_600),
             dry_run: false,
+            orphans: false,
         }
     }
 
-    async fn run_vacuum(&self, retention: Duration, dry_run: bool) -> Result<VacuumOutcome> {
+    async fn run_vacuum(
+        &self,
+        retention: Duration,
+        dry_run: bool,
+        orphans: bool,
+    ) -> Result<VacuumOutcome> {
         let min = Duration::from_secs(MIN_VACUUM_RETENTION_HOURS * 3_600);
         let max = Duration::from_secs(MAX_VACUUM_RETENTION_HOURS * 3_600);
         if retention < min || retention > max {
@@ -376,6 +583,11 @@ impl TraceTable {
                 .vacuum()
                 .with_retention_period(retention)
                 .with_enforce_retention_duration(false)
+                .with_mode(if orphans {
+                    VacuumMode::Full
+                } else {
+                    VacuumMode::Lite
+                })
                 .with_dry_run(dry_run)
                 .await?;
             let version = self
@@ -505,30 +717,9 @@ impl TraceTable {
     }
 }
 
-/// Whether files (by trace-id range; `None` when unknown) need clustering: two or more whose
-/// ranges overlap, or any unknown range among several files.
-fn overlapping(files: &[Option<(String, String)>]) -> bool {
-    if files.len() < 2 {
-        return false;
-    }
-    let mut ranges: Vec<&(String, String)> = Vec::with_capacity(files.len());
-    for f in files {
-        match f {
-            Some(r) => ranges.push(r),
-            None => return true,
-        }
-    }
-    ranges.sort();
-    ranges.windows(2).any(|w| w[1].0 <= w[0].1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn r(a: &str, b: &str) -> Option<(String, String)> {
-        Some((a.into(), b.into()))
-    }
 
     #[test]
     fn expiry_cutoffs_never_wrap() {
@@ -545,13 +736,5 @@ mod tests {
         assert!(err.contains("between 0 and 36500"), "{err}");
         // A clock near the start of the representable range.
         assert!(expiry_cutoff(36_000, -9_000_000_000_000_000_000).is_err());
-    }
-
-    #[test]
-    fn only_overlapping_partitions_need_work() {
-        assert!(!overlapping(&[r("0", "f")]));
-        assert!(!overlapping(&[r("0", "3"), r("4", "7"), r("8", "f")]));
-        assert!(overlapping(&[r("0", "8"), r("4", "f")]));
-        assert!(overlapping(&[r("0", "3"), None]));
     }
 }

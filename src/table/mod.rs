@@ -14,6 +14,7 @@
 
 pub mod appender;
 pub mod background;
+pub(crate) mod compact;
 pub(crate) mod ingest;
 pub mod maintenance;
 pub(crate) mod state;
@@ -1155,13 +1156,46 @@ impl TraceTable {
             partition_by: Some(vec![col::SPAN_DATE.to_string()]),
             predicate: None,
         };
+        let span = tracing::info_span!(names::DELTA_APPEND_COMMIT);
+        self.commit_actions(base, adds, txn, operation, &[])
+            .instrument(span)
+            .await
+    }
+
+    /// Commits `actions` on top of `base` as [`TraceTable::commit_adds`] does, provided every
+    /// file of `requires` (log paths) is still in the table at the version the commit lands
+    /// on: a rewrite (compaction) whose inputs another writer removed in the meantime fails
+    /// with a conflict instead. Called with the commit lock held.
+    pub(crate) async fn commit_actions(
+        &self,
+        base: &TableState,
+        actions: Vec<Action>,
+        txn: Option<&AppTransaction>,
+        operation: DeltaOperation,
+        requires: &[String],
+    ) -> Result<i64> {
         let transactions: Vec<Transaction> = txn
             .map(|t| vec![Transaction::new(t.app_id.as_ref(), t.version)])
             .unwrap_or_default();
-        let data = CommitData::new(adds, operation, HashMap::new(), transactions);
+        let data = CommitData::new(actions, operation, HashMap::new(), transactions);
         let bytes = data.get_bytes().map_err(DeltaTableError::from)?;
-        let span = tracing::info_span!(names::DELTA_APPEND_COMMIT);
         let mut state = base.clone();
+        let still_there = |state: &TableState| -> Result<()> {
+            if requires.is_empty() {
+                return Ok(());
+            }
+            let present: std::collections::HashSet<&str> =
+                state.files.values().map(|s| s.log.path.as_str()).collect();
+            match requires.iter().find(|p| !present.contains(p.as_str())) {
+                None => Ok(()),
+                Some(gone) => Err(TraceLakeError::Conflict(format!(
+                    "data file {gone} was removed from the table by another commit (by version \
+                     {}) while it was being rewritten; nothing was committed, try again",
+                    state.version
+                ))),
+            }
+        };
+        still_there(&state)?;
         let committed = async {
             for _ in 0..COMMIT_ATTEMPTS {
                 let version = state.version + 1;
@@ -1186,6 +1220,7 @@ impl TraceTable {
                                  appends must be written by deltalake; try again"
                             ))));
                         }
+                        still_there(&next)?;
                         state = next;
                     }
                     Err(e) => return Err(TraceLakeError::Delta(e.into())),
@@ -1195,7 +1230,6 @@ impl TraceTable {
                 "{COMMIT_ATTEMPTS} attempts to commit lost to other writers' commits; try again"
             ))))
         }
-        .instrument(span)
         .await?;
         match state.follow(committed, &data.actions, &self.home) {
             Next::State(next) => {

@@ -290,6 +290,92 @@ async fn vacuum_deletes_files_removed_before_the_retention_and_keeps_recent_ones
     assert_eq!(count_spans(&lake).await, 250);
 }
 
+/// Sets the modification time of the table files `files` (relative to `root`) to `age` ago.
+fn age(root: &std::path::Path, files: &[String], age: Duration) {
+    let when = std::time::SystemTime::now() - age;
+    for file in files {
+        let handle = std::fs::File::options()
+            .write(true)
+            .open(root.join(file))
+            .unwrap();
+        handle.set_modified(when).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn vacuum_with_orphans_reclaims_a_killed_writers_files_and_keeps_what_readers_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spans");
+    let lake = TraceLake::create(path.to_str().unwrap()).await.unwrap();
+    for c in 0..3 {
+        lake.append_spans(&day(30 + c, 0, 40)).await.unwrap();
+    }
+    let inputs = data_files(&path);
+    assert_eq!(inputs.len(), 3, "{inputs:?}");
+    // The table's files were written two days ago; a reader plans over this version.
+    age(&path, &inputs, Duration::from_secs(48 * 3_600));
+    let ctx = lake.session_context().unwrap();
+    let planned = ctx
+        .sql("SELECT count(*) FROM spans")
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    // Compaction removes the three files (now: within any retention) and adds one.
+    let outcome = lake.optimize().await.unwrap();
+    assert_eq!(outcome.files_removed, 3, "{outcome:?}");
+    // A writer killed before its commit left a file two days ago, another one just now.
+    let partition = path.join("span_date=2024-05-01");
+    let killed_old = "span_date=2024-05-01/part-00000-killed-old.c000.snappy.parquet".to_string();
+    let killed_new = "span_date=2024-05-01/part-00000-killed-new.c000.snappy.parquet".to_string();
+    for killed in [&killed_old, &killed_new] {
+        std::fs::copy(path.join(&inputs[0]), path.join(killed)).unwrap();
+    }
+    age(
+        &path,
+        std::slice::from_ref(&killed_old),
+        Duration::from_secs(48 * 3_600),
+    );
+    assert_eq!(std::fs::read_dir(&partition).unwrap().count(), 6);
+
+    // Without orphans, nothing goes: the log removed the inputs less than a day ago.
+    let lite = lake.vacuum().retention_hours(24).await.unwrap();
+    assert_eq!(lite.files_deleted, 0, "{lite:?}");
+    // The dry run names the old leftover only: not the fresh one (a writer may still be
+    // committing it), not the inputs (a reader of a version within the retention reads
+    // them), not the table's file.
+    let dry = lake
+        .vacuum()
+        .retention_hours(24)
+        .orphans(true)
+        .dry_run(true)
+        .await
+        .unwrap();
+    assert_eq!(dry.files, [killed_old.clone()], "{dry:?}");
+    assert_eq!(std::fs::read_dir(&partition).unwrap().count(), 6);
+    let done = lake
+        .vacuum()
+        .retention_hours(24)
+        .orphans(true)
+        .await
+        .unwrap();
+    assert_eq!(done.files_deleted, 1, "{done:?}");
+    let left = data_files(&path);
+    assert!(!left.contains(&killed_old), "{left:?}");
+    assert!(left.contains(&killed_new), "{left:?}");
+    for input in &inputs {
+        assert!(left.contains(input), "{left:?}");
+    }
+    // The reader of the earlier version still reads its files; the table reads too.
+    let batches = collect(planned, ctx.task_ctx()).await.unwrap();
+    assert_eq!(
+        batches[0].column(0).as_primitive::<Int64Type>().value(0),
+        600
+    );
+    assert_eq!(count_spans(&lake).await, 600);
+}
+
 #[tokio::test]
 async fn maintenance_numbers_out_of_range_are_refused_before_anything_runs() {
     let lake = TraceLake::create("memory:///maintenance-ranges")

@@ -7,8 +7,8 @@
 //! tracelake demo     [--table PATH] [--traces N]
 //! tracelake sql      [--table PATH] [--format table|csv|json] ["SQL" | -f FILE]
 //! tracelake serve    [--table PATH] [--otlp-http ADDR] [--otlp-grpc ADDR] ...
-//! tracelake optimize [--table PATH]
-//! tracelake vacuum   [--table PATH] [--retention-hours N] [--dry-run]
+//! tracelake optimize [--table PATH] [--target-file-size BYTES] [--memory-budget BYTES]
+//! tracelake vacuum   [--table PATH] [--retention-hours N] [--dry-run] [--orphans]
 //! tracelake expire   [--table PATH] --older-than-days N
 //! tracelake stats    [--table PATH]
 //! tracelake scheduler --bind ADDR
@@ -168,6 +168,10 @@ enum Command {
         /// `delta.targetFileSize`, else 100 MiB).
         #[arg(long)]
         target_file_size: Option<u64>,
+        /// Memory the compaction may hold, in bytes (at least 16 MiB; default 256 MiB). A day
+        /// with more files than one merge can read within it is merged in several passes.
+        #[arg(long)]
+        memory_budget: Option<u64>,
     },
     /// Delete files removed from the table more than the retention ago.
     Vacuum {
@@ -179,6 +183,10 @@ enum Command {
         /// List the files that would be deleted without deleting them.
         #[arg(long)]
         dry_run: bool,
+        /// Also delete orphans: files in the table's directory that no version names (a
+        /// killed writer's), older than the retention.
+        #[arg(long)]
+        orphans: bool,
     },
     /// Drop the partitions (days) older than N days.
     Expire {
@@ -348,11 +356,15 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
         Command::Optimize {
             table,
             target_file_size,
+            memory_budget,
         } => {
             let lake = TraceLake::open_with_options(&table, options).await?;
             let mut optimize = lake.table().optimize();
             if let Some(bytes) = target_file_size {
                 optimize = optimize.target_file_size(bytes);
+            }
+            if let Some(bytes) = memory_budget {
+                optimize = optimize.memory_budget(bytes);
             }
             let out_ = optimize.await?;
             writeln!(
@@ -369,6 +381,7 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
             table,
             retention_hours,
             dry_run,
+            orphans,
         } => {
             let lake = TraceLake::open_with_options(&table, options).await?;
             let done = lake
@@ -376,6 +389,7 @@ async fn run(out: &mut dyn Write, command: Command, options: &TableOptions) -> C
                 .vacuum()
                 .retention_hours(retention_hours)
                 .dry_run(dry_run)
+                .orphans(orphans)
                 .await?;
             if dry_run {
                 writeln!(out, "vacuum would delete {} file(s):", done.files_deleted)?;
