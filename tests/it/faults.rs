@@ -3,6 +3,7 @@
 //! append leaves a table that tracelake and Python `deltalake` read the same, and that the
 //! next append extends.
 
+#[cfg(feature = "cli")]
 use crate::common;
 
 #[cfg(feature = "cli")]
@@ -10,7 +11,9 @@ use std::process::{Command, Stdio};
 #[cfg(feature = "cli")]
 use std::time::{Duration, Instant};
 
-use crate::common::{TestStore, count, count_spans, day, rows, run};
+#[cfg(feature = "cli")]
+use crate::common::count_spans;
+use crate::common::{TestStore, count, day, rows, run};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracelake::{TableOptions, TraceLake};

@@ -320,6 +320,7 @@ async fn the_timeout_and_the_concurrency_bound_give_their_status_codes() {
 
 /// On a cluster: the same endpoint over a Ballista context (an in-process scheduler and
 /// executor) answers as in one process, `trace_tree` included; it still refuses INSERT.
+#[cfg(feature = "cluster")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_endpoint_runs_its_queries_on_ballista() {
     let (_dir, lake) = lake(40).await;

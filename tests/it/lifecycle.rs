@@ -352,7 +352,7 @@ async fn vacuum_with_orphans_reclaims_a_killed_writers_files_and_keeps_what_read
         .dry_run(true)
         .await
         .unwrap();
-    assert_eq!(dry.files, [killed_old.clone()], "{dry:?}");
+    assert_eq!(dry.files, std::slice::from_ref(&killed_old), "{dry:?}");
     assert_eq!(std::fs::read_dir(&partition).unwrap().count(), 6);
     let done = lake
         .vacuum()

@@ -7,13 +7,18 @@ use crate::common;
 
 use std::io::Write;
 use std::net::SocketAddr;
+#[cfg(feature = "cli")]
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::{TestStore, http_request};
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Int32Type, Int64Type};
+#[cfg(feature = "cli")]
+use arrow::array::Array;
+use arrow::array::AsArray;
+#[cfg(feature = "cli")]
+use arrow::datatypes::Int32Type;
+use arrow::datatypes::Int64Type;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -433,6 +438,7 @@ async fn grpc_answers_after_commit_and_malformed_requests_are_invalid_argument()
 }
 
 /// `trace_tree` of `trace_id`: (depth, name) in tree order.
+#[cfg(feature = "cli")]
 async fn tree(lake: &TraceLake, trace_id: &str) -> Vec<(i32, String)> {
     let ctx = lake.session_context().unwrap();
     let batches = ctx
@@ -457,6 +463,7 @@ async fn tree(lake: &TraceLake, trace_id: &str) -> Vec<(i32, String)> {
 }
 
 /// One row of `sql` as strings (NULL as "NULL").
+#[cfg(feature = "cli")]
 async fn row(lake: &TraceLake, sql: &str) -> Vec<String> {
     let ctx = lake.session_context().unwrap();
     let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
@@ -473,6 +480,8 @@ async fn row(lake: &TraceLake, sql: &str) -> Vec<String> {
         .collect()
 }
 
+// `tracelake serve`: the binary.
+#[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_sdks_write_nested_typed_traces_through_tracelake_serve() {
     let clients = common::clients();
@@ -677,6 +686,8 @@ async fn real_sdks_write_nested_typed_traces_through_tracelake_serve() {
     assert!(server.terminate().success());
 }
 
+// `tracelake serve`: the binary.
+#[cfg(feature = "cli")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_commits_what_was_accepted_and_sigkill_loses_nothing_acknowledged() {
     let dir = common::scratch("otlp-signals");
