@@ -99,7 +99,9 @@ fn compaction(_c: &mut Criterion) {
         support::heap_reset_peak();
         let (heap_before, rss_before) = (support::heap_live(), support::resident_bytes());
         let t = Instant::now();
-        let outcome = rt.block_on(async { lake.optimize().await }).expect("optimize");
+        let outcome = rt
+            .block_on(async { lake.optimize().await })
+            .expect("optimize");
         let took = t.elapsed();
         let (heap_peak, rss_peak) = (support::heap_peak(), peak_rss());
         assert_eq!(outcome.files_removed as usize, files_before, "{outcome:?}");
@@ -142,7 +144,9 @@ fn compaction(_c: &mut Criterion) {
 
         let version = lake.version();
         let t = Instant::now();
-        let again = rt.block_on(async { lake.optimize().await }).expect("second optimize");
+        let again = rt
+            .block_on(async { lake.optimize().await })
+            .expect("second optimize");
         let took = t.elapsed();
         assert_eq!(
             again.version, version,

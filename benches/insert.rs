@@ -1,12 +1,15 @@
 //! `INSERT INTO spans (...) SELECT ...` against DataFusion's `COPY (same SELECT) TO
 //! 'x.parquet'`, Tier 1 (`make bench.extended`, group `insert_vs_copy`): 5-span traces with
-//! ids from `md5`, 208,335 and 2,083,350 rows, time p50 of three statements each and the peak
+//! ids from `md5`, 208,335 and 2,083,350 rows, in three plan shapes (one series; a cross join
+//! whose output is one batch of five rows per trace; a union of two series), time p50 of
+//! three statements each and the peak
 //! heap of each statement (a counting allocator: the most bytes live during the statement,
 //! less those live before it). The INSERT streams (runs of `TableOptions::insert_run_rows`),
 //! so its peak must not grow with the rows of the statement.
 //!
-//! Artifacts `insert_select_<rows>` (reference: `copy_select_<rows>`, same run) and
-//! `copy_select_<rows>`; `extra` has both peaks and their ratio.
+//! Artifacts `insert_select_<shape><rows>` (reference: `copy_select_<shape><rows>`, same run)
+//! and `copy_select_<shape><rows>`, the shape `` (one series), `cross_join_` or `union_`;
+//! `extra` has both peaks and their ratio.
 
 mod support;
 
@@ -23,8 +26,9 @@ static ALLOC: support::CountingAlloc = support::CountingAlloc;
 
 const SAMPLES: usize = 3;
 
-/// The SELECT both statements run: `rows` spans, 5 to a trace.
-fn select(rows: u64) -> String {
+/// The SELECT both statements run: `rows` spans, 5 to a trace, from `v` of `source` (0 to
+/// `rows - 1`, in any order).
+fn select(source: &str) -> String {
     format!(
         "SELECT md5(CAST(v / 5 AS VARCHAR)) AS trace_id, \
                 substr(md5(CAST(v AS VARCHAR)), 1, 16) AS span_id, \
@@ -34,9 +38,35 @@ fn select(rows: u64) -> String {
                 concat('svc-', CAST(v % 7 AS VARCHAR)) AS service_name, \
                 to_timestamp_nanos(1714521600000000000 + v * 1000000) AS start_time, \
                 to_timestamp_nanos(1714521600000000000 + v * 1000000 + 500000) AS end_time \
-         FROM generate_series(0, {}) AS t(v)",
-        rows - 1
+         FROM {source}"
     )
+}
+
+/// The plan shapes measured, as (label, the source of `v` for `rows` rows): one series; a
+/// cross join of a series of traces with one of the five spans (its output is one batch of
+/// five rows per trace); a union of two series (two partitions).
+fn shapes(rows: u64) -> Vec<(&'static str, String)> {
+    let half = rows / 2;
+    vec![
+        ("", format!("generate_series(0, {}) AS t(v)", rows - 1)),
+        (
+            "cross_join_",
+            format!(
+                "(SELECT t * 5 + s AS v FROM generate_series(0, {}) AS a(t) \
+                 CROSS JOIN generate_series(0, 4) AS b(s)) AS j",
+                rows / 5 - 1
+            ),
+        ),
+        (
+            "union_",
+            format!(
+                "(SELECT value AS v FROM generate_series(0, {}) \
+                 UNION ALL SELECT value AS v FROM generate_series({half}, {})) AS u",
+                half - 1,
+                rows - 1
+            ),
+        ),
+    ]
 }
 
 /// Runs `sql` in `ctx`; returns (time, peak heap above what was live before, rows reported).
@@ -70,8 +100,13 @@ fn insert_vs_copy(_c: &mut Criterion) {
         return;
     }
     let rt = runtime();
-    for (rows, label) in [(208_335u64, "208k"), (2_083_350, "2m")] {
-        let sql = select(rows);
+    let sizes = [(208_335u64, "208k"), (2_083_350, "2m")];
+    let cases = sizes.iter().flat_map(|&(rows, size)| {
+        shapes(rows)
+            .into_iter()
+            .map(move |(shape, source)| (rows, format!("{shape}{size}"), select(&source)))
+    });
+    for (rows, label, sql) in cases {
         let (mut insert_times, mut insert_peaks) = (Vec::new(), Vec::new());
         let (mut copy_times, mut copy_peaks) = (Vec::new(), Vec::new());
         for _ in 0..SAMPLES {
@@ -112,7 +147,7 @@ fn insert_vs_copy(_c: &mut Criterion) {
         copy_times.sort();
         let insert_peak = *insert_peaks.iter().max().unwrap_or(&0);
         let copy_peak = *copy_peaks.iter().max().unwrap_or(&0);
-        let table = json!({"rows": rows, "spans_per_trace": 5});
+        let table = json!({"rows": rows, "spans_per_trace": 5, "select": sql});
         let mut copy = Artifact::new(
             &format!("copy_select_{label}"),
             BenchTier::Extended,

@@ -190,7 +190,7 @@ impl DataSink for SpanSink {
         // Rows are converted and checked as they arrive, and written in bounded runs: the
         // statement's memory does not grow with its rows (see `TableOptions::insert_run_rows`).
         let mut offset = 0usize;
-        let storage = data.map(move |batch| {
+        let storage = ingest::coalesce_small(data).map(move |batch| {
             let batch = batch?;
             let converted = ingest::to_storage(&batch, offset);
             offset += batch.num_rows();

@@ -517,6 +517,103 @@ enum Chunks {
     Inline(Option<Result<SortedRun>>),
 }
 
+/// Batches of fewer rows than this are gathered into one of about this many rows before they
+/// are converted and buffered (see [`coalesce_small`]).
+pub(crate) const COALESCE_ROWS: usize = 8 * 1024;
+
+/// `input` with its small batches gathered into batches of about [`COALESCE_ROWS`] rows (in
+/// order; batches as large pass through). A plan can emit thousands of tiny batches (a cross
+/// join emits one per row of its build side): each carries a dozen buffers and allocations
+/// of its own, so holding a run of them took ten times the memory of its rows, and every
+/// conversion and sort step paid per batch. Gathering copies the rows once into compact
+/// buffers. A batch whose schema differs from the gathered ones starts a new batch.
+pub(crate) fn coalesce_small<S, E>(
+    input: S,
+) -> impl futures::Stream<Item = std::result::Result<RecordBatch, E>>
+where
+    S: futures::Stream<Item = std::result::Result<RecordBatch, E>> + Unpin,
+    E: From<arrow::error::ArrowError>,
+{
+    use futures::StreamExt;
+    struct State<S> {
+        input: S,
+        pending: Vec<RecordBatch>,
+        rows: usize,
+        ready: std::collections::VecDeque<RecordBatch>,
+        done: bool,
+    }
+    fn flush<S>(state: &mut State<S>) -> std::result::Result<(), arrow::error::ArrowError> {
+        match state.pending.len() {
+            0 => {}
+            1 => state.ready.extend(state.pending.pop()),
+            _ => {
+                let schema = state.pending[0].schema();
+                let batch = arrow::compute::concat_batches(&schema, &state.pending)?;
+                state.pending.clear();
+                state.ready.push_back(batch);
+            }
+        }
+        state.rows = 0;
+        Ok(())
+    }
+    let state = State {
+        input,
+        pending: Vec::new(),
+        rows: 0,
+        ready: std::collections::VecDeque::new(),
+        done: false,
+    };
+    futures::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(batch) = state.ready.pop_front() {
+                return Some((Ok(batch), state));
+            }
+            if state.done {
+                return None;
+            }
+            match state.input.next().await {
+                None => {
+                    state.done = true;
+                    if let Err(e) = flush(&mut state) {
+                        return Some((Err(E::from(e)), state));
+                    }
+                }
+                Some(Err(e)) => {
+                    // What was gathered goes first: the consumer stops at the error.
+                    state.done = true;
+                    let _ = flush(&mut state);
+                    state.ready.clear();
+                    return Some((Err(e), state));
+                }
+                Some(Ok(batch)) => {
+                    let other_schema = state
+                        .pending
+                        .first()
+                        .is_some_and(|first| first.schema() != batch.schema());
+                    if other_schema || batch.num_rows() >= COALESCE_ROWS {
+                        if let Err(e) = flush(&mut state) {
+                            state.done = true;
+                            return Some((Err(E::from(e)), state));
+                        }
+                    }
+                    if batch.num_rows() >= COALESCE_ROWS {
+                        state.ready.push_back(batch);
+                        continue;
+                    }
+                    state.rows += batch.num_rows();
+                    state.pending.push(batch);
+                    if state.rows >= COALESCE_ROWS {
+                        if let Err(e) = flush(&mut state) {
+                            state.done = true;
+                            return Some((Err(E::from(e)), state));
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// Sorted batches [`sort_in_background`] gathers ahead of the writer.
 const SORTED_AHEAD: usize = 2;
 
@@ -606,6 +703,50 @@ impl SortedChunks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tiny_batches_are_gathered_in_order_and_large_ones_pass_through() {
+        use arrow::array::Int64Array;
+        use futures::StreamExt;
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+        ]));
+        let batch = |from: i64, n: i64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(from..from + n))],
+            )
+            .unwrap()
+        };
+        // 2,000 batches of five rows (a cross join's), then one large batch, then a tail.
+        let mut input: Vec<Result<RecordBatch>> = (0..2_000).map(|i| Ok(batch(i * 5, 5))).collect();
+        input.push(Ok(batch(10_000, COALESCE_ROWS as i64)));
+        input.push(Ok(batch(10_000 + COALESCE_ROWS as i64, 3)));
+        let out: Vec<RecordBatch> = coalesce_small(futures::stream::iter(input))
+            .map(|b| b.unwrap())
+            .collect()
+            .await;
+        let sizes: Vec<usize> = out.iter().map(|b| b.num_rows()).collect();
+        assert_eq!(sizes, [8_195, 1_805, COALESCE_ROWS, 3]);
+        let values: Vec<i64> = out
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(
+            values,
+            (0..10_003 + COALESCE_ROWS as i64).collect::<Vec<_>>()
+        );
+        // An error ends the stream where it came.
+        let input: Vec<Result<RecordBatch>> = vec![
+            Ok(batch(0, 5)),
+            Err(TraceLakeError::InvalidArgument("bad row".into())),
+            Ok(batch(5, 5)),
+        ];
+        let out: Vec<Result<RecordBatch>> =
+            coalesce_small(futures::stream::iter(input)).collect().await;
+        assert_eq!(out.len(), 1);
+        assert!(out[0].is_err());
+    }
     use crate::span::{Span, SpanKind, spans_to_batch};
 
     fn span(trace: &str, span: &str) -> Span {

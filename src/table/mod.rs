@@ -1002,9 +1002,11 @@ impl TraceTable {
     /// through deltalake's write operation.
     pub async fn append_stream(
         &self,
-        mut batches: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
+        batches: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
     ) -> Result<AppendOutcome> {
         use futures::StreamExt;
+        // Tiny batches are gathered first: a run of them held many times its rows' memory.
+        let mut batches = Box::pin(ingest::coalesce_small(batches));
         let run_rows = self.insert_run_rows;
         if !self.snapshot().state().write.direct {
             let mut storage = Vec::new();
