@@ -1,11 +1,14 @@
 //! Table maintenance: incremental optimize (compaction clustered by trace id), vacuum with a
-//! retention window, expiry of old partitions, checkpoints, and table statistics.
+//! retention window (and of orphans), expiry of old partitions, checkpoints, and table
+//! statistics.
 //!
-//! Optimize rewrites only the partitions that need it: those whose files' trace-id ranges
-//! overlap (several small appends, each covering the whole id space). It Z-orders them on
-//! `trace_id` (with one column, a sort), so the rewritten files have disjoint id ranges and
-//! sorted row groups, and the next run skips them. It never holds the commit lock while
-//! rewriting: appends go on, Delta's optimistic concurrency orders the commits.
+//! Optimize rewrites only what pays: in each day, the files whose trace-id ranges overlap
+//! (several small appends, each covering the whole id space) and runs of adjacent small
+//! files. tracelake's own compaction ([`super::compact`]) merges them in bounded memory into
+//! files sorted by trace id with disjoint id ranges, so the next run skips them; tables with
+//! deletion vectors or features tracelake's writer does not honour take deltalake's Z-order
+//! optimize instead. It never holds the commit lock while rewriting: appends go on, and the
+//! commit checks that no other commit removed the files it rewrote.
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
