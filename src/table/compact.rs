@@ -1022,6 +1022,9 @@ mod tests {
         let mut expected: Vec<String> = (1..=84_000).map(|i| format!("{i:016x}")).collect();
         expected.sort();
 
+        let err = table.optimize().memory_budget(1 << 20).await.unwrap_err().to_string();
+        assert!(err.contains("memory_budget 1048576 is too small"), "{err}");
+        assert_eq!(table.version(), 7, "a refused optimize committed");
         // The smallest budget: one merge reads fewer than seven files at a time, so the day
         // takes a pass through a run.
         let outcome = table
@@ -1097,5 +1100,34 @@ mod tests {
         assert_eq!(rows, 900);
         assert_eq!(ids.len(), 900);
         assert!(table.partitions_to_optimize().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_compaction_that_lost_its_files_to_another_commit_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spans");
+        let path_str = path.to_str().unwrap();
+        let stale = overlapping_table(path_str, 3, 300).await;
+        // Another process compacts the same files first.
+        let other = TraceTable::open(path_str, &TableOptions::default())
+            .await
+            .unwrap();
+        let first = other.optimize().await.unwrap();
+        assert_eq!(first.files_removed, 3);
+        let partition = path.join("span_date=2024-05-01");
+        let on_disk = std::fs::read_dir(&partition).unwrap().count();
+        // This handle has not seen that commit: it merges the same three files, then finds
+        // them gone when it commits.
+        let err = stale.optimize().await.unwrap_err();
+        assert!(matches!(err, TraceLakeError::Conflict(_)), "{err}");
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("nothing was committed"), "{err}");
+        // What it wrote is gone; the table is the other process's.
+        assert_eq!(std::fs::read_dir(&partition).unwrap().count(), on_disk);
+        stale.refresh().await.unwrap();
+        assert_eq!(stale.version(), first.version);
+        let (rows, ids) = read_files(&stale).await;
+        assert_eq!(rows, 900);
+        assert_eq!(ids.len(), 900);
     }
 }
