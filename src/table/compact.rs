@@ -331,16 +331,7 @@ impl Compactor {
         settings.target_file_size = std::num::NonZeroU64::MAX;
         settings.dedicated = crate::dedicated::DedicatedColumns::none();
         let mut stream = stream;
-        let (send, receive) = tokio::sync::mpsc::channel(2);
-        let log_store = self.log_store.clone();
-        let writer = tokio::spawn(async move {
-            super::write::write_files(
-                &log_store,
-                &settings,
-                super::ingest::SortedChunks::presorted(receive),
-            )
-            .await
-        });
+        let (send, writer) = spawn_writer(self.log_store.clone(), settings);
         let mut failed = None;
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(TraceLakeError::from);
@@ -507,16 +498,7 @@ impl Compactor {
         settings.target_file_size =
             std::num::NonZeroU64::new(self.target_file_size.saturating_mul(4))
                 .unwrap_or(std::num::NonZeroU64::MAX);
-        let (send, receive) = tokio::sync::mpsc::channel(2);
-        let log_store = self.log_store.clone();
-        let writer = tokio::spawn(async move {
-            super::write::write_files(
-                &log_store,
-                &settings,
-                super::ingest::SortedChunks::presorted(receive),
-            )
-            .await
-        });
+        let (send, writer) = spawn_writer(self.log_store.clone(), settings);
         OutputFile {
             send: Some(send),
             writer,
@@ -542,10 +524,30 @@ impl Compactor {
     }
 }
 
+type Writer = tokio::task::JoinHandle<Result<Vec<Action>>>;
+
+/// A task writing the sorted batches sent to it as data files with `settings` (the append
+/// path's writer), and the sender of those batches; the files are written once it is dropped.
+fn spawn_writer(
+    log_store: LogStoreRef,
+    settings: WriteSettings,
+) -> (tokio::sync::mpsc::Sender<Result<RecordBatch>>, Writer) {
+    let (send, receive) = tokio::sync::mpsc::channel(2);
+    let writer = tokio::spawn(async move {
+        super::write::write_files(
+            &log_store,
+            &settings,
+            super::ingest::SortedChunks::presorted(receive),
+        )
+        .await
+    });
+    (send, writer)
+}
+
 /// An output file being written: its rows go to a writer task.
 struct OutputFile {
     send: Option<tokio::sync::mpsc::Sender<Result<RecordBatch>>>,
-    writer: tokio::task::JoinHandle<Result<Vec<Action>>>,
+    writer: Writer,
     rows: u64,
 }
 
@@ -1022,7 +1024,12 @@ mod tests {
         let mut expected: Vec<String> = (1..=84_000).map(|i| format!("{i:016x}")).collect();
         expected.sort();
 
-        let err = table.optimize().memory_budget(1 << 20).await.unwrap_err().to_string();
+        let err = table
+            .optimize()
+            .memory_budget(1 << 20)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("memory_budget 1048576 is too small"), "{err}");
         assert_eq!(table.version(), 7, "a refused optimize committed");
         // The smallest budget: one merge reads fewer than seven files at a time, so the day

@@ -99,15 +99,7 @@ impl TraceTable {
         let target_file_size = target.unwrap_or(settings.target_file_size).get();
         let plan = self.compaction_plan(target_file_size);
         let before = self.version();
-        let span = tracing::info_span!(
-            names::DELTA_OPTIMIZE,
-            { names::ATTR_VERSION_BEFORE } = before,
-            { names::ATTR_VERSION_AFTER } = field::Empty,
-            { names::ATTR_PARTITIONS } = plan.len(),
-            { names::ATTR_FILES_ADDED } = field::Empty,
-            { names::ATTR_FILES_REMOVED } = field::Empty,
-            { names::ATTR_ERROR } = field::Empty,
-        );
+        let span = optimize_span(before, plan.len());
         let passes = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let result = async {
@@ -252,15 +244,7 @@ impl TraceTable {
         drop(snapshot);
         let partitions = self.partitions_to_optimize()?;
         let before = self.version();
-        let span = tracing::info_span!(
-            names::DELTA_OPTIMIZE,
-            { names::ATTR_VERSION_BEFORE } = before,
-            { names::ATTR_VERSION_AFTER } = field::Empty,
-            { names::ATTR_PARTITIONS } = partitions.len(),
-            { names::ATTR_FILES_ADDED } = field::Empty,
-            { names::ATTR_FILES_REMOVED } = field::Empty,
-            { names::ATTR_ERROR } = field::Empty,
-        );
+        let span = optimize_span(before, partitions.len());
         if partitions.is_empty() {
             span.record(names::ATTR_VERSION_AFTER, before);
             return Ok(OptimizeOutcome {
@@ -300,6 +284,19 @@ impl TraceTable {
         span.record(names::ATTR_FILES_REMOVED, outcome.files_removed);
         Ok(outcome)
     }
+}
+
+/// The `delta.optimize` span of a run from version `before` over `partitions` days.
+fn optimize_span(before: i64, partitions: usize) -> tracing::Span {
+    tracing::info_span!(
+        names::DELTA_OPTIMIZE,
+        { names::ATTR_VERSION_BEFORE } = before,
+        { names::ATTR_VERSION_AFTER } = field::Empty,
+        { names::ATTR_PARTITIONS } = partitions,
+        { names::ATTR_FILES_ADDED } = field::Empty,
+        { names::ATTR_FILES_REMOVED } = field::Empty,
+        { names::ATTR_ERROR } = field::Empty,
+    )
 }
 
 /// The shortest vacuum retention accepted: files removed from the table less than this long
