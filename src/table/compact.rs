@@ -151,6 +151,7 @@ pub(crate) fn plan_partition(files: &[Input], target_file_size: u64) -> Vec<Vec<
 
 /// How a compaction reads and writes: the table's store and write settings, the day it
 /// compacts, and its memory.
+#[derive(Clone)]
 pub(crate) struct Compactor {
     pub(crate) log_store: LogStoreRef,
     pub(crate) settings: WriteSettings,
@@ -253,7 +254,10 @@ impl Compactor {
             }
             None => compressed_per_row * 8,
         };
-        Ok(row_group + 3 * INPUT_BATCH_ROWS as u64 * decoded_per_row + INPUT_OVERHEAD_BYTES)
+        // (Saturating: a corrupt footer's sizes must not wrap into a small estimate.)
+        Ok(row_group
+            .saturating_add((3 * INPUT_BATCH_ROWS as u64).saturating_mul(decoded_per_row))
+            .saturating_add(INPUT_OVERHEAD_BYTES))
     }
 
     async fn footer(&self, input: &Input) -> Result<Arc<parquet::file::metadata::ParquetMetaData>> {
@@ -289,7 +293,7 @@ impl Compactor {
     async fn sort_to_run(&self, input: &Input, runs: &mut Vec<String>) -> Result<Option<Input>> {
         let schema = storage_schema();
         let source = Arc::new(FileStream {
-            compactor: self.clone_for_read(),
+            compactor: self.clone(),
             input: input.clone(),
             schema: schema.clone(),
         });
@@ -305,18 +309,6 @@ impl Compactor {
         let sorted = execute_stream(sort, Arc::new(context))?;
         self.passes.fetch_add(1, Ordering::Relaxed);
         self.write_run(sorted, runs).await
-    }
-
-    fn clone_for_read(&self) -> Compactor {
-        Compactor {
-            log_store: self.log_store.clone(),
-            settings: self.settings.clone(),
-            span_date: self.span_date.clone(),
-            memory: self.memory,
-            target_file_size: self.target_file_size,
-            passes: self.passes.clone(),
-            peak_reserved: self.peak_reserved.clone(),
-        }
     }
 
     /// Writes a sorted stream as one file outside the table's log (a run); `None` when the
@@ -449,8 +441,9 @@ impl Compactor {
                         current.rows += (end - start) as u64;
                         current.send(batch.slice(start, end - start)).await?;
                     }
-                    if end < batch.num_rows() {
-                        let full = file.take().expect("an output file is open");
+                    if end < batch.num_rows()
+                        && let Some(full) = file.take()
+                    {
                         adds.extend(full.close().await?);
                     }
                     start = end;
@@ -685,7 +678,7 @@ fn checked_order(
         .take_while(|b: &datafusion::error::Result<Option<RecordBatch>>| {
             futures::future::ready(!matches!(b, Ok(None)))
         })
-        .map(|b| b.map(|b| b.expect("taken while Some")));
+        .filter_map(|b| futures::future::ready(b.transpose()));
     Box::pin(RecordBatchStreamAdapter::new(schema, checked))
 }
 
