@@ -590,11 +590,11 @@ where
                         .pending
                         .first()
                         .is_some_and(|first| first.schema() != batch.schema());
-                    if other_schema || batch.num_rows() >= COALESCE_ROWS {
-                        if let Err(e) = flush(&mut state) {
-                            state.done = true;
-                            return Some((Err(E::from(e)), state));
-                        }
+                    if (other_schema || batch.num_rows() >= COALESCE_ROWS)
+                        && let Err(e) = flush(&mut state)
+                    {
+                        state.done = true;
+                        return Some((Err(E::from(e)), state));
                     }
                     if batch.num_rows() >= COALESCE_ROWS {
                         state.ready.push_back(batch);
@@ -602,11 +602,11 @@ where
                     }
                     state.rows += batch.num_rows();
                     state.pending.push(batch);
-                    if state.rows >= COALESCE_ROWS {
-                        if let Err(e) = flush(&mut state) {
-                            state.done = true;
-                            return Some((Err(E::from(e)), state));
-                        }
+                    if state.rows >= COALESCE_ROWS
+                        && let Err(e) = flush(&mut state)
+                    {
+                        state.done = true;
+                        return Some((Err(E::from(e)), state));
                     }
                 }
             }
