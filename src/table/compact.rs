@@ -244,15 +244,18 @@ impl Compactor {
         let decoded_per_row = match group.first() {
             Some(first) => {
                 let metadata = self.footer(first).await?;
-                let rows: i64 = metadata.row_groups().iter().map(|g| g.num_rows()).sum();
-                let bytes: i64 = metadata
-                    .row_groups()
-                    .iter()
-                    .map(|g| g.total_byte_size())
-                    .sum();
-                ((bytes.max(0) as u64) / (rows.max(1) as u64)).max(compressed_per_row) * 2
+                let groups = metadata.row_groups().iter();
+                let (rows, bytes) = groups.fold((0u64, 0u64), |(rows, bytes), g| {
+                    (
+                        rows.saturating_add(g.num_rows().max(0) as u64),
+                        bytes.saturating_add(g.total_byte_size().max(0) as u64),
+                    )
+                });
+                (bytes / rows.max(1))
+                    .max(compressed_per_row)
+                    .saturating_mul(2)
             }
-            None => compressed_per_row * 8,
+            None => compressed_per_row.saturating_mul(8),
         };
         // (Saturating: a corrupt footer's sizes must not wrap into a small estimate.)
         Ok(row_group
