@@ -184,11 +184,7 @@ impl TraceTable {
         }
         .instrument(span.clone())
         .await;
-        let outcome = super::record_result(&span, result)?;
-        span.record(names::ATTR_VERSION_AFTER, outcome.version);
-        span.record(names::ATTR_FILES_ADDED, outcome.files_added);
-        span.record(names::ATTR_FILES_REMOVED, outcome.files_removed);
-        Ok(outcome)
+        finish_optimize(&span, result)
     }
 
     /// Compacts the partitions that need it (see [`TraceTable::partitions_to_optimize`]) into
@@ -278,11 +274,7 @@ impl TraceTable {
         }
         .instrument(span.clone())
         .await;
-        let outcome = super::record_result(&span, result)?;
-        span.record(names::ATTR_VERSION_AFTER, outcome.version);
-        span.record(names::ATTR_FILES_ADDED, outcome.files_added);
-        span.record(names::ATTR_FILES_REMOVED, outcome.files_removed);
-        Ok(outcome)
+        finish_optimize(&span, result)
     }
 }
 
@@ -297,6 +289,18 @@ fn optimize_span(before: i64, partitions: usize) -> tracing::Span {
         { names::ATTR_FILES_REMOVED } = field::Empty,
         { names::ATTR_ERROR } = field::Empty,
     )
+}
+
+/// Records an optimize's outcome (or error) on its `delta.optimize` span.
+fn finish_optimize(
+    span: &tracing::Span,
+    result: Result<OptimizeOutcome>,
+) -> Result<OptimizeOutcome> {
+    let outcome = super::record_result(span, result)?;
+    span.record(names::ATTR_VERSION_AFTER, outcome.version);
+    span.record(names::ATTR_FILES_ADDED, outcome.files_added);
+    span.record(names::ATTR_FILES_REMOVED, outcome.files_removed);
+    Ok(outcome)
 }
 
 /// The shortest vacuum retention accepted: files removed from the table less than this long
