@@ -236,6 +236,30 @@ fn first_columns(plan: Arc<dyn ExecutionPlan>, keep: usize) -> DfResult<Arc<dyn 
     Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
+/// Whether the parquet decoder's row filter evaluates `expr` (on the file columns `schema`)
+/// itself: every column it reads is in `schema` and of a type the decoder filters by. Such a
+/// filter, in the scan's predicate, drops exactly the rows it rejects before they are
+/// decoded.
+fn row_filter_applies(state: &dyn Session, expr: &Expr, schema: &arrow::datatypes::Schema) -> bool {
+    let Ok(df_schema) = DFSchema::try_from(schema.clone()) else {
+        return false;
+    };
+    if !expr
+        .column_refs()
+        .iter()
+        .all(|c| df_schema.has_column_with_unqualified_name(&c.name))
+    {
+        return false;
+    }
+    state
+        .create_physical_expr(expr.clone(), &df_schema)
+        .is_ok_and(|physical| {
+            datafusion::datasource::physical_plan::parquet::can_expr_be_pushed_down_with_schemas(
+                &physical, schema,
+            )
+        })
+}
+
 /// The scan of one group of files as the SQL columns `wanted`, the attribute filters `exact`
 /// applied (through the group's dedicated columns where it holds them).
 #[allow(clippy::too_many_arguments)]
@@ -260,6 +284,19 @@ fn group_scan(
             .iter()
             .any(|col| col.name == c::START_TIME || col.name == c::END_TIME)
     });
+    let base = file_schema(group.layout);
+    let schema = if held.is_empty() {
+        base.clone()
+    } else {
+        crate::dedicated::with_read_columns(&base, held)
+    };
+    // Of those, the ones that read no map and only columns the parquet decoder filters rows
+    // by (primitive and dictionary columns): the scan's row filter applies them exactly
+    // (`with_pushdown_filters`), so their columns are not produced for a filter above it
+    // (a `count(*)` of a dedicated value decodes the column once).
+    let (pushed, early): (Vec<Expr>, Vec<Expr>) = early
+        .into_iter()
+        .partition(|e| !reads_maps(e) && row_filter_applies(state, e, &schema));
     let (read_late, used_late) = with_columns_of(wanted, &late, held);
     let (read, mut used) = with_columns_of(&read_late, &early, held);
     for p in &used_late {
@@ -267,23 +304,18 @@ fn group_scan(
             used.push(*p);
         }
     }
-    let base = file_schema(group.layout);
-    let schema = if held.is_empty() {
-        base.clone()
-    } else {
-        crate::dedicated::with_read_columns(&base, held)
-    };
     let mut projection = read
         .iter()
         .map(|&i| base.index_of(storage_name(sql.field(i).name())))
         .collect::<Result<Vec<_>, _>>()?;
     projection.extend(used.iter().map(|&p| base.fields().len() + p));
-    // The filters that read dedicated columns and no map prune row groups and pages too.
+    // The other filters that read dedicated columns and no map prune row groups and pages
+    // too (the pushed ones do as part of the scan's predicate).
     let mut pruning = storage_filters.to_vec();
     pruning.extend(
         exprs
             .iter()
-            .filter(|e| !reads_maps(e))
+            .filter(|e| !reads_maps(e) && !pushed.contains(e))
             .filter_map(translate_filter),
     );
     let plan = parquet_scan(
@@ -294,6 +326,7 @@ fn group_scan(
         schema,
         ids,
         &pruning,
+        &pushed,
         projection,
     )?;
     let width = plan.schema().fields().len();
@@ -444,6 +477,7 @@ fn parquet_scan(
     file_schema: arrow::datatypes::SchemaRef,
     ids: Option<&[String]>,
     filters: &[Expr],
+    exact: &[Expr],
     projection: Vec<usize>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     let mut files = Vec::with_capacity(scanned.len());
@@ -478,8 +512,15 @@ fn parquet_scan(
     }
     // Pruning only: a predicate DataFusion cannot build here is left out (the filters are
     // re-applied above the scan).
-    let predicate = datafusion::logical_expr::utils::conjunction(conjuncts)
+    let pruning = datafusion::logical_expr::utils::conjunction(conjuncts)
         .and_then(|expr| state.create_physical_expr(expr, &df_schema).ok());
+    // The filters the row filter applies exactly: an error here is the query's.
+    let mut predicates = exact
+        .iter()
+        .map(|e| state.create_physical_expr(e.clone(), &df_schema))
+        .collect::<DfResult<Vec<_>>>()?;
+    predicates.extend(pruning);
+    let predicate = datafusion::physical_expr::utils::conjunction_opt(predicates);
     let factory = IndexedReaderFactory {
         store: store.clone(),
         files: scanned

@@ -684,6 +684,20 @@ async fn dedicated_columns_answer_as_the_maps_do_whatever_list_wrote_the_files()
     .await;
     assert!(plan.contains("__dedicated_span_http_route"), "{plan}");
     assert!(plan.contains("attr_str(attributes"), "{plan}");
+    // The dedicated column's filter is applied once, by the parquet row filter: no filter
+    // above the scan evaluates it again (pushed into the scan, it would be a second conjunct
+    // of the row filter).
+    for line in plan.lines() {
+        if line.contains("__dedicated_span_http_route") {
+            assert!(line.contains("DataSourceExec"), "{line}\n{plan}");
+            let predicate = line.split("pruning_predicate=").next().unwrap();
+            assert_eq!(
+                predicate.matches("__dedicated_span_http_route@").count(),
+                1,
+                "{line}"
+            );
+        }
+    }
 
     // Fewer bytes read than from the maps: the same spans in a table without dedicated
     // columns.
