@@ -466,8 +466,8 @@ fn to_sql_with(
 /// DataFusion's parquet scan of the row groups of `scanned` (files of `file_schema`), with the storage columns
 /// `projection` (indices into the file schema), filtering rows to `ids` when given and pruning
 /// with `filters` (on the storage schema; conjuncts on `span_date`, which files do not hold,
-/// are left out: `start_time_unix_nano` carries the same bound). The footers come from the
-/// index.
+/// are left out: `start_time_unix_nano` carries the same bound), and applying `exact` (filters
+/// [`row_filter_applies`] accepted) as the row filter. The footers come from the index.
 #[allow(clippy::too_many_arguments)]
 fn parquet_scan(
     state: &dyn Session,
